@@ -1,0 +1,3 @@
+"""bcpay: CeleryPay ("OKCloud Pay") redirect payments for BigCommerce stores."""
+
+__version__ = "0.1.0"

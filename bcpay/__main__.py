@@ -1,0 +1,5 @@
+"""Allow ``python -m bcpay``."""
+
+from bcpay.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""Encryption at rest for access tokens and merchant secrets.
+
+Fernet (AES-128-CBC + HMAC-SHA256, from ``cryptography``) under ``app.secret_key``.
+Key rotation: :func:`reencrypt` opens a value under any known key and seals it
+under the new one, so ``bcpay rotate-key`` can walk every stored secret.
+"""
+
+from __future__ import annotations
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from bcpay.errors import ConfigError
+
+SANDBOX_KEY = "c2FuZGJveC1rZXktbm90LWZvci1wcm9kdWN0aW9uISE="  # only with app.sandbox = true
+
+
+def generate_key() -> str:
+    """A new random key for ``app.secret_key``."""
+    return Fernet.generate_key().decode("ascii")
+
+
+def check_key(key: str, path: str) -> None:
+    """Raise ConfigError naming ``path`` unless ``key`` is a valid Fernet key."""
+    try:
+        Fernet(key.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise ConfigError(
+            f"{path}: not a valid key (32 url-safe base64 bytes; make one with `bcpay keygen`)"
+        ) from None
+
+
+class Vault:
+    """Seals and opens secrets with the current key (and reads older ones)."""
+
+    def __init__(self, key: str, *old_keys: str) -> None:
+        self._fernet = MultiFernet([Fernet(k.encode("ascii")) for k in (key, *old_keys)])
+
+    def __repr__(self) -> str:
+        return "Vault(keys=<hidden>)"
+
+    def seal(self, plaintext: str) -> str:
+        """Encrypt ``plaintext``; the result is safe to store."""
+        return self._fernet.encrypt(plaintext.encode("utf-8")).decode("ascii")
+
+    def open(self, token: str) -> str:
+        """Decrypt a value sealed by :meth:`seal` under any known key."""
+        try:
+            return self._fernet.decrypt(token.encode("ascii")).decode("utf-8")
+        except (InvalidToken, UnicodeError):
+            raise ConfigError(
+                "a stored secret cannot be decrypted with app.secret_key (wrong key?)"
+            ) from None
+
+    def reencrypt(self, token: str) -> str:
+        """The same secret sealed under the current key."""
+        return self._fernet.rotate(token.encode("ascii")).decode("ascii")

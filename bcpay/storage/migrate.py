@@ -1,0 +1,75 @@
+"""Schema migrations (Alembic), applied by ``bcpay db upgrade``.
+
+Alembic is configured in code, not by an ``alembic.ini``: the scripts live in
+the package (``bcpay/storage/migrations``) and run on bcpay's own async engine
+through ``run_sync``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from bcpay.storage.db import Database
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def _config(connection: Any) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest revision shipped with this version of bcpay."""
+    head = ScriptDirectory.from_config(_config(None)).get_current_head()
+    assert head is not None
+    return head
+
+
+async def current_revision(db: Database) -> str | None:
+    """The revision the database is at (None when never migrated)."""
+
+    def _read(conn: Any) -> str | None:
+        return MigrationContext.configure(conn).get_current_revision()
+
+    async with db.engine.connect() as conn:
+        return await conn.run_sync(_read)
+
+
+async def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str]:
+    """Migrate the database to ``revision``; returns (before, after)."""
+    before = await current_revision(db)
+    async with db.engine.begin() as conn:
+        await conn.run_sync(lambda c: command.upgrade(_config(c), revision))
+    after = await current_revision(db)
+    assert after is not None
+    return before, after
+
+
+async def is_current(db: Database) -> bool:
+    """True when the database is at the head revision."""
+    return await current_revision(db) == head_revision()
+
+
+def autogenerate(db_url: str, message: str) -> None:  # pragma: no cover - developer tool
+    """Write a new revision by comparing the schema to a migrated database."""
+    import asyncio
+
+    async def _run() -> None:
+        db = Database(db_url)
+        await upgrade(db)
+        async with db.engine.begin() as conn:
+            await conn.run_sync(
+                lambda c: command.revision(_config(c), message=message, autogenerate=True)
+            )
+        await db.dispose()
+
+    asyncio.run(_run())

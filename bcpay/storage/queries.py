@@ -1,0 +1,348 @@
+"""The queries bcpay runs, as small functions over an open connection.
+
+Callers own the transaction (``async with db.transaction() as conn``), so a
+state change and the outbox jobs it causes commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bcpay.errors import NotFoundError
+from bcpay.storage.records import PaymentRecord, StoreRecord
+from bcpay.storage.schema import (
+    OPEN_STATUSES,
+    anomalies,
+    audit_log,
+    events,
+    payments,
+    stores,
+    webhook_receipts,
+)
+
+# --- stores ------------------------------------------------------------------
+
+
+async def get_store(conn: AsyncConnection, store_hash: str) -> StoreRecord | None:
+    """The store with this hash, or None."""
+    row = (await conn.execute(select(stores).where(stores.c.store_hash == store_hash))).mappings().first()
+    return StoreRecord.from_row(row) if row else None
+
+
+async def require_store(conn: AsyncConnection, store_hash: str) -> StoreRecord:
+    """The store with this hash, or NotFoundError."""
+    store = await get_store(conn, store_hash)
+    if store is None:
+        raise NotFoundError(f"unknown store {store_hash!r}", code="unknown_store")
+    return store
+
+
+async def get_store_by_id(conn: AsyncConnection, store_id: int) -> StoreRecord:
+    """The store with this primary key."""
+    row = (await conn.execute(select(stores).where(stores.c.id == store_id))).mappings().one()
+    return StoreRecord.from_row(row)
+
+
+async def list_stores(conn: AsyncConnection, *, installed_only: bool = False) -> list[StoreRecord]:
+    """Every store, by hash."""
+    query = select(stores).order_by(stores.c.store_hash)
+    if installed_only:
+        query = query.where(stores.c.installed.is_(True))
+    return [StoreRecord.from_row(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def upsert_store(conn: AsyncConnection, store_hash: str, now: datetime, **values: Any) -> StoreRecord:
+    """Create the store or update the given columns."""
+    existing = await get_store(conn, store_hash)
+    if existing is None:
+        values.setdefault("source", "api_account")
+        await conn.execute(
+            insert(stores).values(store_hash=store_hash, installed_at=now, updated_at=now, **values)
+        )
+    else:
+        await conn.execute(
+            update(stores).where(stores.c.id == existing.id).values(updated_at=now, **values)
+        )
+    return await require_store(conn, store_hash)
+
+
+async def update_store(conn: AsyncConnection, store_id: int, now: datetime, **values: Any) -> None:
+    """Update some columns of one store."""
+    await conn.execute(update(stores).where(stores.c.id == store_id).values(updated_at=now, **values))
+
+
+# --- payments ------------------------------------------------------------------
+
+
+async def get_payment_by_token(conn: AsyncConnection, token: str) -> PaymentRecord | None:
+    """The attempt with this public token."""
+    row = (await conn.execute(select(payments).where(payments.c.token == token))).mappings().first()
+    return PaymentRecord.from_row(row) if row else None
+
+
+async def get_payment(conn: AsyncConnection, payment_id: int, *, lock: bool = False) -> PaymentRecord:
+    """The attempt with this primary key, optionally locked for update (PostgreSQL)."""
+    query = select(payments).where(payments.c.id == payment_id)
+    if lock:
+        query = query.with_for_update()
+    return PaymentRecord.from_row((await conn.execute(query)).mappings().one())
+
+
+async def find_payment(
+    conn: AsyncConnection,
+    *,
+    celerypay_id: str | None = None,
+    merchant_order_no: str | None = None,
+) -> PaymentRecord | None:
+    """The attempt with this CeleryPay id or merchant order number."""
+    if celerypay_id is not None:
+        where = payments.c.celerypay_id == celerypay_id
+    elif merchant_order_no is not None:
+        where = payments.c.merchant_order_no == merchant_order_no
+    else:  # pragma: no cover - programming error
+        raise TypeError("give celerypay_id or merchant_order_no")
+    row = (await conn.execute(select(payments).where(where))).mappings().first()
+    return PaymentRecord.from_row(row) if row else None
+
+
+async def order_attempts(conn: AsyncConnection, store_id: int, order_id: int) -> list[PaymentRecord]:
+    """Every attempt of one order, oldest first."""
+    rows = await conn.execute(
+        select(payments)
+        .where(payments.c.store_id == store_id, payments.c.order_id == order_id)
+        .order_by(payments.c.attempt_no)
+    )
+    return [PaymentRecord.from_row(r) for r in rows.mappings()]
+
+
+async def insert_payment(conn: AsyncConnection, **values: Any) -> PaymentRecord | None:
+    """Insert an attempt; None when a constraint (one open attempt per order) refuses it."""
+    try:
+        async with conn.begin_nested():
+            result = await conn.execute(insert(payments).values(**values).returning(payments.c.id))
+            new_id = result.scalar_one()
+    except IntegrityError:
+        return None
+    return await get_payment(conn, new_id)
+
+
+async def update_payment(conn: AsyncConnection, payment_id: int, **values: Any) -> PaymentRecord:
+    """Update columns of one attempt and return it."""
+    await conn.execute(update(payments).where(payments.c.id == payment_id).values(**values))
+    return await get_payment(conn, payment_id)
+
+
+async def list_payments(
+    conn: AsyncConnection,
+    *,
+    store_id: int | None = None,
+    status: Sequence[str] | None = None,
+    expires_before: datetime | None = None,
+    limit: int = 50,
+    after_id: int = 0,
+) -> list[PaymentRecord]:
+    """Recent attempts, newest first unless paging with ``after_id``."""
+    conds = [payments.c.id > after_id]
+    if store_id is not None:
+        conds.append(payments.c.store_id == store_id)
+    if status:
+        conds.append(payments.c.status.in_(list(status)))
+    if expires_before is not None:
+        conds.append(payments.c.expires_at < expires_before)
+    order = payments.c.id.asc() if after_id or expires_before else payments.c.id.desc()
+    rows = await conn.execute(select(payments).where(and_(*conds)).order_by(order).limit(limit))
+    return [PaymentRecord.from_row(r) for r in rows.mappings()]
+
+
+def open_statuses() -> tuple[str, ...]:
+    """Attempt statuses that still hold the one-open-attempt slot."""
+    return OPEN_STATUSES
+
+
+# --- events ------------------------------------------------------------------------
+
+
+async def record_event(
+    conn: AsyncConnection,
+    *,
+    event_id: str,
+    store_id: int,
+    type_: str,
+    celerypay_payment_id: str | None,
+    raw_body: str,
+    outcome: str,
+    now: datetime,
+) -> bool:
+    """Store a notification once; False when this event id was already stored."""
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                insert(events).values(
+                    event_id=event_id,
+                    store_id=store_id,
+                    type=type_,
+                    celerypay_payment_id=celerypay_payment_id,
+                    raw_body=raw_body,
+                    outcome=outcome,
+                    received_at=now,
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+async def set_event_outcome(conn: AsyncConnection, event_id: str, outcome: str) -> None:
+    """Record what applying an event did."""
+    await conn.execute(update(events).where(events.c.event_id == event_id).values(outcome=outcome))
+
+
+async def get_event(conn: AsyncConnection, event_id: str) -> dict[str, Any] | None:
+    """One stored event row as a dict."""
+    row = (await conn.execute(select(events).where(events.c.event_id == event_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def list_events(
+    conn: AsyncConnection, *, store_id: int | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Recent events, newest first."""
+    query = select(events).order_by(events.c.id.desc()).limit(limit)
+    if store_id is not None:
+        query = query.where(events.c.store_id == store_id)
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def prune_events(conn: AsyncConnection, before: datetime) -> int:
+    """Delete events received before ``before``; returns how many."""
+    result = await conn.execute(events.delete().where(events.c.received_at < before))
+    return int(result.rowcount or 0)
+
+
+# --- audit and anomalies -----------------------------------------------------
+
+
+async def audit(
+    conn: AsyncConnection,
+    *,
+    store_id: int,
+    order_id: int,
+    action: str,
+    now: datetime,
+    payment_id: int | None = None,
+    from_status_id: int | None = None,
+    to_status_id: int | None = None,
+    detail: str = "",
+) -> None:
+    """Append one line to the audit log of order changes bcpay made."""
+    await conn.execute(
+        insert(audit_log).values(
+            store_id=store_id,
+            order_id=order_id,
+            payment_id=payment_id,
+            from_status_id=from_status_id,
+            to_status_id=to_status_id,
+            action=action,
+            detail=detail,
+            created_at=now,
+        )
+    )
+
+
+async def audit_entries(conn: AsyncConnection, store_id: int, order_id: int) -> list[dict[str, Any]]:
+    """The audit log of one order, oldest first."""
+    rows = await conn.execute(
+        select(audit_log)
+        .where(audit_log.c.store_id == store_id, audit_log.c.order_id == order_id)
+        .order_by(audit_log.c.id)
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+async def record_anomaly(
+    conn: AsyncConnection,
+    *,
+    store_id: int,
+    order_id: int,
+    payment_id: int,
+    kind: str,
+    amount: int,
+    currency: str,
+    detail: str,
+    now: datetime,
+) -> bool:
+    """Record an anomaly once per (payment, kind); False if it was already there."""
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                insert(anomalies).values(
+                    store_id=store_id,
+                    order_id=order_id,
+                    payment_id=payment_id,
+                    kind=kind,
+                    amount=amount,
+                    currency=currency,
+                    detail=detail,
+                    created_at=now,
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+async def list_anomalies(
+    conn: AsyncConnection, *, store_id: int | None = None, state: str | None = "open"
+) -> list[dict[str, Any]]:
+    """Anomalies, newest first."""
+    query = select(anomalies).order_by(anomalies.c.id.desc())
+    if store_id is not None:
+        query = query.where(anomalies.c.store_id == store_id)
+    if state is not None:
+        query = query.where(anomalies.c.state == state)
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def resolve_anomaly(conn: AsyncConnection, anomaly_id: int, now: datetime, note: str) -> bool:
+    """Mark an anomaly resolved; False when it does not exist or was resolved."""
+    result = await conn.execute(
+        update(anomalies)
+        .where(anomalies.c.id == anomaly_id, anomalies.c.state == "open")
+        .values(state="resolved", resolved_at=now, detail=anomalies.c.detail + " | " + note)
+    )
+    return bool(result.rowcount)
+
+
+# --- BigCommerce webhook receipts -------------------------------------------------
+
+
+async def record_webhook(conn: AsyncConnection, *, hash_: str, store_id: int, scope: str, now: datetime) -> bool:
+    """Store a webhook delivery hash once; False for a duplicate delivery."""
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                insert(webhook_receipts).values(hash=hash_, store_id=store_id, scope=scope, received_at=now)
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+async def count(conn: AsyncConnection, table: Any, *conds: Any) -> int:
+    """Row count of a table with optional conditions (for health and metrics)."""
+    query = select(func.count()).select_from(table)
+    if conds:
+        query = query.where(*conds)
+    return int((await conn.execute(query)).scalar_one())
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON for payload/settings columns."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,243 @@
+"""The database schema (SQLAlchemy Core), the same on SQLite and PostgreSQL.
+
+Invariants live here as constraints, not only in code:
+
+- one store row per store hash;
+- at most one *open* (``creating`` or ``pending``) attempt per order
+  (partial unique index ``uq_payments_one_open``);
+- ``merchant_order_no``, the CeleryPay payment id and the public token are unique;
+- a CeleryPay event id is stored once (``events.event_id`` unique): the dedupe key;
+- an outbox job with a ``dedupe_key`` exists once.
+
+Schema changes go through Alembic migrations in ``bcpay/storage/migrations``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, naive UTC in the column.
+
+    SQLite has no time zones and PostgreSQL ``timestamp`` is naive; storing
+    naive UTC on both keeps comparisons (lease expiry, next run) portable.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # pragma: no cover - SQLite raw text
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+OPEN_STATUSES = ("creating", "pending")
+
+stores = Table(
+    "stores",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("store_hash", String(32), nullable=False, unique=True),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("store_url", String(512), nullable=False, server_default=""),
+    Column("control_panel_url", String(512), nullable=False, server_default=""),
+    Column("currency", String(3), nullable=False, server_default=""),
+    Column("source", String(16), nullable=False),  # "app" or "api_account"
+    Column("access_token_enc", Text),  # Fernet under app.secret_key; NULL after uninstall
+    Column("scopes", Text, nullable=False, server_default=""),
+    Column("owner_email", String(255), nullable=False, server_default=""),
+    Column("installed", Boolean, nullable=False, server_default=text("true")),
+    Column("celerypay_merchant_id", String(64)),
+    Column("celerypay_secret_enc", Text),
+    Column("celerypay_old_secret_enc", Text),  # accepted on notifications during rotation
+    Column("celerypay_old_secret_until", UTCDateTime()),
+    Column("celerypay_environment", String(16), nullable=False, server_default="sandbox"),
+    Column("webhook_secret_enc", Text),
+    Column("settings_json", Text, nullable=False, server_default="{}"),
+    Column("script_uuid", String(64)),
+    Column("script_hash", String(128)),
+    Column("last_notification_at", UTCDateTime()),
+    Column("installed_at", UTCDateTime(), nullable=False),
+    Column("uninstalled_at", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+store_users = Table(
+    "store_users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("email", String(255), nullable=False, server_default=""),
+    Column("is_owner", Boolean, nullable=False, server_default=text("false")),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("store_id", "user_id"),
+)
+
+payments = Table(
+    "payments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token", String(64), nullable=False, unique=True),
+    Column("store_id", ForeignKey("stores.id"), nullable=False),
+    Column("order_id", BigInteger, nullable=False),
+    Column("attempt_no", Integer, nullable=False),
+    Column("merchant_order_no", String(64), nullable=False, unique=True),
+    Column("idempotency_key", String(64), nullable=False),
+    Column("celerypay_id", String(64), unique=True),
+    Column("amount", BigInteger, nullable=False),  # minor units
+    Column("currency", String(3), nullable=False),
+    Column("status", String(24), nullable=False),
+    Column("paid_amount", BigInteger),
+    Column("refunded_amount", BigInteger, nullable=False, server_default="0"),
+    Column("cashier_url", Text),
+    Column("expires_at", UTCDateTime()),
+    Column("failure_code", String(64)),
+    Column("failure_message", Text),
+    Column("celerypay_updated_at", UTCDateTime()),
+    Column("last_checked_at", UTCDateTime()),
+    Column("outcome", String(24)),  # applied | mismatch | duplicate | late | None
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("store_id", "order_id", "attempt_no"),
+    Index("ix_payments_store_order", "store_id", "order_id"),
+    Index("ix_payments_status_expires", "status", "expires_at"),
+    Index(
+        "uq_payments_one_open",
+        "store_id",
+        "order_id",
+        unique=True,
+        sqlite_where=text("status IN ('creating', 'pending')"),
+        postgresql_where=text("status IN ('creating', 'pending')"),
+    ),
+)
+
+refunds = Table(
+    "refunds",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("payment_id", ForeignKey("payments.id"), nullable=False),
+    Column("merchant_refund_no", String(64), nullable=False, unique=True),
+    Column("idempotency_key", String(64), nullable=False),
+    Column("celerypay_id", String(64), unique=True),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),  # requested | pending | succeeded | failed
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("store_id", ForeignKey("stores.id"), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("celerypay_payment_id", String(64)),
+    Column("raw_body", Text, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Index("ix_events_received", "received_at"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("store_id", ForeignKey("stores.id")),
+    Column("kind", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("dedupe_key", String(160), unique=True),
+    Column("state", String(16), nullable=False),  # queued | done | dead | cancelled
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("run_after", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", UTCDateTime()),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_jobs_due", "state", "run_after"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("store_id", ForeignKey("stores.id"), nullable=False),
+    Column("order_id", BigInteger, nullable=False),
+    Column("payment_id", ForeignKey("payments.id")),
+    Column("from_status_id", Integer),
+    Column("to_status_id", Integer),
+    Column("action", String(32), nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_audit_order", "store_id", "order_id"),
+)
+
+anomalies = Table(
+    "anomalies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("store_id", ForeignKey("stores.id"), nullable=False),
+    Column("order_id", BigInteger, nullable=False),
+    Column("payment_id", ForeignKey("payments.id"), nullable=False),
+    Column("kind", String(32), nullable=False),  # double_payment | paid_after_cancel | amount_mismatch
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("state", String(16), nullable=False, server_default="open"),  # open | resolved
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("resolved_at", UTCDateTime()),
+    UniqueConstraint("payment_id", "kind"),
+)
+
+webhook_receipts = Table(
+    "webhook_receipts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("hash", String(128), nullable=False, unique=True),
+    Column("store_id", ForeignKey("stores.id"), nullable=False),
+    Column("scope", String(64), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+)

@@ -1,0 +1,124 @@
+"""Settings: precedence, validation messages naming the field, secrets hidden."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from bcpay.config import Secret, load_settings
+from bcpay.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bcpay.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_apply_without_any_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No file, no env: the documented defaults."""
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(environ={})
+    assert s.payments.method_name == "OKCloud Pay"
+    assert s.payments.paid_status_id == 11
+    assert s.payments.mismatch_status_id == 12
+    assert s.database.url == "sqlite:///bcpay.db"
+    assert s.bigcommerce.api_url == "https://api.bigcommerce.com"
+
+
+def test_precedence_is_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
+    """Each layer overrides the one below it, key by key."""
+    path = write(tmp_path, "[payments]\npaid_status_id = 9\nexpires_in = 900\nmethod_name = 'File'\n")
+    env = {"BCPAY_PAYMENTS_PAID_STATUS_ID": "10", "BCPAY_PAYMENTS_METHOD_NAME": "Env"}
+    s = load_settings(path, environ=env, overrides={"payments": {"method_name": "Cli"}})
+    assert s.payments.method_name == "Cli"
+    assert s.payments.paid_status_id == 10
+    assert s.payments.expires_in == 900
+    assert s.payments.mismatch_status_id == 12
+
+
+def test_config_file_comes_from_env_variable_when_no_option(tmp_path: Path) -> None:
+    """$BCPAY_CONFIG names the file when --config is absent."""
+    path = write(tmp_path, "[server]\nport = 9100\n")
+    assert load_settings(environ={"BCPAY_CONFIG": str(path)}).server.port == 9100
+
+
+def test_wrong_type_names_the_field_path(tmp_path: Path) -> None:
+    """The message is the documented one."""
+    path = write(tmp_path, '[payments]\npaid_status_id = "x"\n')
+    with pytest.raises(ConfigError, match=r'^payments\.paid_status_id: expected integer, got "x"$'):
+        load_settings(path, environ={})
+
+
+def test_env_value_of_wrong_type_names_the_field_path() -> None:
+    with pytest.raises(ConfigError, match=r'^payments\.paid_status_id: expected integer, got "x"$'):
+        load_settings(environ={"BCPAY_PAYMENTS_PAID_STATUS_ID": "x"})
+
+
+def test_unknown_key_and_section_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^payments\.paid_status: unknown setting"):
+        load_settings(write(tmp_path, "[payments]\npaid_status = 11\n"), environ={})
+    with pytest.raises(ConfigError, match=r"^paymnts: unknown section"):
+        load_settings(write(tmp_path, "[paymnts]\nx = 1\n"), environ={})
+
+
+def test_literal_and_range_validation(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^payments\.on_expired: expected 'keep' or 'cancel'"):
+        load_settings(write(tmp_path, '[payments]\non_expired = "delete"\n'), environ={})
+    with pytest.raises(ConfigError, match=r"^payments\.expires_in: CeleryPay accepts 300 to 86400"):
+        load_settings(write(tmp_path, "[payments]\nexpires_in = 60\n"), environ={})
+    with pytest.raises(ConfigError, match=r"^database\.url: expected sqlite"):
+        load_settings(write(tmp_path, '[database]\nurl = "mysql://x"\n'), environ={})
+
+
+def test_invalid_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[payments\n"), environ={})
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_lists_and_booleans_from_environment() -> None:
+    s = load_settings(environ={
+        "BCPAY_PAYMENTS_ACCEPTED_METHODS": "OKCloud Pay, Pay in Store",
+        "BCPAY_PAYMENTS_REFUND_ON_STATUS": "yes",
+    })
+    assert s.payments.accepted_methods == ("OKCloud Pay", "Pay in Store")
+    assert s.payments.refund_on_status is True
+    assert s.accepted_methods == ("OKCloud Pay", "Pay in Store")
+
+
+def test_secrets_never_show_in_repr_str_or_logs(caplog: pytest.LogCaptureFixture, secret_key: str) -> None:
+    """repr(settings), str() and a log line carry no secret value."""
+    s = load_settings(environ={
+        "BCPAY_APP_CLIENT_SECRET": "client-secret-value-123",
+        "BCPAY_APP_SECRET_KEY": secret_key,
+    })
+    text = repr(s) + str(s.app) + str(s.app.client_secret)
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("bcpay.test").info("settings: %s %r", s, s.app.secret_key)
+    for leaked in ("client-secret-value-123", secret_key):
+        assert leaked not in text
+        assert leaked not in caplog.text
+    assert s.app.client_secret.get() == "client-secret-value-123"
+    assert "**********" in repr(s.app.client_secret)
+
+
+def test_bad_secret_key_is_rejected_without_echoing_it() -> None:
+    with pytest.raises(ConfigError, match=r"^app\.secret_key: not a valid key") as info:
+        load_settings(environ={"BCPAY_APP_SECRET_KEY": "hunter2-not-a-key"})
+    assert "hunter2" not in str(info.value)
+
+
+def test_secret_key_required_outside_sandbox() -> None:
+    s = load_settings(environ={})
+    with pytest.raises(ConfigError, match=r"^app\.secret_key: required"):
+        s.require_secret_key()
+    load_settings(environ={"BCPAY_APP_SANDBOX": "true"}).require_secret_key()
+
+
+def test_secret_equality_and_truthiness() -> None:
+    assert Secret("a") == Secret("a") and Secret("a") != Secret("b")
+    assert not Secret("") and Secret("x")

@@ -1,0 +1,147 @@
+"""Storage on real SQLite and PostgreSQL: migrations, constraints, the outbox lease."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bcpay import outbox
+from bcpay.crypto import Vault, generate_key
+from bcpay.errors import ConfigError
+from bcpay.storage import migrate
+from bcpay.storage import queries as q
+from bcpay.storage.db import Database, async_url, safe_url
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+async def make_store(db: Database, store_hash: str = "abc123") -> int:
+    async with db.transaction() as conn:
+        store = await q.upsert_store(conn, store_hash, NOW, source="api_account", name="Shop")
+    return store.id
+
+
+def attempt(store_id: int, order_id: int, n: int, status: str = "pending") -> dict[str, object]:
+    return dict(
+        token=f"tok-{order_id}-{n}", store_id=store_id, order_id=order_id, attempt_no=n,
+        merchant_order_no=f"abc123-{order_id}-{n}", idempotency_key=f"k{order_id}{n}", amount=1999,
+        currency="USD", status=status, created_at=NOW, updated_at=NOW,
+    )
+
+
+@pytest.fixture
+async def db(db_url: str):  # type: ignore[no-untyped-def]
+    database = Database(db_url)
+    yield database
+    await database.dispose()
+
+
+async def test_migrations_are_at_head_and_idempotent(db: Database) -> None:
+    assert await migrate.is_current(db)
+    before, after = await migrate.upgrade(db)
+    assert before == after == migrate.head_revision()
+
+
+async def test_one_open_attempt_per_order_is_a_schema_constraint(db: Database) -> None:
+    """The partial unique index refuses a second creating/pending attempt."""
+    store_id = await make_store(db)
+    async with db.transaction() as conn:
+        assert await q.insert_payment(conn, **attempt(store_id, 7, 1)) is not None
+        assert await q.insert_payment(conn, **attempt(store_id, 7, 2, status="creating")) is None
+        assert await q.insert_payment(conn, **attempt(store_id, 8, 1)) is not None
+    async with db.transaction() as conn:
+        first = await q.find_payment(conn, merchant_order_no="abc123-7-1")
+        assert first is not None
+        await q.update_payment(conn, first.id, status="failed")
+        second = await q.insert_payment(conn, **attempt(store_id, 7, 2))
+        assert second is not None and second.attempt_no == 2
+
+
+async def test_concurrent_inserts_leave_exactly_one_open_attempt(db: Database) -> None:
+    store_id = await make_store(db)
+
+    async def try_insert(n: int) -> bool:
+        async with db.transaction() as conn:
+            return await q.insert_payment(conn, **attempt(store_id, 9, n)) is not None
+
+    results = await asyncio.gather(*(try_insert(n) for n in range(1, 9)))
+    assert results.count(True) == 1
+    async with db.engine.connect() as conn:
+        assert len(await q.order_attempts(conn, store_id, 9)) == 1
+
+
+async def test_event_ids_are_stored_once(db: Database) -> None:
+    store_id = await make_store(db)
+    async with db.transaction() as conn:
+        kwargs = dict(event_id="evt_1", store_id=store_id, type_="payment.succeeded",
+                      celerypay_payment_id="pay_1", raw_body="{}", outcome="received", now=NOW)
+        assert await q.record_event(conn, **kwargs) is True  # type: ignore[arg-type]
+        assert await q.record_event(conn, **kwargs) is False  # type: ignore[arg-type]
+    async with db.engine.connect() as conn:
+        assert len(await q.list_events(conn)) == 1
+
+
+async def test_timestamps_come_back_as_aware_utc(db: Database) -> None:
+    store_id = await make_store(db)
+    async with db.transaction() as conn:
+        row = await q.insert_payment(conn, **attempt(store_id, 3, 1))
+    assert row is not None and row.created_at == NOW and row.created_at.tzinfo is not None
+
+
+async def test_outbox_lease_gives_each_job_to_one_worker(db: Database) -> None:
+    store_id = await make_store(db)
+    async with db.transaction() as conn:
+        for i in range(5):
+            await outbox.enqueue(conn, "mark_paid", {"payment_id": i}, now=NOW, store_id=store_id, dedupe_key=f"k{i}")
+        assert not await outbox.enqueue(conn, "mark_paid", {"payment_id": 0}, now=NOW, dedupe_key="k0")
+    a, b = await asyncio.gather(
+        outbox.claim(db, owner="a", now=NOW, lease_seconds=60, limit=5),
+        outbox.claim(db, owner="b", now=NOW, lease_seconds=60, limit=5),
+    )
+    assert sorted(j.payload["payment_id"] for j in a + b) == [0, 1, 2, 3, 4]
+    assert not {j.id for j in a} & {j.id for j in b}
+    # nothing more while leased; everything again once the leases run out
+    assert await outbox.claim(db, owner="c", now=NOW, lease_seconds=60) == []
+    later = await outbox.claim(db, owner="c", now=NOW + timedelta(seconds=61), lease_seconds=60)
+    assert len(later) == 5 and all(j.attempts == 2 for j in later)
+
+
+async def test_outbox_complete_retry_and_dead(db: Database) -> None:
+    async with db.transaction() as conn:
+        await outbox.enqueue(conn, "k", {}, now=NOW)
+    [job] = await outbox.claim(db, owner="w", now=NOW, lease_seconds=60)
+    assert not await outbox.complete(db, job, owner="someone-else", now=NOW)
+    state = await outbox.retry_later(db, job, owner="w", now=NOW, delay=10, error="boom", max_attempts=2)
+    assert state == outbox.QUEUED
+    assert await outbox.claim(db, owner="w", now=NOW + timedelta(seconds=5), lease_seconds=60) == []
+    [job] = await outbox.claim(db, owner="w", now=NOW + timedelta(seconds=11), lease_seconds=60)
+    assert await outbox.retry_later(db, job, owner="w", now=NOW, delay=10, error="boom", max_attempts=2) == outbox.DEAD
+    dead = await outbox.list_jobs(db, state=outbox.DEAD)
+    assert [j.last_error for j in dead] == ["boom"]
+    stats = await outbox.stats(db, NOW)
+    assert stats["dead"] == 1 and stats["depth"] == 0
+    assert await outbox.retry_dead(db, now=NOW) == 1
+    [job] = await outbox.claim(db, owner="w", now=NOW, lease_seconds=60)
+    assert await outbox.complete(db, job, owner="w", now=NOW)
+    assert (await outbox.stats(db, NOW))["depth"] == 0
+
+
+def test_database_urls_map_to_async_drivers_and_hide_passwords() -> None:
+    assert async_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+    assert async_url("postgresql://u:p@h/db") == "postgresql+asyncpg://u:p@h/db"
+    with pytest.raises(ConfigError):
+        async_url("mysql://x")
+    assert "secretpw" not in safe_url("postgresql://u:secretpw@h/db")
+    assert "secretpw" not in repr(Database("postgresql://u:secretpw@127.0.0.1/db"))
+
+
+def test_vault_rotation_reencrypts_under_the_new_key() -> None:
+    old, new = generate_key(), generate_key()
+    sealed = Vault(old).seal("token-value")
+    assert "token-value" not in sealed
+    rotated = Vault(new, old).reencrypt(sealed)
+    assert Vault(new).open(rotated) == "token-value"
+    with pytest.raises(ConfigError, match="cannot be decrypted"):
+        Vault(new).open(sealed)
