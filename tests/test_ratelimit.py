@@ -1,0 +1,261 @@
+"""The per-store BigCommerce rate limiter: fake-clock unit tests and one small real run."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+import respx
+from builders import STORE_HASH, order_json
+
+from bcpay.clients.bigcommerce import BigCommerceClient
+from bcpay.clients.ratelimit import RateLimiter, RateLimiterRegistry
+
+BASE = f"https://api.bc.test/stores/{STORE_HASH}"
+
+
+class FakeTime:
+    """A shared fake clock; sleeping moves it forward to the sleeper's wake-up time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now = max(self.now, self.now + seconds)
+        await asyncio.sleep(0)
+
+
+def answer(
+    left: int, reset_ms: int, status: int = 200, quota: int = 150, window_ms: int = 30000
+) -> httpx.Response:
+    return httpx.Response(
+        status,
+        headers={
+            "X-Rate-Limit-Requests-Left": str(left),
+            "X-Rate-Limit-Time-Reset-Ms": str(reset_ms),
+            "X-Rate-Limit-Requests-Quota": str(quota),
+            "X-Rate-Limit-Time-Window-Ms": str(window_ms),
+        },
+    )
+
+
+@pytest.fixture
+def ft() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def limiter(ft: FakeTime) -> RateLimiter:
+    return RateLimiter(reserve=2, margin=0.0, clock=ft.clock, sleep=ft.sleep)
+
+
+async def test_requests_go_at_once_while_quota_is_left(limiter: RateLimiter, ft: FakeTime) -> None:
+    """With plenty left, acquire never sleeps."""
+    await limiter.acquire()
+    limiter.record(answer(left=100, reset_ms=20000))
+    for _ in range(10):
+        await limiter.acquire()
+    assert ft.sleeps == [] and limiter.in_flight == 10
+
+
+async def test_at_the_reserve_acquire_waits_for_the_window_reset(
+    limiter: RateLimiter, ft: FakeTime
+) -> None:
+    """left - in_flight at the reserve: the next request waits exactly until the reset."""
+    await limiter.acquire()
+    limiter.record(answer(left=3, reset_ms=12500))
+    await limiter.acquire()  # 3 - 0 > 2: goes
+    await limiter.acquire()  # 3 - 1 = 2: at the reserve, waits
+    assert ft.sleeps == [12.5] and ft.now == 1012.5
+    assert limiter.left == 150  # a new window: the full quota is assumed
+
+
+async def test_unknown_quota_lets_only_one_request_probe(
+    limiter: RateLimiter, ft: FakeTime
+) -> None:
+    """Before any answer, a second task waits until the first one's answer arrives."""
+    await limiter.acquire()
+    second = asyncio.create_task(limiter.acquire())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not second.done()
+    limiter.record(answer(left=100, reset_ms=30000))
+    await asyncio.wait_for(second, 1)
+    assert limiter.in_flight == 1
+
+
+async def test_a_429_blocks_every_task_of_the_store_until_reset(
+    limiter: RateLimiter, ft: FakeTime
+) -> None:
+    """After a 429 each acquire waits for the reported reset."""
+    await limiter.acquire()
+    limiter.record(answer(left=0, reset_ms=4000, status=429))
+    assert limiter.throttled == 1
+    await asyncio.gather(limiter.acquire(), limiter.acquire())
+    assert ft.now == 1004.0 and ft.sleeps[0] == 4.0
+
+
+async def test_a_429_without_headers_blocks_for_the_default(ft: FakeTime) -> None:
+    """Platform-load 429s carry no reset: the default block applies."""
+    lim = RateLimiter(margin=0.0, default_block=1.0, clock=ft.clock, sleep=ft.sleep)
+    await lim.acquire()
+    lim.record(httpx.Response(429))
+    await lim.acquire()
+    assert ft.now == pytest.approx(1001.0)
+
+
+async def test_out_of_order_answers_keep_the_lowest_count_in_a_window(
+    limiter: RateLimiter, ft: FakeTime
+) -> None:
+    """A late answer reporting more left does not raise the count within the window."""
+    await limiter.acquire()
+    limiter.record(answer(left=10, reset_ms=20000))
+    await limiter.acquire()
+    await limiter.acquire()
+    limiter.record(answer(left=8, reset_ms=19990))
+    limiter.record(answer(left=9, reset_ms=19995))
+    assert limiter.left == 8
+
+
+async def test_a_new_window_replaces_the_count(limiter: RateLimiter, ft: FakeTime) -> None:
+    """An answer implying a reset a window later starts a new window."""
+    await limiter.acquire()
+    limiter.record(answer(left=5, reset_ms=100))
+    ft.now += 0.2
+    await limiter.acquire()
+    limiter.record(answer(left=149, reset_ms=29900))
+    assert limiter.left == 149 and limiter.reset_at == pytest.approx(1000.2 + 29.9)
+
+
+async def test_a_transport_error_frees_the_slot(limiter: RateLimiter) -> None:
+    """record(None) after a failed request releases the in-flight slot."""
+    await limiter.acquire()
+    limiter.record(None)
+    assert limiter.in_flight == 0
+
+
+def test_the_registry_shares_one_limiter_per_store() -> None:
+    """Same store, same limiter; other store, another."""
+    registry = RateLimiterRegistry()
+    assert registry.for_store("a") is registry.for_store("a")
+    assert registry.for_store("a") is not registry.for_store("b")
+
+
+class QuotaServer:
+    """A fake BigCommerce quota: ``quota`` requests per fixed window on ``clock``."""
+
+    def __init__(self, clock: Callable[[], float], quota: int, window: float) -> None:
+        self.clock, self.quota, self.window = clock, quota, window
+        self.start = clock()
+        self.counts: dict[int, int] = {}
+        self.throttled_windows: list[int] = []
+        self.served = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        elapsed = self.clock() - self.start
+        index = int(elapsed // self.window)
+        reset_ms = int(((index + 1) * self.window - elapsed) * 1000)  # floor, like a strict server
+        used = self.counts.get(index, 0)
+        headers = {
+            "X-Rate-Limit-Requests-Quota": str(self.quota),
+            "X-Rate-Limit-Time-Window-Ms": str(int(self.window * 1000)),
+            "X-Rate-Limit-Time-Reset-Ms": str(reset_ms),
+        }
+        if used >= self.quota:
+            self.throttled_windows.append(index)
+            return httpx.Response(429, headers=headers)
+        self.counts[index] = used + 1
+        self.served += 1
+        headers["X-Rate-Limit-Requests-Left"] = str(self.quota - used - 1)
+        oid = int(request.url.path.rsplit("/", 1)[1])
+        return httpx.Response(200, json=order_json(id=oid), headers=headers)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+async def reconcile(
+    http: httpx.AsyncClient, limiter: RateLimiter, tasks: int, orders: int, **kw: object
+) -> list[int]:
+    client = BigCommerceClient(
+        http,
+        api_url="https://api.bc.test",
+        store_hash=STORE_HASH,
+        access_token="t" * 20,
+        limiter=limiter,
+        jitter=lambda: 0.0,
+        **kw,
+    )  # type: ignore[arg-type]
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for oid in range(1, orders + 1):
+        queue.put_nowait(oid)
+    done: list[int] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            done.append((await client.get_order(queue.get_nowait())).id)
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return done
+
+
+@respx.mock
+async def test_a_reconcile_runs_at_the_quota_without_429s_on_a_fake_clock(
+    http: httpx.AsyncClient, ft: FakeTime
+) -> None:
+    """1000 orders, 20 tasks, 150 per 30 s: no 429 at all, and no window wasted."""
+    server = QuotaServer(ft.clock, quota=150, window=30.0)
+    respx.get(url__regex=rf"{BASE}/v2/orders/\d+").mock(side_effect=server)
+    limiter = RateLimiter(reserve=2, margin=0.01, clock=ft.clock, sleep=ft.sleep)
+    done = await reconcile(http, limiter, tasks=20, orders=1000, sleep=ft.sleep)
+    assert sorted(done) == list(range(1, 1001))
+    assert server.throttled_windows == [] and limiter.throttled == 0
+    # 148 per window (2 kept in reserve): 1000 orders need 7 windows, so ~6 resets of waiting.
+    assert ft.now - 1000.0 < math.ceil(1000 / 148) * 30.0
+    assert max(server.counts.values()) <= 150 and len(server.counts) == math.ceil(1000 / 148)
+
+
+@respx.mock
+async def test_twenty_real_tasks_see_no_429_after_the_first_window(http: httpx.AsyncClient) -> None:
+    """Real clock, 40 ms windows of 20 requests, 20 concurrent tasks: zero 429s."""
+    server = QuotaServer(time.monotonic, quota=20, window=0.04)
+    respx.get(url__regex=rf"{BASE}/v2/orders/\d+").mock(side_effect=server)
+    limiter = RateLimiter(reserve=2)
+    started = time.monotonic()
+    done = await reconcile(http, limiter, tasks=20, orders=80)
+    assert sorted(done) == list(range(1, 81))
+    assert [w for w in server.throttled_windows if w > 0] == []
+    assert server.throttled_windows == []  # the probe learns the quota before the crowd goes
+    assert time.monotonic() - started < 2.0
+
+
+@respx.mock
+async def test_without_a_limiter_the_same_reconcile_is_throttled(
+    http: httpx.AsyncClient, ft: FakeTime
+) -> None:
+    """Control: the fake quota does throttle 20 unlimited tasks, so the tests above can fail."""
+    server = QuotaServer(ft.clock, quota=150, window=30.0)
+    respx.get(url__regex=rf"{BASE}/v2/orders/\d+").mock(side_effect=server)
+    client = BigCommerceClient(
+        http,
+        api_url="https://api.bc.test",
+        store_hash=STORE_HASH,
+        access_token="t" * 20,
+        sleep=ft.sleep,
+        jitter=lambda: 0.0,
+        max_retries=50,
+    )
+    ids = await asyncio.gather(*(client.get_order(oid) for oid in range(1, 201)))
+    assert len(ids) == 200 and server.throttled_windows
