@@ -37,9 +37,12 @@ _FORWARD: dict[str, frozenset[str]] = {
     SUCCEEDED: frozenset({PARTIALLY_REFUNDED, REFUNDED}),
     PARTIALLY_REFUNDED: frozenset({PARTIALLY_REFUNDED, REFUNDED}),
     REFUNDED: frozenset(),
-    FAILED: frozenset(),
-    EXPIRED: frozenset(),
-    CANCELLED: frozenset(),
+    # CeleryPay never captures after a final unpaid state, so a signed capture
+    # for an attempt we hold as failed/expired/cancelled means our state was
+    # inferred locally (e.g. a creation we thought lost): the capture wins.
+    FAILED: PAID,
+    EXPIRED: PAID,
+    CANCELLED: PAID,
 }
 
 # BigCommerce order statuses bcpay cares about (reference section 3).

@@ -15,11 +15,12 @@ from bcpay import rules
     [("pending", "succeeded", True), ("pending", "failed", True), ("pending", "expired", True),
      ("pending", "cancelled", True), ("succeeded", "refunded", True), ("succeeded", "partially_refunded", True),
      ("partially_refunded", "refunded", True), ("creating", "pending", True), ("creating", "succeeded", True),
-     ("failed", "succeeded", False), ("succeeded", "failed", False), ("succeeded", "pending", False),
-     ("expired", "pending", False), ("cancelled", "succeeded", False), ("refunded", "succeeded", False),
+     ("failed", "succeeded", True), ("cancelled", "succeeded", True), ("failed", "expired", False),
+     ("succeeded", "failed", False), ("succeeded", "pending", False), ("expired", "pending", False),
+     ("expired", "failed", False), ("refunded", "succeeded", False), ("refunded", "partially_refunded", False),
      ("pending", "pending", False), ("succeeded", "succeeded", False), ("pending", "bogus", False)],
 )
-def test_only_forward_transitions_of_the_contract_are_allowed(current: str, new: str, forward: bool) -> None:
+def test_only_forward_transitions_are_allowed_and_a_capture_always_wins(current: str, new: str, forward: bool) -> None:
     assert rules.is_forward(current, new) is forward
 
 

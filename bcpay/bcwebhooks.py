@@ -1,0 +1,108 @@
+"""BigCommerce webhooks: authenticate, deduplicate on ``hash``, queue the work.
+
+Each hook is registered with a per-store random secret in its custom headers
+(``X-Bcpay-Secret``); a call without it is refused. Where BigCommerce also
+signs callbacks (Standard Webhooks headers, reference section 8) the
+signature is verified too. The payload is only a hint: the job re-reads the
+order before acting.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from bcpay import outbox, rules
+from bcpay.errors import InvalidInputError, NotFoundError, SignatureError
+from bcpay.provisioning import WEBHOOK_SECRET_HEADER
+from bcpay.runtime import Runtime
+from bcpay.signatures import verify_standard_webhook
+from bcpay.storage import queries as q
+from bcpay.stores import uninstall
+
+MAX_BODY = 64 * 1024
+
+
+async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[str, str]) -> str:
+    """Handle one webhook delivery; returns what happened (for logs and tests)."""
+    if len(body) > MAX_BODY:
+        raise InvalidInputError("webhook body too large", code="body_too_large")
+    async with rt.db.engine.connect() as conn:
+        store = await q.get_store(conn, store_hash)
+    if store is None or not store.webhook_secret_enc:
+        raise SignatureError("unknown store or no webhook secret")
+    expected = rt.vault.open(store.webhook_secret_enc)
+    given = headers.get(WEBHOOK_SECRET_HEADER.lower(), "")
+    if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8")):
+        raise SignatureError("missing or wrong webhook secret header")
+    if "webhook-signature" in headers and rt.settings.app.client_secret:
+        secret = rt.settings.app.client_secret.get().encode("utf-8")
+        verify_standard_webhook(body, headers, secret=secret, now=rt.wall())
+    payload = _parse(body)
+    if payload.get("producer") not in (None, f"stores/{store_hash}"):
+        raise InvalidInputError("webhook is for another store", code="wrong_store")
+    scope = str(payload["scope"])
+    async with rt.db.transaction() as conn:
+        fresh = await q.record_webhook(conn, hash_=str(payload["hash"])[:128], store_id=store.id, scope=scope,
+                                       now=rt.now())
+        if not fresh:
+            return "duplicate"
+        if scope == "store/order/statusUpdated":
+            data = payload.get("data") or {}
+            order_id = data.get("id")
+            if not isinstance(order_id, int) or isinstance(order_id, bool) or order_id <= 0:
+                raise InvalidInputError("webhook data.id is not an order id", code="invalid_webhook")
+            await outbox.enqueue(conn, "order_status_changed", {"order_id": order_id}, now=rt.now(),
+                                 store_id=store.id)
+            return "queued"
+    if scope == "store/app/uninstalled":
+        await uninstall(rt, store_hash)
+        return "uninstalled"
+    return "ignored"
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInputError("webhook body is not JSON", code="invalid_json") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("scope"), str) or not payload.get("hash"):
+        raise InvalidInputError("webhook body lacks scope or hash", code="invalid_webhook")
+    return payload
+
+
+async def order_status_changed(rt: Runtime, store_id: int, order_id: int) -> str:
+    """Re-read the order; cancel its open payment if cancelled, refund if refunded (opt-in)."""
+    from bcpay import payflow, refunds
+
+    async with rt.db.engine.connect() as conn:
+        store = await q.get_store_by_id(conn, store_id)
+        attempts = await q.order_attempts(conn, store_id, order_id)
+    if not attempts:
+        return "not ours"
+    try:
+        order = await rt.bigcommerce(store).get_order(order_id)
+    except NotFoundError:
+        return "order gone"
+    if order.status_id == rules.STATUS_CANCELLED:
+        open_ = [a for a in attempts if a.status in rules.OPEN]
+        for attempt in open_:
+            await payflow.cancel_attempt(rt, store, attempt, reason="order cancelled in BigCommerce")
+        return "cancelled payment" if open_ else "nothing open"
+    if order.status_id == rules.STATUS_REFUNDED and rt.policy(store).refund_on_status:
+        paid = await refunds.paid_attempt(rt, store, order_id)
+        async with rt.db.engine.connect() as conn:
+            left = await refunds.refundable(conn, paid)
+        if left > 0:
+            await refunds.request_refund(rt, store, paid, amount=left, reason="order set to Refunded in BigCommerce",
+                                         key=f"status-refund-{paid.id}")
+            return "refunded"
+    return "no action"
+
+
+def standard_webhook_secret(client_secret: str) -> str:
+    """The ``whsec_`` form of the app secret, as BigCommerce's docs feed it to standardwebhooks."""
+    return "whsec_" + base64.b64encode(client_secret.encode("utf-8")).decode("ascii")

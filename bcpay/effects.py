@@ -1,0 +1,284 @@
+"""Outbox job handlers (the effects on BigCommerce and CeleryPay) and the worker.
+
+Every handler re-reads the order before it writes, so that running a job a
+second time (after a crash between the API call and marking it done) changes
+nothing: that is what makes "exactly once" hold with an at-least-once queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from bcpay import outbox, payflow, rules
+from bcpay.clients.bigcommerce import BigCommerceClient, Order
+from bcpay.errors import (
+    BcpayError,
+    ConflictError,
+    RateLimited,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from bcpay.money import format_amount
+from bcpay.runtime import Runtime
+from bcpay.storage import queries as q
+from bcpay.storage.records import JobRecord, PaymentRecord, StoreRecord
+
+log = logging.getLogger("bcpay.worker")
+
+METAFIELD_NAMESPACE = "bcpay"
+METAFIELD_KEY = "celerypay_payment_id"
+MAX_NOTES = 65535
+
+Handler = Callable[[Runtime, JobRecord], Awaitable[str]]
+
+
+def append_note(existing: str | None, line: str) -> str:
+    """Staff notes with one more line; the oldest text is cut if BigCommerce's limit is hit."""
+    text = f"{existing.rstrip()}\n{line}" if existing and existing.strip() else line
+    return text[-MAX_NOTES:]
+
+
+async def _context(rt: Runtime, job: JobRecord) -> tuple[StoreRecord, PaymentRecord, BigCommerceClient, Order]:
+    async with rt.db.engine.connect() as conn:
+        payment = await q.get_payment(conn, int(job.payload["payment_id"]))
+        store = await q.get_store_by_id(conn, payment.store_id)
+    bc = rt.bigcommerce(store)
+    return store, payment, bc, await bc.get_order(payment.order_id)
+
+
+async def _write_order(
+    rt: Runtime, store: StoreRecord, payment: PaymentRecord, order: Order, *, status_id: int,
+    note: str, action: str, provider_id: str | None = None,
+) -> None:
+    await rt.bigcommerce(store).update_order(
+        order.id, status_id=status_id, staff_notes=append_note(order.staff_notes, note),
+        payment_provider_id=provider_id,
+    )
+    async with rt.db.transaction() as conn:
+        await q.audit(
+            conn, store_id=store.id, order_id=order.id, payment_id=payment.id, action=action,
+            from_status_id=order.status_id, to_status_id=status_id, detail=note, now=rt.now(),
+        )
+
+
+async def _audit(rt: Runtime, store: StoreRecord, payment: PaymentRecord, order: Order, action: str, detail: str) -> None:
+    async with rt.db.transaction() as conn:
+        await q.audit(
+            conn, store_id=store.id, order_id=order.id, payment_id=payment.id, action=action,
+            from_status_id=order.status_id, to_status_id=order.status_id, detail=detail, now=rt.now(),
+        )
+
+
+async def mark_paid(rt: Runtime, job: JobRecord) -> str:
+    """Set the paid status, provider id, staff note and metafield, once."""
+    store, payment, bc, order = await _context(rt, job)
+    policy = rt.policy(store)
+    effect = rules.paid_effect(order.status_id, paid_status_id=policy.paid_status_id)
+    assert payment.celerypay_id is not None and payment.paid_amount is not None
+    if effect == "apply":
+        note = (
+            f"OKCloud Pay: paid {format_amount(payment.paid_amount, payment.currency)}, "
+            f"CeleryPay payment {payment.celerypay_id}, at {rt.now():%Y-%m-%d %H:%M:%S} UTC"
+        )
+        await _write_order(
+            rt, store, payment, order, status_id=policy.paid_status_id, note=note, action="mark_paid",
+            provider_id=payment.celerypay_id,
+        )
+    elif effect == "cancelled":
+        async with rt.db.transaction() as conn:
+            await payflow.record_duplicate(
+                conn, rt, store, payment, "paid after the order was cancelled", kind="paid_after_cancel"
+            )
+        await _audit(rt, store, payment, order, "paid_after_cancel", "order was cancelled; payment kept apart")
+        return "anomaly"
+    elif effect == "other":
+        await _audit(rt, store, payment, order, "left_as_is", f"order was in status {order.status_id}; not changed")
+        return "skipped"
+    await bc.upsert_order_metafield(
+        order.id, namespace=METAFIELD_NAMESPACE, key=METAFIELD_KEY, value=payment.celerypay_id,
+        description="CeleryPay payment id (OKCloud Pay)",
+    )
+    return effect
+
+
+async def mark_mismatch(rt: Runtime, job: JobRecord) -> str:
+    """Put the order in Manual Verification Required with the reason, never paid."""
+    store, payment, _bc, order = await _context(rt, job)
+    if order.status_id not in (rules.STATUS_AWAITING_PAYMENT, rules.STATUS_PENDING):
+        await _audit(rt, store, payment, order, "mismatch_left", f"order in status {order.status_id}")
+        return "skipped"
+    note = f"OKCloud Pay: payment {payment.celerypay_id} needs manual verification: {job.payload['reason']}"
+    await _write_order(
+        rt, store, payment, order, status_id=rt.policy(store).mismatch_status_id, note=note,
+        action="mark_mismatch",
+    )
+    return "apply"
+
+
+async def cancel_order(rt: Runtime, job: JobRecord) -> str:
+    """Cancel an order whose payment expired, if still unpaid and awaiting payment."""
+    store, payment, _bc, order = await _context(rt, job)
+    async with rt.db.engine.connect() as conn:
+        attempts = await q.order_attempts(conn, store.id, order.id)
+    if any(a.status in rules.PAID or a.status in rules.OPEN for a in attempts):
+        return "skipped"
+    if order.status_id != rules.STATUS_AWAITING_PAYMENT:
+        return "skipped"
+    await _write_order(
+        rt, store, payment, order, status_id=rules.STATUS_CANCELLED, action="cancel_expired",
+        note=f"OKCloud Pay: payment {payment.celerypay_id} expired unpaid; order cancelled",
+    )
+    return "apply"
+
+
+async def refund_status(rt: Runtime, job: JobRecord) -> str:
+    """Move the order to Refunded / Partially Refunded after a refund succeeded."""
+    store, payment, _bc, order = await _context(rt, job)
+    if payment.outcome != "applied" or not payment.paid_amount:
+        return "skipped"  # a refunded duplicate does not change the order
+    target = rules.refund_status_id(payment.refunded_amount, payment.paid_amount)
+    if order.status_id == target:
+        return "done"
+    note = (
+        f"OKCloud Pay: refunded {format_amount(payment.refunded_amount, payment.currency)} of "
+        f"{format_amount(payment.paid_amount, payment.currency)} (refund {job.payload.get('refund_id')})"
+    )
+    await _write_order(rt, store, payment, order, status_id=target, note=note, action="refund_status")
+    return "apply"
+
+
+async def cancel_remote(rt: Runtime, job: JobRecord) -> str:
+    """The merchant cancelled the order: cancel its open CeleryPay attempt."""
+    async with rt.db.engine.connect() as conn:
+        store = await q.get_store_by_id(conn, int(job.store_id or 0))
+        attempts = await q.order_attempts(conn, store.id, int(job.payload["order_id"]))
+    open_ = [a for a in attempts if a.status in rules.OPEN]
+    for attempt in open_:
+        await payflow.cancel_attempt(rt, store, attempt, reason="order cancelled in BigCommerce")
+    return "apply" if open_ else "skipped"
+
+
+async def refund(rt: Runtime, job: JobRecord) -> str:
+    """Refund money bcpay must return (duplicate or late payments with auto refund)."""
+    from bcpay import refunds
+
+    async with rt.db.engine.connect() as conn:
+        payment = await q.get_payment(conn, int(job.payload["payment_id"]))
+        store = await q.get_store_by_id(conn, payment.store_id)
+    await refunds.request_refund(
+        rt, store, payment, amount=int(job.payload["amount"]), reason=str(job.payload.get("reason", "")),
+        key=f"job-{job.id}",
+    )
+    return "apply"
+
+
+async def order_status_changed(rt: Runtime, job: JobRecord) -> str:
+    """A statusUpdated webhook: re-read the order and act (cancel / refund)."""
+    from bcpay import bcwebhooks
+
+    return await bcwebhooks.order_status_changed(rt, int(job.store_id or 0), int(job.payload["order_id"]))
+
+
+HANDLERS: dict[str, Handler] = {
+    "order_status_changed": order_status_changed,
+    "mark_paid": mark_paid,
+    "mark_mismatch": mark_mismatch,
+    "cancel_order": cancel_order,
+    "refund_status": refund_status,
+    "cancel_remote": cancel_remote,
+    "refund": refund,
+}
+
+
+class Worker:
+    """Claims due jobs and runs them; also sweeps expired attempts."""
+
+    def __init__(self, rt: Runtime, *, owner: str | None = None, batch: int = 10) -> None:
+        self.rt = rt
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.batch = batch
+        self.wakeup = asyncio.Event()
+
+    async def run_once(self) -> int:
+        """Run every job due now (one batch); returns how many ran."""
+        rt = self.rt
+        jobs = await outbox.claim(
+            rt.db, owner=self.owner, now=rt.now(), lease_seconds=rt.settings.outbox.lease_seconds, limit=self.batch
+        )
+        await asyncio.gather(*(self._run(job) for job in jobs))
+        return len(jobs)
+
+    async def _run(self, job: JobRecord) -> None:
+        rt = self.rt
+        cfg = rt.settings.outbox
+        handler = HANDLERS.get(job.kind)
+        try:
+            if handler is None:
+                raise ConflictError(f"unknown job kind {job.kind!r}")
+            result = await handler(rt, job)
+        except RateLimited as exc:
+            await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=exc.retry_after,
+                                     error=repr(exc), max_attempts=cfg.max_attempts + 1)
+            rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="rate_limited")
+        except (UpstreamRejected, ConflictError) as exc:
+            await outbox.kill(rt.db, job, owner=self.owner, now=rt.now(), error=repr(exc))
+            rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="dead")
+            log.warning("job %s (%s) is dead: %r", job.id, job.kind, exc)
+        except Exception as exc:  # noqa: BLE001 - any failure is retried, then dead
+            delay = rules.backoff_seconds(job.attempts, base=cfg.backoff_base, cap=cfg.backoff_cap)
+            state = await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=delay,
+                                             error=repr(exc), max_attempts=cfg.max_attempts)
+            rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="retry" if state == outbox.QUEUED else "dead")
+            if not isinstance(exc, (UpstreamUnavailable, BcpayError)):
+                log.exception("job %s (%s) failed", job.id, job.kind)
+        else:
+            await outbox.complete(rt.db, job, owner=self.owner, now=rt.now())
+            rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result=result)
+
+    async def sweep(self) -> int:
+        """Check pending attempts past their expiry at CeleryPay (lost expiry notifications)."""
+        rt = self.rt
+        grace = rt.now() - timedelta(seconds=30)
+        async with rt.db.engine.connect() as conn:
+            stale = await q.list_payments(conn, status=[rules.PENDING, rules.CREATING], expires_before=grace, limit=200)
+        checked = 0
+        for attempt in stale:
+            async with rt.db.engine.connect() as conn:
+                store = await q.get_store_by_id(conn, attempt.store_id)
+            if not store.has_credentials:
+                continue
+            try:
+                await payflow.refresh(rt, store, attempt)
+                checked += 1
+            except BcpayError as exc:
+                log.warning("sweep of payment %s failed: %r", attempt.id, exc)
+        return checked
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Loop until ``stop`` is set: jobs as they come, a sweep now and then."""
+        cfg = self.rt.settings.outbox
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
+        while not stop.is_set():
+            try:
+                ran = await self.run_once()
+                if loop.time() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = loop.time() + cfg.sweep_interval
+            except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
+                log.exception("worker loop error")
+                ran = 0
+            if ran:
+                continue
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout=cfg.poll_interval)
+            except TimeoutError:
+                pass
+

@@ -1,0 +1,63 @@
+"""Logging: one line per event, text or JSON, with secrets masked.
+
+Tokens, secrets and shopper emails are never logged in full: call
+:func:`mask` on anything that might be one before it reaches a log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+
+def mask(value: str | None, keep: int = 4) -> str:
+    """``abcd…`` for tokens; ``j***@example.com`` for emails."""
+    if not value:
+        return ""
+    if "@" in value:
+        local, _, domain = value.partition("@")
+        return f"{local[:1]}***@{domain}"
+    return value[:keep] + "…" if len(value) > keep else "…"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line with the record's structured ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        data.update(getattr(record, "fields", {}) or {})
+        if record.exc_info:
+            data["exc"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger message key=value ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            base += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return base
+
+
+def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    """Configure the ``bcpay`` loggers once (the faces call this, never the library)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("bcpay")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

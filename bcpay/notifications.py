@@ -1,0 +1,122 @@
+"""Receiving CeleryPay notifications: verify, record once, apply, all in one commit.
+
+The order of work follows the contract: the signature is checked on the raw
+bytes before anything is parsed; the event id is the dedupe key; the event is
+stored and its effects queued in the same transaction, and only after that
+commit does the server answer 2xx. A crash before the commit makes CeleryPay
+deliver again; a crash after it loses nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bcpay import outbox, payflow
+from bcpay.clients.celerypay import Event, Refund, parse_event
+from bcpay.errors import InvalidInputError, NotFoundError, SignatureError
+from bcpay.runtime import Runtime
+from bcpay.signatures import verify_notification
+from bcpay.storage import queries as q
+from bcpay.storage.schema import refunds
+
+MAX_BODY = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Received:
+    """The result of one delivery: ``outcome`` is also the metrics label."""
+
+    outcome: str  # applied | mismatch | duplicate | stale | unknown | updated | duplicate_payment
+    event_id: str
+
+
+async def receive(
+    rt: Runtime,
+    store_hash: str,
+    body: bytes,
+    *,
+    merchant: str | None,
+    timestamp: str | None,
+    signature: str | None,
+) -> Received:
+    """Verify and apply one notification; raises SignatureError/InvalidInputError/NotFoundError."""
+    if len(body) > MAX_BODY:
+        raise InvalidInputError("notification body too large", code="body_too_large")
+    async with rt.db.engine.connect() as conn:
+        store = await q.get_store(conn, store_hash)
+    if store is None:
+        raise NotFoundError("unknown store", code="unknown_store")
+    verify_notification(
+        body,
+        signature=signature,
+        timestamp=timestamp,
+        secrets=rt.notification_secrets(store),
+        now=rt.wall(),
+    )
+    if merchant != store.merchant_id:
+        raise SignatureError("CeleryPay-Merchant does not match this store's merchant id")
+    event = parse_event(body)
+    async with rt.db.transaction() as conn:
+        fresh = await q.record_event(
+            conn,
+            event_id=event.id,
+            store_id=store.id,
+            type_=event.type,
+            celerypay_payment_id=event.payment.id,
+            raw_body=body.decode("utf-8"),
+            outcome="received",
+            now=rt.now(),
+        )
+        if not fresh:
+            rt.metrics.inc("bcpay_notifications_total", outcome="duplicate")
+            return Received("duplicate", event.id)
+        outcome = await apply_event(rt, store_id=store.id, event=event, conn=conn)
+        await q.set_event_outcome(conn, event.id, outcome)
+        await q.update_store(conn, store.id, rt.now(), last_notification_at=rt.now())
+    rt.metrics.inc("bcpay_notifications_total", outcome=outcome)
+    return Received(outcome, event.id)
+
+
+async def apply_event(rt: Runtime, *, store_id: int, event: Event, conn: AsyncConnection) -> str:
+    """Apply a verified event inside the caller's transaction (also used by replay)."""
+    store = await q.get_store_by_id(conn, store_id)
+    result = await payflow.apply_remote(rt, store, event.payment, source=f"event {event.id}", conn=conn)
+    if event.refund is not None and result.payment is not None:
+        await record_refund_event_for(rt, conn, store_id, result.payment.id, event.refund)
+    return result.outcome
+
+
+async def record_refund_event_for(
+    rt: Runtime, conn: AsyncConnection, store_id: int, payment_id: int, refund: Refund
+) -> None:
+    """Keep the refund's state and queue the order update for a succeeded refund."""
+    now = rt.now()
+    row = (
+        await conn.execute(
+            select(refunds).where(
+                (refunds.c.celerypay_id == refund.id) | (refunds.c.merchant_refund_no == refund.merchant_refund_no)
+            )
+        )
+    ).mappings().first()
+    if row is None:
+        await conn.execute(
+            insert(refunds).values(
+                payment_id=payment_id, merchant_refund_no=refund.merchant_refund_no,
+                idempotency_key="external", celerypay_id=refund.id, amount=refund.amount,
+                currency=refund.currency, status=refund.status, created_at=now, updated_at=now,
+            )
+        )
+    elif row["status"] not in ("succeeded", "failed"):
+        await conn.execute(
+            update(refunds).where(refunds.c.id == row["id"]).values(
+                status=refund.status, celerypay_id=refund.id, updated_at=now
+            )
+        )
+    if refund.status == "succeeded":
+        await outbox.enqueue(
+            conn, "refund_status", {"payment_id": payment_id, "refund_id": refund.id}, now=now,
+            store_id=store_id, dedupe_key=f"refund_status:{refund.id}",
+        )

@@ -1,0 +1,184 @@
+"""The durable outbox: jobs written in the same transaction as the state change.
+
+A job is leased before it runs (``lease_owner``, ``lease_until``), so several
+processes on one PostgreSQL database never run one job twice at the same time
+(``FOR UPDATE SKIP LOCKED``); on SQLite every transaction is ``BEGIN
+IMMEDIATE``, which serialises the claim. A crashed worker's lease simply runs
+out and another worker takes the job. Failures back off exponentially; after
+``outbox.max_attempts`` a job is ``dead`` until an operator retries it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bcpay.storage.db import Database
+from bcpay.storage.records import JobRecord
+from bcpay.storage.schema import jobs
+
+QUEUED = "queued"
+DONE = "done"
+DEAD = "dead"
+CANCELLED = "cancelled"
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    now: datetime,
+    store_id: int | None = None,
+    dedupe_key: str | None = None,
+    delay: float = 0.0,
+) -> bool:
+    """Add a job inside the caller's transaction; False if ``dedupe_key`` exists."""
+    values = {
+        "store_id": store_id,
+        "kind": kind,
+        "payload": json.dumps(payload, separators=(",", ":"), sort_keys=True),
+        "dedupe_key": dedupe_key,
+        "state": QUEUED,
+        "attempts": 0,
+        "run_after": now + timedelta(seconds=delay),
+        "created_at": now,
+        "updated_at": now,
+    }
+    if dedupe_key is None:
+        await conn.execute(insert(jobs).values(**values))
+        return True
+    try:
+        async with conn.begin_nested():
+            await conn.execute(insert(jobs).values(**values))
+    except IntegrityError:
+        return False
+    return True
+
+
+async def claim(
+    db: Database, *, owner: str, now: datetime, lease_seconds: int, limit: int = 10
+) -> list[JobRecord]:
+    """Lease up to ``limit`` due jobs for ``owner``."""
+    due = and_(
+        jobs.c.state == QUEUED,
+        jobs.c.run_after <= now,
+        or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now),
+    )
+    async with db.transaction() as conn:
+        query = select(jobs.c.id).where(due).order_by(jobs.c.run_after, jobs.c.id).limit(limit)
+        if not db.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        ids = list((await conn.execute(query)).scalars())
+        if not ids:
+            return []
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(ids))
+            .values(
+                lease_owner=owner,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                attempts=jobs.c.attempts + 1,
+                updated_at=now,
+            )
+        )
+        rows = await conn.execute(select(jobs).where(jobs.c.id.in_(ids)).order_by(jobs.c.id))
+        return [JobRecord.from_row(r) for r in rows.mappings()]
+
+
+async def _finish(db: Database, job: JobRecord, owner: str, **values: Any) -> bool:
+    """Update a job only while ``owner`` still holds its lease."""
+    async with db.transaction() as conn:
+        result = await conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job.id, jobs.c.lease_owner == owner, jobs.c.state == QUEUED)
+            .values(lease_owner=None, lease_until=None, **values)
+        )
+        return bool(result.rowcount)
+
+
+async def complete(db: Database, job: JobRecord, *, owner: str, now: datetime) -> bool:
+    """Mark a leased job done."""
+    return await _finish(db, job, owner, state=DONE, last_error=None, updated_at=now)
+
+
+async def retry_later(
+    db: Database, job: JobRecord, *, owner: str, now: datetime, delay: float, error: str, max_attempts: int
+) -> str:
+    """Put a failed job back with a delay, or mark it dead after too many attempts."""
+    if job.attempts >= max_attempts:
+        await _finish(db, job, owner, state=DEAD, last_error=error[:2000], updated_at=now)
+        return DEAD
+    await _finish(
+        db,
+        job,
+        owner,
+        run_after=now + timedelta(seconds=delay),
+        last_error=error[:2000],
+        updated_at=now,
+    )
+    return QUEUED
+
+
+async def kill(db: Database, job: JobRecord, *, owner: str, now: datetime, error: str) -> None:
+    """Mark a job dead at once (the upstream refused it; retrying cannot help)."""
+    await _finish(db, job, owner, state=DEAD, last_error=error[:2000], updated_at=now)
+
+
+async def retry_dead(db: Database, *, now: datetime, job_id: int | None = None) -> int:
+    """Queue dead jobs again (one, or all); returns how many."""
+    conds = [jobs.c.state == DEAD]
+    if job_id is not None:
+        conds.append(jobs.c.id == job_id)
+    async with db.transaction() as conn:
+        result = await conn.execute(
+            update(jobs).where(*conds).values(state=QUEUED, attempts=0, run_after=now, updated_at=now)
+        )
+        return int(result.rowcount or 0)
+
+
+async def cancel_store_jobs(conn: AsyncConnection, store_id: int, now: datetime) -> int:
+    """Stop every queued job of a store (uninstall)."""
+    result = await conn.execute(
+        update(jobs)
+        .where(jobs.c.store_id == store_id, jobs.c.state == QUEUED)
+        .values(state=CANCELLED, updated_at=now, lease_owner=None, lease_until=None)
+    )
+    return int(result.rowcount or 0)
+
+
+async def list_jobs(
+    db: Database, *, state: str | None = None, store_id: int | None = None, limit: int = 50
+) -> list[JobRecord]:
+    """Jobs, newest first."""
+    query = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(jobs.c.state == state)
+    if store_id is not None:
+        query = query.where(jobs.c.store_id == store_id)
+    async with db.engine.connect() as conn:
+        return [JobRecord.from_row(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def stats(db: Database, now: datetime) -> dict[str, float]:
+    """Queue depth, oldest queued age in seconds and dead count."""
+    async with db.engine.connect() as conn:
+        depth, oldest = (
+            await conn.execute(
+                select(func.count(), func.min(jobs.c.created_at)).where(jobs.c.state == QUEUED)
+            )
+        ).one()
+        dead = (await conn.execute(select(func.count()).where(jobs.c.state == DEAD))).scalar_one()
+    age = 0.0
+    if oldest is not None:
+        from bcpay.storage.schema import UTCDateTime
+
+        oldest_aware = UTCDateTime().process_result_value(oldest, db.engine.dialect)
+        assert oldest_aware is not None
+        age = max(0.0, (now - oldest_aware).total_seconds())
+    return {"depth": float(depth), "oldest_age": age, "dead": float(dead)}

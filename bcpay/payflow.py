@@ -1,0 +1,501 @@
+"""The payment flow: start a payment, and apply CeleryPay's word about it.
+
+Every source of payment state (notification, the snippet's status poll, the
+reconcile command, the expiry sweep) goes through :func:`apply_remote` inside
+one transaction that holds the order's lock; the effects on BigCommerce are
+outbox jobs written in that same transaction (see ``bcpay.effects``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bcpay import outbox, rules
+from bcpay.clients.bigcommerce import Order
+from bcpay.clients.celerypay import Payment
+from bcpay.errors import (
+    BcpayError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimited,
+    UpstreamConflict,
+    UpstreamNotFound,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from bcpay.money import format_amount, to_minor
+from bcpay.runtime import Runtime
+from bcpay.storage import queries as q
+from bcpay.storage.records import PaymentRecord, StoreRecord
+from bcpay.storage.schema import payments
+
+# A pending attempt this close to expiry is not handed out again.
+REUSE_MARGIN = timedelta(seconds=60)
+
+
+class AlreadyPaid(ConflictError):
+    """The order is paid; carries the paid attempt's public view."""
+
+    code = "already_paid"
+
+    def __init__(self, view: PaymentView) -> None:
+        super().__init__("this order is already paid")
+        self.view = view
+
+
+class Refused(BcpayError):
+    """The order may not start a payment (code says why)."""
+
+    http_status = 422
+
+
+@dataclass(frozen=True)
+class PaymentView:
+    """What the snippet and the pay page may know about one attempt."""
+
+    token: str
+    store_hash: str
+    order_id: int
+    state: str  # awaiting_payment | paid | under_review | failed | expired | cancelled | refunded
+    status: str
+    amount: int
+    amount_display: str
+    currency: str
+    cashier_url: str | None
+    expires_at: datetime | None
+    pay_url: str
+    failure_message: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON shape of the public payments API."""
+        return {
+            "token": self.token,
+            "store_hash": self.store_hash,
+            "order_id": self.order_id,
+            "state": self.state,
+            "status": self.status,
+            "amount": self.amount,
+            "amount_display": self.amount_display,
+            "currency": self.currency,
+            "cashier_url": self.cashier_url,
+            "expires_at": self.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ") if self.expires_at else None,
+            "pay_url": self.pay_url,
+            "failure_message": self.failure_message,
+        }
+
+
+def public_state(p: PaymentRecord) -> str:
+    """The shopper-facing state of an attempt."""
+    if p.status in (rules.REFUNDED, rules.PARTIALLY_REFUNDED):
+        return "refunded" if p.status == rules.REFUNDED else "paid"
+    if p.status == rules.SUCCEEDED:
+        return "under_review" if p.outcome == "mismatch" else "paid"
+    if p.status in rules.OPEN:
+        return "awaiting_payment"
+    return p.status
+
+
+def view(rt: Runtime, store: StoreRecord, p: PaymentRecord) -> PaymentView:
+    """The public view of an attempt; the cashier URL only while it can be paid."""
+    payable = p.status == rules.PENDING and p.expires_at is not None and p.expires_at > rt.now()
+    return PaymentView(
+        token=p.token,
+        store_hash=store.store_hash,
+        order_id=p.order_id,
+        state=public_state(p),
+        status=p.status,
+        amount=p.amount,
+        amount_display=format_amount(p.amount, p.currency),
+        currency=p.currency,
+        cashier_url=p.cashier_url if payable else None,
+        expires_at=p.expires_at,
+        pay_url=rt.public_url(f"/pay/{p.token}"),
+        failure_message=p.failure_message,
+    )
+
+
+# --- starting a payment ------------------------------------------------------
+
+
+async def _load_store(rt: Runtime, store_hash: str) -> StoreRecord:
+    async with rt.db.engine.connect() as conn:
+        store = await q.get_store(conn, store_hash)
+    if store is None or not store.installed:
+        raise NotFoundError("unknown store", code="unknown_store")
+    if not store.has_credentials:
+        raise ConflictError("this store is not configured for OKCloud Pay yet", code="store_not_configured")
+    return store
+
+
+async def _read_order(rt: Runtime, store: StoreRecord, order_id: int) -> Order:
+    try:
+        return await rt.bigcommerce(store).get_order(order_id)
+    except UpstreamNotFound:
+        raise NotFoundError("no such order", code="order_not_found") from None
+
+
+async def start_payment(rt: Runtime, store_hash: str, order_id: int, cart_id: str) -> PaymentView:
+    """Start or resume the CeleryPay payment of an order; never trusts the browser.
+
+    Returns the attempt whose cashier URL the shopper should visit. Raises
+    :class:`AlreadyPaid`, :class:`Refused`, NotFoundError (also for a wrong
+    cart id) or an upstream error.
+    """
+    store = await _load_store(rt, store_hash)
+    order = await _read_order(rt, store, order_id)
+    if not rules.cart_matches(order, cart_id):
+        raise NotFoundError("no such order", code="order_not_found")
+    policy = rt.policy(store)
+    await _raise_if_paid(rt, store, order_id)
+    refusal = rules.check_order_eligible(
+        order, accepted_methods=policy.accepted_methods, max_age=policy.max_order_age, now=rt.now()
+    )
+    if refusal is not None:
+        raise Refused(refusal.message, code=refusal.code)
+    amount = to_minor(order.total_inc_tax, order.currency)
+    if amount <= 0:
+        raise Refused("this order has nothing to pay", code="nothing_to_pay")
+
+    for _ in range(3):
+        attempt = await _open_attempt(rt, store, order, amount, policy.expires_in)
+        if attempt.status == rules.PENDING:
+            fresh = attempt.expires_at is not None and attempt.expires_at > rt.now() + REUSE_MARGIN
+            if fresh and attempt.amount == amount and attempt.currency == order.currency:
+                return view(rt, store, attempt)
+            reason = "order total changed" if fresh else "about to expire"
+            await cancel_attempt(rt, store, attempt, reason=reason)
+        else:
+            created = await _create_remote(rt, store, attempt, order, policy.expires_in)
+            if created.status == rules.PENDING:
+                return view(rt, store, created)
+        await _raise_if_paid(rt, store, order_id)
+    raise ConflictError("could not open a payment for this order; try again", code="try_again")
+
+
+async def _raise_if_paid(rt: Runtime, store: StoreRecord, order_id: int) -> None:
+    async with rt.db.engine.connect() as conn:
+        attempts = await q.order_attempts(conn, store.id, order_id)
+    paid = [a for a in attempts if a.status in rules.PAID]
+    if paid:
+        raise AlreadyPaid(view(rt, store, paid[-1]))
+
+
+async def _open_attempt(
+    rt: Runtime, store: StoreRecord, order: Order, amount: int, expires_in: int
+) -> PaymentRecord:
+    """The order's open attempt, creating a ``creating`` row when there is none.
+
+    The partial unique index allows one open attempt per order, so concurrent
+    requests (double clicks, two tabs, several processes) end up sharing one.
+    """
+    for _ in range(5):
+        async with rt.db.transaction() as conn:
+            attempts = await q.order_attempts(conn, store.id, order.id)
+            open_ = [a for a in attempts if a.status in rules.OPEN]
+            if open_:
+                return open_[0]
+            n = max((a.attempt_no for a in attempts), default=0) + 1
+            now = rt.now()
+            row = await q.insert_payment(
+                conn,
+                token=secrets.token_urlsafe(24),
+                store_id=store.id,
+                order_id=order.id,
+                attempt_no=n,
+                merchant_order_no=rules.merchant_order_no(store.store_hash, order.id, n),
+                idempotency_key="create-" + secrets.token_urlsafe(24),
+                amount=amount,
+                currency=order.currency,
+                status=rules.CREATING,
+                expires_at=now + timedelta(seconds=expires_in),
+                created_at=now,
+                updated_at=now,
+            )
+            if row is not None:
+                return row
+    raise ConflictError("could not open a payment for this order; try again", code="try_again")
+
+
+def _create_fields(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, expires_in: int) -> dict[str, Any]:
+    """The creation request, derived only from the stored attempt.
+
+    Deterministic, so that a retried creation (same Idempotency-Key) sends the
+    same body and CeleryPay answers with the first payment instead of a conflict.
+    """
+    return {
+        "merchant_order_no": attempt.merchant_order_no,
+        "amount": attempt.amount,
+        "currency": attempt.currency,
+        "notify_url": rt.public_url(f"/notify/celerypay/{store.store_hash}"),
+        "return_url": rt.public_url(f"/pay/{attempt.token}/return"),
+        "description": f"Order #{attempt.order_id} at {store.name or store.store_hash}"[:255],
+        "expires_in": expires_in,
+        "metadata": {
+            "store_hash": store.store_hash,
+            "order_id": str(attempt.order_id),
+            "attempt": str(attempt.attempt_no),
+        },
+        "idempotency_key": attempt.idempotency_key,
+    }
+
+
+async def _create_remote(
+    rt: Runtime, store: StoreRecord, attempt: PaymentRecord, order: Order, expires_in: int
+) -> PaymentRecord:
+    cp = rt.celerypay(store)
+    fields = _create_fields(rt, store, attempt, expires_in)
+    if order.email:
+        fields["customer"] = {"email": order.email}
+    try:
+        remote = await cp.create_payment(**fields)
+    except UpstreamConflict as exc:
+        if exc.code != "duplicate_order_no" or not exc.payment_id:
+            raise
+        remote = await cp.get_payment(exc.payment_id)  # created earlier, answer lost
+    except UpstreamRejected as exc:
+        async with rt.db.transaction() as conn:
+            await q.update_payment(
+                conn, attempt.id, status=rules.FAILED, failure_code=exc.code,
+                failure_message=f"CeleryPay refused the payment: {exc.code}", updated_at=rt.now(),
+            )
+        code = "currency_not_supported" if exc.code == "currency_not_supported" else "gateway_rejected"
+        raise Refused("the payment could not be created: " + exc.code, code=code) from exc
+    rt.metrics.inc("bcpay_payments_started_total", result="created")
+    await apply_remote(rt, store, remote, source="create")
+    async with rt.db.engine.connect() as conn:
+        return await q.get_payment(conn, attempt.id)
+
+
+# --- applying CeleryPay's word ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying one piece of payment state did."""
+
+    outcome: str  # applied | mismatch | duplicate_payment | stale | unknown | updated
+    payment: PaymentRecord | None
+
+
+async def lock_order(conn: AsyncConnection, rt: Runtime, store_id: int, order_id: int) -> None:
+    """Serialise every change to one order's attempts (SQLite: BEGIN IMMEDIATE does)."""
+    if not rt.db.is_sqlite:
+        await conn.execute(
+            select(payments.c.id)
+            .where(payments.c.store_id == store_id, payments.c.order_id == order_id)
+            .with_for_update()
+        )
+
+
+async def apply_remote(
+    rt: Runtime, store: StoreRecord, remote: Payment, *, source: str, conn: AsyncConnection | None = None
+) -> Applied:
+    """Apply CeleryPay's view of a payment (own transaction unless ``conn`` is given)."""
+    if conn is not None:
+        return await _apply(conn, rt, store, remote, source)
+    async with rt.db.transaction() as own:
+        return await _apply(own, rt, store, remote, source)
+
+
+async def _apply(
+    conn: AsyncConnection, rt: Runtime, store: StoreRecord, remote: Payment, source: str
+) -> Applied:
+    attempt = await q.find_payment(conn, celerypay_id=remote.id)
+    if attempt is None:
+        attempt = await q.find_payment(conn, merchant_order_no=remote.merchant_order_no)
+    if attempt is None or attempt.store_id != store.id:
+        return Applied("unknown", None)
+    if attempt.celerypay_id not in (None, remote.id):
+        return Applied("unknown", attempt)
+    await lock_order(conn, rt, store.id, attempt.order_id)
+    attempt = await q.get_payment(conn, attempt.id)
+    now = rt.now()
+
+    base: dict[str, Any] = {"last_checked_at": now, "updated_at": now}
+    if attempt.celerypay_id is None:
+        base.update(celerypay_id=remote.id, cashier_url=remote.cashier_url, expires_at=remote.expires_at)
+    if not rules.is_forward(
+        attempt.status, remote.status,
+        current_refunded=attempt.refunded_amount, new_refunded=remote.refunded_amount,
+    ):
+        if remote.status == attempt.status == rules.PENDING or attempt.celerypay_id is None:
+            attempt = await q.update_payment(conn, attempt.id, **base)
+        return Applied("stale", attempt)
+
+    was_paid = attempt.status in rules.PAID
+    attempt = await q.update_payment(
+        conn,
+        attempt.id,
+        status=remote.status,
+        paid_amount=remote.paid_amount,
+        refunded_amount=remote.refunded_amount,
+        failure_code=remote.failure_code,
+        failure_message=remote.failure_message,
+        celerypay_updated_at=remote.updated_at,
+        **base,
+    )
+    outcome = "updated"
+    if remote.status in rules.PAID and not was_paid:
+        outcome = await _on_paid(conn, rt, store, attempt, remote)
+    elif remote.status == rules.EXPIRED and rt.policy(store).on_expired == "cancel":
+        await outbox.enqueue(
+            conn, "cancel_order", {"payment_id": attempt.id}, now=now, store_id=store.id,
+            dedupe_key=f"cancel_order:{attempt.id}",
+        )
+    if outcome != "updated":
+        attempt = await q.update_payment(conn, attempt.id, outcome=outcome)
+    await q.audit(
+        conn, store_id=store.id, order_id=attempt.order_id, payment_id=attempt.id, action=f"payment_{remote.status}",
+        detail=f"{source}: {remote.id} is {remote.status}", now=now,
+    )
+    return Applied(outcome, attempt)
+
+
+async def _on_paid(
+    conn: AsyncConnection, rt: Runtime, store: StoreRecord, attempt: PaymentRecord, remote: Payment
+) -> str:
+    """Decide what a newly seen capture means and queue its effect."""
+    now = rt.now()
+    check = rules.check_capture(attempt, remote, store.store_hash)
+    if not check.ok:
+        await outbox.enqueue(
+            conn, "mark_mismatch", {"payment_id": attempt.id, "reason": check.reason}, now=now,
+            store_id=store.id, dedupe_key=f"mark_mismatch:{attempt.id}",
+        )
+        await q.record_anomaly(
+            conn, store_id=store.id, order_id=attempt.order_id, payment_id=attempt.id, kind="amount_mismatch",
+            amount=remote.paid_amount or 0, currency=remote.currency, detail=check.reason, now=now,
+        )
+        return "mismatch"
+    others = [
+        a for a in await q.order_attempts(conn, store.id, attempt.order_id)
+        if a.id != attempt.id and a.status in rules.PAID and a.outcome == "applied"
+    ]
+    if others:
+        await record_duplicate(conn, rt, store, attempt, f"order already paid by {others[0].celerypay_id}")
+        return "duplicate_payment"
+    await outbox.enqueue(
+        conn, "mark_paid", {"payment_id": attempt.id}, now=now, store_id=store.id,
+        dedupe_key=f"mark_paid:{attempt.id}",
+    )
+    return "applied"
+
+
+async def record_duplicate(
+    conn: AsyncConnection, rt: Runtime, store: StoreRecord, attempt: PaymentRecord, detail: str,
+    kind: str = "double_payment",
+) -> None:
+    """Record money taken for an order that must not keep it; refund if configured."""
+    now = rt.now()
+    amount = (attempt.paid_amount or 0) - attempt.refunded_amount
+    created = await q.record_anomaly(
+        conn, store_id=store.id, order_id=attempt.order_id, payment_id=attempt.id, kind=kind,
+        amount=amount, currency=attempt.currency, detail=detail, now=now,
+    )
+    if created and rt.policy(store).refund_duplicates == "auto" and amount > 0:
+        await outbox.enqueue(
+            conn, "refund", {"payment_id": attempt.id, "amount": amount, "reason": kind}, now=now,
+            store_id=store.id, dedupe_key=f"auto_refund:{attempt.id}",
+        )
+
+
+# --- status, polling, cancelling -----------------------------------------------
+
+
+async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, force: bool = False) -> PaymentRecord:
+    """Ask CeleryPay about an open attempt (throttled per payment across processes)."""
+    if attempt.status not in rules.OPEN:
+        return attempt
+    now = rt.now()
+    threshold = now - timedelta(seconds=rt.settings.payments.status_poll_interval)
+    if not force:
+        async with rt.db.transaction() as conn:
+            won = await conn.execute(
+                update(payments)
+                .where(payments.c.id == attempt.id)
+                .where((payments.c.last_checked_at.is_(None)) | (payments.c.last_checked_at < threshold))
+                .values(last_checked_at=now)
+            )
+            if not won.rowcount:
+                return attempt
+    cp = rt.celerypay(store)
+    remote: Payment | None
+    if attempt.celerypay_id:
+        remote = await cp.get_payment(attempt.celerypay_id)
+    else:
+        remote = await cp.find_payment(attempt.merchant_order_no)
+    if remote is None:
+        if attempt.status == rules.CREATING and attempt.created_at < now - timedelta(minutes=10):
+            async with rt.db.transaction() as conn:  # CeleryPay never saw it: free the slot
+                await q.update_payment(conn, attempt.id, status=rules.FAILED, failure_code="not_created",
+                                       failure_message="the payment was never created", updated_at=now)
+        async with rt.db.engine.connect() as conn:
+            return await q.get_payment(conn, attempt.id)
+    result = await apply_remote(rt, store, remote, source="poll")
+    assert result.payment is not None
+    return result.payment
+
+
+async def payment_status(rt: Runtime, token: str) -> PaymentView:
+    """The real status of an attempt for the snippet's polling."""
+    if not token or len(token) > 64:
+        raise NotFoundError("no such payment", code="payment_not_found")
+    async with rt.db.engine.connect() as conn:
+        attempt = await q.get_payment_by_token(conn, token)
+        if attempt is None:
+            raise NotFoundError("no such payment", code="payment_not_found")
+        store = await q.get_store_by_id(conn, attempt.store_id)
+    if attempt.status in rules.OPEN and store.has_credentials:
+        try:
+            attempt = await refresh(rt, store, attempt)
+        except (UpstreamUnavailable, RateLimited):
+            pass  # answer with what we know; the next poll asks again
+    return view(rt, store, attempt)
+
+
+async def cancel_attempt(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, reason: str) -> PaymentRecord:
+    """Cancel an open attempt at CeleryPay and apply the answer."""
+    cp = rt.celerypay(store)
+    if attempt.celerypay_id is None:
+        refreshed = await refresh(rt, store, attempt, force=True)
+        if refreshed.celerypay_id is None:
+            return refreshed
+        attempt = refreshed
+    assert attempt.celerypay_id is not None
+    try:
+        remote = await cp.cancel_payment(attempt.celerypay_id, idempotency_key=f"cancel-{attempt.idempotency_key[7:]}")
+    except UpstreamConflict:
+        remote = await cp.get_payment(attempt.celerypay_id)  # no longer pending: take its real state
+    result = await apply_remote(rt, store, remote, source=f"cancel ({reason})")
+    assert result.payment is not None
+    return result.payment
+
+
+async def resume_by_token(rt: Runtime, token: str) -> PaymentView:
+    """Start or resume payment for the order of an attempt (the pay page's button)."""
+    async with rt.db.engine.connect() as conn:
+        attempt = await q.get_payment_by_token(conn, token) if 0 < len(token) <= 64 else None
+        if attempt is None:
+            raise NotFoundError("no such payment", code="payment_not_found")
+        store = await q.get_store_by_id(conn, attempt.store_id)
+    order = await _read_order(rt, store, attempt.order_id)
+    return await start_payment(rt, store.store_hash, attempt.order_id, order.cart_id or "")
+
+
+def order_number(value: Any) -> int:
+    """Validate an order id from outside (JSON or URL)."""
+    if isinstance(value, bool):
+        raise InvalidInputError("order_id must be a positive integer", code="invalid_order_id")
+    if isinstance(value, str) and value.isdigit() and len(value) <= 12:
+        value = int(value)
+    if not isinstance(value, int) or not 0 < value < 10**12:
+        raise InvalidInputError("order_id must be a positive integer", code="invalid_order_id")
+    return value
+

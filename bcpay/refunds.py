@@ -1,0 +1,116 @@
+"""Refunds through CeleryPay: never more than paid minus refunded (and pending).
+
+The amount check and the refund row are written under the order's lock before
+CeleryPay is called, so two operators refunding at once cannot over-refund.
+The order's status follows the refund through the same outbox path as payments.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from bcpay import payflow, rules
+from bcpay.clients.celerypay import Refund
+from bcpay.errors import ConflictError, InvalidInputError, NotFoundError, UpstreamRejected
+from bcpay.notifications import record_refund_event_for
+from bcpay.runtime import Runtime
+from bcpay.storage import queries as q
+from bcpay.storage.records import PaymentRecord, StoreRecord
+from bcpay.storage.schema import refunds
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    """A refund as bcpay recorded it."""
+
+    merchant_refund_no: str
+    celerypay_id: str | None
+    amount: int
+    currency: str
+    status: str
+
+
+async def refundable(conn: AsyncConnection, payment: PaymentRecord) -> int:
+    """Paid minus refunded minus refunds still in flight, in minor units."""
+    in_flight = (
+        await conn.execute(
+            select(func.coalesce(func.sum(refunds.c.amount), 0)).where(
+                refunds.c.payment_id == payment.id, refunds.c.status.in_(["requested", "pending"])
+            )
+        )
+    ).scalar_one()
+    return (payment.paid_amount or 0) - payment.refunded_amount - int(in_flight)
+
+
+async def paid_attempt(rt: Runtime, store: StoreRecord, order_id: int) -> PaymentRecord:
+    """The attempt that paid an order (the one applied to it), for refunds by order id."""
+    async with rt.db.engine.connect() as conn:
+        attempts = await q.order_attempts(conn, store.id, order_id)
+    paid = [a for a in attempts if a.status in rules.PAID]
+    applied = [a for a in paid if a.outcome == "applied"] or paid
+    if not applied:
+        raise NotFoundError(f"order {order_id} has no OKCloud Pay payment to refund", code="nothing_to_refund")
+    return applied[-1]
+
+
+async def request_refund(
+    rt: Runtime,
+    store: StoreRecord,
+    payment: PaymentRecord,
+    *,
+    amount: int | None = None,
+    reason: str = "",
+    key: str | None = None,
+) -> RefundResult:
+    """Refund ``amount`` (default: everything left) of a paid attempt."""
+    if payment.status not in rules.PAID or not payment.celerypay_id:
+        raise ConflictError("this payment was not captured; nothing to refund", code="not_refundable")
+    async with rt.db.transaction() as conn:
+        await payflow.lock_order(conn, rt, store.id, payment.order_id)
+        payment = await q.get_payment(conn, payment.id)
+        left = await refundable(conn, payment)
+        amount = left if amount is None else amount
+        if amount <= 0 or amount > left:
+            raise InvalidInputError(
+                f"refund of {amount} exceeds what can be refunded ({left}, minor units)", code="over_refund"
+            )
+        n = int((await conn.execute(
+            select(func.count()).select_from(refunds).where(refunds.c.payment_id == payment.id)
+        )).scalar_one()) + 1
+        refund_no = f"{payment.merchant_order_no}-r{n}"
+        idem = key if key else "refund-" + secrets.token_urlsafe(24)
+        now = rt.now()
+        await conn.execute(
+            insert(refunds).values(
+                payment_id=payment.id, merchant_refund_no=refund_no, idempotency_key=idem[:64],
+                amount=amount, currency=payment.currency, status="requested", reason=reason[:500],
+                created_at=now, updated_at=now,
+            )
+        )
+    try:
+        refund = await rt.celerypay(store).create_refund(
+            payment.celerypay_id, amount=amount, merchant_refund_no=refund_no,
+            idempotency_key=idem[:64], reason=reason[:500] or None,
+        )
+    except UpstreamRejected as exc:
+        async with rt.db.transaction() as conn:
+            await conn.execute(
+                update(refunds).where(refunds.c.merchant_refund_no == refund_no)
+                .values(status="failed", updated_at=rt.now())
+            )
+        raise ConflictError(f"CeleryPay refused the refund: {exc.code}", code="refund_rejected") from exc
+    await settle(rt, store, payment, refund)
+    return RefundResult(refund_no, refund.id, amount, payment.currency, refund.status)
+
+
+async def settle(rt: Runtime, store: StoreRecord, payment: PaymentRecord, refund: Refund) -> None:
+    """Record CeleryPay's answer; a refund that already succeeded updates the order now."""
+    remote = await rt.celerypay(store).get_payment(payment.celerypay_id or "") if refund.status == "succeeded" else None
+    async with rt.db.transaction() as conn:
+        if remote is not None:
+            await payflow.apply_remote(rt, store, remote, source=f"refund {refund.id}", conn=conn)
+        await record_refund_event_for(rt, conn, store.id, payment.id, refund)

@@ -1,0 +1,158 @@
+"""JSON endpoints: the snippet's payments API, CeleryPay notifications, health.
+
+Handlers parse, call the library, render. Errors become
+``{"error": {"code": ..., "message": ...}}`` in ``app.py``'s handler.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from bcpay import notifications, outbox, payflow
+from bcpay.errors import InvalidInputError
+from bcpay.runtime import Runtime
+from bcpay.snippet import asset
+
+STORE_HASH = re.compile(r"[a-z0-9]{1,32}")
+CART_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def runtime(request: Request) -> Runtime:
+    """The process runtime opened in the lifespan."""
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, or a clear 400/415."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() not in ("application/json", "text/plain"):
+        raise InvalidInputError("send JSON (Content-Type: application/json)", code="unsupported_media_type")
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInputError("the body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError("the body must be a JSON object", code="invalid_json")
+    return data
+
+
+def store_hash_of(value: Any) -> str:
+    """Validate a store hash from outside."""
+    if not isinstance(value, str) or not STORE_HASH.fullmatch(value):
+        raise InvalidInputError("store_hash is missing or malformed", code="invalid_store_hash")
+    return value
+
+
+async def start_payment(request: Request) -> Response:
+    """POST /api/v1/payments {store_hash, order_id, cart_id}: start or resume payment."""
+    data = await json_body(request)
+    store_hash = store_hash_of(data.get("store_hash"))
+    order_id = payflow.order_number(data.get("order_id"))
+    cart_id = data.get("cart_id")
+    if not isinstance(cart_id, str) or not CART_ID.fullmatch(cart_id):
+        raise InvalidInputError("cart_id is missing or malformed", code="invalid_cart_id")
+    limiter = request.app.state.store_bucket
+    wait = limiter.take(store_hash)
+    if wait:
+        return JSONResponse(
+            {"error": {"code": "rate_limited", "message": "too many requests for this store"}},
+            status_code=429, headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+        )
+    rt = runtime(request)
+    try:
+        view = await payflow.start_payment(rt, store_hash, order_id, cart_id)
+    except payflow.AlreadyPaid as exc:
+        return JSONResponse(
+            {"error": {"code": exc.code, "message": exc.message}, "payment": exc.view.to_json()}, status_code=409
+        )
+    return JSONResponse(view.to_json(), status_code=200)
+
+
+async def payment_status(request: Request) -> Response:
+    """GET /api/v1/payments/{token}: the real status, asking CeleryPay when pending."""
+    view = await payflow.payment_status(runtime(request), request.path_params["token"])
+    return JSONResponse(view.to_json(), headers={"Cache-Control": "no-store"})
+
+
+async def celerypay_notification(request: Request) -> Response:
+    """POST /notify/celerypay/{store_hash}: verify, record once, apply; 2xx after commit."""
+    store_hash = store_hash_of(request.path_params["store_hash"])
+    body = await request.body()
+    rt = runtime(request)
+    received = await notifications.receive(
+        rt,
+        store_hash,
+        body,
+        merchant=request.headers.get("celerypay-merchant"),
+        timestamp=request.headers.get("celerypay-timestamp"),
+        signature=request.headers.get("celerypay-signature"),
+    )
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        worker.wakeup.set()
+    return JSONResponse({"received": True, "event_id": received.event_id, "outcome": received.outcome})
+
+
+async def bigcommerce_webhook(request: Request) -> Response:
+    """POST /webhooks/bigcommerce/{store_hash}: authenticated, deduplicated, queued."""
+    from bcpay import bcwebhooks
+
+    store_hash = store_hash_of(request.path_params["store_hash"])
+    body = await request.body()
+    await bcwebhooks.receive(runtime(request), store_hash, body, request.headers)
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        worker.wakeup.set()
+    return Response(status_code=200)
+
+
+async def healthz(request: Request) -> Response:
+    """GET /healthz: the process answers."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """GET /readyz: the database answers."""
+    ok = await runtime(request).db.ping()
+    return JSONResponse({"status": "ok" if ok else "database unreachable"}, status_code=200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text format."""
+    rt = runtime(request)
+    stats = await outbox.stats(rt.db, rt.now())
+    gauges = {
+        "bcpay_outbox_depth": ("Queued outbox jobs.", stats["depth"]),
+        "bcpay_outbox_oldest_age_seconds": ("Age of the oldest queued job.", stats["oldest_age"]),
+        "bcpay_outbox_dead": ("Dead outbox jobs waiting for an operator.", stats["dead"]),
+    }
+    return PlainTextResponse(rt.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+
+
+def _snippet_response(request: Request, *, immutable: bool) -> Response:
+    current = asset()
+    etag = f'"{current.short_hash}"'
+    headers = {
+        "ETag": etag,
+        "Access-Control-Allow-Origin": "*",  # SRI with crossorigin="anonymous" needs CORS
+        "Cache-Control": "public, max-age=31536000, immutable" if immutable else "public, max-age=300",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(current.body, media_type="text/javascript; charset=utf-8", headers=headers)
+
+
+async def snippet(request: Request) -> Response:
+    """GET /static/inject.js (short cache) and /static/inject.{hash}.js (immutable)."""
+    wanted = request.path_params.get("hash")
+    if wanted is not None and wanted != asset().short_hash:
+        return JSONResponse({"error": {"code": "not_found", "message": "no such snippet version"}}, status_code=404)
+    return _snippet_response(request, immutable=wanted is not None)

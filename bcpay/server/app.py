@@ -1,0 +1,163 @@
+"""The Starlette app factory: routes, middleware, lifespan. No import-time effects.
+
+``create_app(settings)`` builds everything; the lifespan opens the runtime
+(database engine, one shared ``httpx.AsyncClient``), migrates SQLite
+databases, and runs the outbox worker as a background task unless
+``server.run_worker`` is false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bcpay.config import Settings
+from bcpay.effects import Worker
+from bcpay.errors import BcpayError, SignatureError
+from bcpay.metrics import Metrics
+from bcpay.runtime import Runtime, open_runtime
+from bcpay.server import api, pages
+from bcpay.server.middleware import BodyLimit, RateLimit, RequestContext, StoreCors, TokenBucket
+from bcpay.storage import migrate
+from bcpay.storage import queries as q
+
+log = logging.getLogger("bcpay.server")
+
+
+class OriginCache:
+    """Which browser origins may call ``/api/v1``: installed stores' URLs and extras."""
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self.runtime: Runtime | None = None
+        self._origins: frozenset[str] = frozenset()
+        self._loaded = 0.0
+
+    async def allowed(self, origin: str) -> bool:
+        """True when ``origin`` belongs to an installed store (refreshed every ``ttl`` s)."""
+        now = time.monotonic()
+        if now - self._loaded > self.ttl or (origin not in self._origins and now - self._loaded > 2.0):
+            await self.refresh()
+        return origin.rstrip("/").lower() in self._origins
+
+    async def refresh(self) -> None:
+        """Reload the origins from the database."""
+        if self.runtime is None:
+            return
+        async with self.runtime.db.engine.connect() as conn:
+            stores = await q.list_stores(conn, installed_only=True)
+        found: set[str] = set()
+        for store in stores:
+            if store.store_url:
+                found.add(store.store_url.rstrip("/").lower())
+            found.update(o.rstrip("/").lower() for o in self.runtime.policy(store).extra_origins)
+        self._origins = frozenset(found)
+        self._loaded = time.monotonic()
+
+
+async def _bcpay_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BcpayError)
+    status = exc.http_status
+    if status >= 500:
+        log.warning("%s on %s: %r", exc.code, request.url.path, exc)
+    headers = {"WWW-Authenticate": "CeleryPay-Signature"} if isinstance(exc, SignatureError) else None
+    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return JSONResponse({"error": {"code": "internal_error", "message": "internal error"}}, status_code=500)
+
+
+def routes() -> list[Route]:
+    """Every route; the paths are part of the product (see README)."""
+    return [
+        Route("/api/v1/payments", api.start_payment, methods=["POST"]),
+        Route("/api/v1/payments/{token}", api.payment_status, methods=["GET"]),
+        Route("/pay/{token}", pages.pay_page, methods=["GET"]),
+        Route("/pay/{token}", pages.pay_now, methods=["POST"]),
+        Route("/pay/{token}/return", pages.pay_return, methods=["GET"]),
+        Route("/notify/celerypay/{store_hash}", api.celerypay_notification, methods=["POST"]),
+        Route("/webhooks/bigcommerce/{store_hash}", api.bigcommerce_webhook, methods=["POST"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/static/inject.js", api.snippet, methods=["GET"]),
+        Route("/static/inject.{hash:str}.js", api.snippet, methods=["GET"]),
+    ]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    http: httpx.AsyncClient | None = None,
+    clock: Callable[[], datetime] | None = None,
+    run_worker: bool | None = None,
+) -> Starlette:
+    """Build the bcpay server for ``settings`` (``http``/``clock`` are for tests)."""
+    settings.require_secret_key()
+    origins = OriginCache()
+    want_worker = settings.server.run_worker if run_worker is None else run_worker
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with open_runtime(settings, http=http, clock=clock, metrics=metrics) as rt:
+            if rt.db.is_sqlite:
+                await migrate.upgrade(rt.db)
+            elif not await migrate.is_current(rt.db):
+                raise BcpayError("the database schema is not current: run `bcpay db upgrade`", code="db_outdated")
+            app.state.runtime = rt
+            origins.runtime = rt
+            stop = asyncio.Event()
+            task: asyncio.Task[Any] | None = None
+            if want_worker:
+                app.state.worker = Worker(rt)
+                task = asyncio.create_task(app.state.worker.run_forever(stop), name="bcpay-worker")
+            try:
+                yield
+            finally:
+                stop.set()
+                if task is not None:
+                    app.state.worker.wakeup.set()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait_for(task, timeout=10)
+
+    metrics = Metrics()
+    app = Starlette(
+        routes=routes(),
+        middleware=[
+            Middleware(RequestContext, metrics=metrics),
+            Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
+            Middleware(RateLimit, bucket=TokenBucket(settings.server.rate_limit_per_ip)),
+            Middleware(StoreCors, allowed=origins.allowed),
+        ],
+        exception_handlers={
+            BcpayError: _bcpay_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.origins = origins
+    app.state.store_bucket = TokenBucket(settings.server.rate_limit_per_store)
+    return app

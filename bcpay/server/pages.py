@@ -1,0 +1,115 @@
+"""Shopper-facing HTML: the ``/pay/{token}`` page and the cashier return hop.
+
+The pay page is the fallback when the snippet could not run and the link ops
+send to a shopper who closed the tab. Possession of the token (192 random
+bits) is what authorises it, like a password-reset link.
+"""
+
+from __future__ import annotations
+
+import secrets
+from urllib.parse import urlencode
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from bcpay import payflow
+from bcpay.errors import BcpayError, NotFoundError
+from bcpay.runtime import Runtime
+from bcpay.storage import queries as q
+
+templates = Environment(
+    loader=PackageLoader("bcpay.server", "templates"),
+    autoescape=select_autoescape(["html"]),
+    auto_reload=False,
+)
+
+
+def html_page(name: str, status: int = 200, **context: object) -> HTMLResponse:
+    """Render a template with a nonce-based CSP."""
+    nonce = secrets.token_urlsafe(16)
+    body = templates.get_template(name).render(nonce=nonce, **context)
+    csp = (
+        f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; img-src 'self' data:; "
+        "form-action 'self' https: http://127.0.0.1:* http://localhost:*; frame-ancestors 'none'; base-uri 'none'"
+    )
+    return HTMLResponse(
+        body,
+        status_code=status,
+        headers={
+            "Content-Security-Policy": csp,
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def _rt(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+async def _load(rt: Runtime, token: str) -> tuple[payflow.PaymentView, str, str]:
+    view = await payflow.payment_status(rt, token)
+    async with rt.db.engine.connect() as conn:
+        store = await q.require_store(conn, view.store_hash)
+    return view, store.name or store.store_hash, store.store_url
+
+
+async def pay_page(request: Request) -> Response:
+    """GET /pay/{token}: order, amount, status, a Pay now button, a link back."""
+    rt = _rt(request)
+    try:
+        view, store_name, store_url = await _load(rt, request.path_params["token"])
+    except NotFoundError:
+        return html_page("pay_missing.html", status=404)
+    return html_page(
+        "pay.html",
+        view=view,
+        store_name=store_name,
+        store_url=store_url,
+        error=request.query_params.get("error", "")[:100],
+        can_pay=view.state in ("awaiting_payment", "failed", "expired", "cancelled"),
+        token=view.token,
+    )
+
+
+async def pay_now(request: Request) -> Response:
+    """POST /pay/{token}: resume the open attempt or start a new one, then go to the cashier."""
+    rt = _rt(request)
+    token = request.path_params["token"]
+    try:
+        view = await payflow.resume_by_token(rt, token)
+    except payflow.AlreadyPaid:
+        return RedirectResponse(f"/pay/{token}", status_code=303)
+    except NotFoundError:
+        return html_page("pay_missing.html", status=404)
+    except BcpayError as exc:
+        return RedirectResponse(f"/pay/{token}?" + urlencode({"error": exc.code}), status_code=303)
+    if view.cashier_url:
+        return RedirectResponse(view.cashier_url, status_code=303)
+    return RedirectResponse(f"/pay/{view.token}", status_code=303)
+
+
+async def pay_return(request: Request) -> Response:
+    """GET /pay/{token}/return: where CeleryPay sends the shopper back.
+
+    The ``celerypay_*`` query parameters are not signed: they are ignored here.
+    ``payments.return_to`` decides where the shopper lands; it is read now, not
+    when the payment was created, so changing it affects payments in flight.
+    """
+    rt = _rt(request)
+    token = request.path_params["token"]
+    async with rt.db.engine.connect() as conn:
+        attempt = await q.get_payment_by_token(conn, token) if len(token) <= 64 else None
+        store = await q.get_store_by_id(conn, attempt.store_id) if attempt else None
+    if attempt is None or store is None:
+        return html_page("pay_missing.html", status=404)
+    policy = rt.policy(store)
+    if policy.return_to == "bcpay" or not store.store_url:
+        return RedirectResponse(f"/pay/{token}", status_code=303)
+    target = f"{store.store_url.rstrip('/')}/checkout/order-confirmation?" + urlencode({"bcpay_token": token})
+    return RedirectResponse(target, status_code=303)
+

@@ -1,0 +1,190 @@
+"""Stores: registering, configuring, uninstalling. Used by the CLI, the app and the sandbox.
+
+Access tokens and CeleryPay secrets are sealed with the vault before they
+reach the database; nothing here returns or logs them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from bcpay import outbox
+from bcpay.clients.bigcommerce import BigCommerceClient, StoreInfo
+from bcpay.errors import InvalidInputError, NotFoundError
+from bcpay.runtime import STORE_OVERRIDES, Runtime
+from bcpay.storage import queries as q
+from bcpay.storage.records import StoreRecord
+
+MERCHANT_ID = re.compile(r"mch_[A-Za-z0-9]{16,32}")
+STORE_HASH = re.compile(r"[a-z0-9]{1,32}")
+ROTATION_WINDOW = timedelta(hours=24)  # CeleryPay signs with both secrets for at most 24 h
+
+# Scopes bcpay needs from a token (reference section 2): orders and their
+# metafields, scripts, store information.
+REQUIRED_SCOPES = ("store_v2_orders", "store_v2_content", "store_v2_information_read_only")
+
+
+def check_store_hash(value: str) -> str:
+    """Validate a store hash (lower-case letters and digits)."""
+    if not STORE_HASH.fullmatch(value or ""):
+        raise InvalidInputError(f"not a store hash: {value!r} (expected e.g. abc123xyz)", code="invalid_store_hash")
+    return value
+
+
+def check_merchant(merchant_id: str, api_secret: str) -> None:
+    """Validate CeleryPay credentials by the contract's formats (the secret is never echoed)."""
+    if not MERCHANT_ID.fullmatch(merchant_id or ""):
+        raise InvalidInputError(
+            "merchant id must be mch_ followed by 16 to 32 letters or digits", code="invalid_merchant_id"
+        )
+    if len(api_secret) < 32 or not all(32 <= ord(c) < 127 for c in api_secret):
+        raise InvalidInputError(
+            "the CeleryPay API secret must be at least 32 printable ASCII characters", code="invalid_secret"
+        )
+
+
+async def fetch_store_info(rt: Runtime, store_hash: str, access_token: str) -> StoreInfo:
+    """Check a token against the API and read the store's name, URL and currency."""
+    client = BigCommerceClient(
+        rt.http,
+        api_url=rt.settings.bigcommerce.api_url,
+        store_hash=store_hash,
+        access_token=access_token,
+        limiter=rt.limiters.for_store(store_hash),
+        max_retries=rt.settings.bigcommerce.max_retries,
+    )
+    return await client.store_info()
+
+
+async def register(
+    rt: Runtime,
+    store_hash: str,
+    *,
+    access_token: str,
+    source: str,
+    scopes: str = "",
+    owner_email: str = "",
+    info: StoreInfo | None = None,
+) -> StoreRecord:
+    """Create or refresh a store with its (encrypted) token; reads store info if not given."""
+    check_store_hash(store_hash)
+    if not access_token:
+        raise InvalidInputError("an access token is required", code="missing_token")
+    info = info or await fetch_store_info(rt, store_hash, access_token)
+    async with rt.db.transaction() as conn:
+        existing = await q.get_store(conn, store_hash)
+        values: dict[str, Any] = {
+            "name": info.name,
+            "store_url": info.secure_url.rstrip("/"),
+            "control_panel_url": info.control_panel_base_url.rstrip("/"),
+            "currency": info.currency,
+            "source": source,
+            "access_token_enc": rt.vault.seal(access_token),
+            "scopes": scopes,
+            "owner_email": owner_email,
+            "installed": True,
+            "uninstalled_at": None,
+        }
+        if existing is None or not existing.webhook_secret_enc:
+            values["webhook_secret_enc"] = rt.vault.seal(secrets.token_urlsafe(32))
+        if existing is not None and not existing.installed:
+            values["installed_at"] = rt.now()
+        return await q.upsert_store(conn, store_hash, rt.now(), **values)
+
+
+async def configure_merchant(
+    rt: Runtime,
+    store_hash: str,
+    *,
+    merchant_id: str,
+    api_secret: str | None,
+    environment: str | None = None,
+) -> StoreRecord:
+    """Set CeleryPay credentials. A new secret keeps the old one valid for 24 h (rotation)."""
+    if environment is not None and environment not in ("sandbox", "production"):
+        raise InvalidInputError("environment must be sandbox or production", code="invalid_environment")
+    async with rt.db.transaction() as conn:
+        store = await q.require_store(conn, store_hash)
+        values: dict[str, Any] = {"celerypay_merchant_id": merchant_id}
+        if api_secret is None:
+            if not store.celerypay_secret_enc:
+                raise InvalidInputError("the CeleryPay API secret is required", code="missing_secret")
+            check_merchant(merchant_id, "x" * 32)
+        else:
+            check_merchant(merchant_id, api_secret)
+            values["celerypay_secret_enc"] = rt.vault.seal(api_secret)
+            same_merchant = store.merchant_id == merchant_id
+            if store.celerypay_secret_enc and same_merchant and rt.vault.open(store.celerypay_secret_enc) != api_secret:
+                values["celerypay_old_secret_enc"] = store.celerypay_secret_enc
+                values["celerypay_old_secret_until"] = rt.now() + ROTATION_WINDOW
+            elif not same_merchant:
+                values["celerypay_old_secret_enc"] = None
+                values["celerypay_old_secret_until"] = None
+        if environment is not None:
+            values["celerypay_environment"] = environment
+        await q.update_store(conn, store.id, rt.now(), **values)
+        return await q.require_store(conn, store_hash)
+
+
+def _check_override(key: str, value: Any) -> Any:
+    expected = STORE_OVERRIDES.get(key)
+    if expected is None:
+        raise InvalidInputError(f"unknown store setting {key!r}", code="invalid_setting")
+    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidInputError(f"{key}: expected integer", code="invalid_setting")
+    if expected is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise InvalidInputError(f"{key}: expected a list of strings", code="invalid_setting")
+    elif not isinstance(value, expected):
+        raise InvalidInputError(f"{key}: expected {expected.__name__}", code="invalid_setting")
+    choices = {"on_expired": ("keep", "cancel"), "return_to": ("confirmation", "bcpay"),
+               "refund_duplicates": ("manual", "auto")}
+    if key in choices and value not in choices[key]:
+        raise InvalidInputError(f"{key}: expected one of {', '.join(choices[key])}", code="invalid_setting")
+    if key in ("paid_status_id", "mismatch_status_id") and not 0 <= value <= 14:
+        raise InvalidInputError(f"{key}: expected a BigCommerce status id 0-14", code="invalid_setting")
+    if key == "expires_in" and not 300 <= value <= 86400:
+        raise InvalidInputError("expires_in: CeleryPay accepts 300 to 86400 seconds", code="invalid_setting")
+    if key == "method_name" and not value.strip():
+        raise InvalidInputError("method_name must not be empty", code="invalid_setting")
+    return value
+
+
+async def update_settings(rt: Runtime, store_hash: str, changes: dict[str, Any]) -> StoreRecord:
+    """Change per-store payment settings (``None`` removes an override)."""
+    async with rt.db.transaction() as conn:
+        store = await q.require_store(conn, store_hash)
+        merged = dict(store.settings)
+        for key, value in changes.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = _check_override(key, value)
+        await q.update_store(conn, store.id, rt.now(), settings_json=json.dumps(merged, sort_keys=True))
+        return await q.require_store(conn, store_hash)
+
+
+async def uninstall(rt: Runtime, store_hash: str) -> StoreRecord:
+    """Forget the token and merchant secrets, stop the store's jobs; payment history stays."""
+    async with rt.db.transaction() as conn:
+        store = await q.get_store(conn, store_hash)
+        if store is None:
+            raise NotFoundError(f"unknown store {store_hash!r}", code="unknown_store")
+        now = rt.now()
+        await q.update_store(
+            conn, store.id, now,
+            installed=False, uninstalled_at=now, access_token_enc=None, celerypay_secret_enc=None,
+            celerypay_old_secret_enc=None, celerypay_old_secret_until=None, webhook_secret_enc=None,
+            script_uuid=None, script_hash=None,
+        )
+        await outbox.cancel_store_jobs(conn, store.id, now)
+        return await q.require_store(conn, store_hash)
+
+
+async def remove(rt: Runtime, store_hash: str) -> None:
+    """Uninstall a store registered by hand (``bcpay stores remove``): same as the app's uninstall."""
+    await uninstall(rt, store_hash)

@@ -1,0 +1,325 @@
+"""The payment flow end to end through the server, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.world import STORE_HASH, World, open_world
+
+
+@pytest.fixture
+async def world(db_url: str, secret_key: str) -> AsyncIterator[World]:
+    async with open_world(db_url, secret_key) as w:
+        await w.add_store()
+        yield w
+
+
+async def test_happy_path_ends_in_paid_status_with_note_and_metafield(world: World) -> None:
+    """Start, pay at the cashier, notification, job: status 11, note, provider id, metafield."""
+    order = world.place_order("19.99")
+    answer = await world.start(order)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["amount"] == 1999 and body["currency"] == "USD" and body["state"] == "awaiting_payment"
+    assert body["cashier_url"].startswith("http://celerypay.test/cashier/pay_")
+    payment_id = body["cashier_url"].rsplit("/", 1)[1]
+
+    await world.cp.pay(payment_id)
+    assert await world.cp.deliver_due() >= 1
+    assert await world.run_jobs() == 1
+
+    bc_order = world.order(order["id"])
+    assert bc_order["status_id"] == 11
+    assert bc_order["payment_provider_id"] == payment_id
+    assert "OKCloud Pay: paid 19.99 USD" in bc_order["staff_notes"]
+    assert len(world.status_puts(order["id"])) == 1
+    metafields = world.bc.store(STORE_HASH).metafields
+    assert any(m["value"] == payment_id for m in metafields.values() if m["resource_id"] == order["id"])
+    status = (await world.status(body["token"])).json()
+    assert status["state"] == "paid" and status["cashier_url"] is None
+
+
+def payment_id_of(body: dict[str, object]) -> str:
+    url = body["cashier_url"]
+    assert isinstance(url, str)
+    return url.rsplit("/", 1)[1]
+
+
+async def paid_order(world: World, total: str = "19.99") -> tuple[dict[str, object], dict[str, object]]:
+    order = world.place_order(total)
+    body = (await world.start(order)).json()
+    await world.cp.pay(payment_id_of(body))
+    return order, body
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code"),
+    [
+        ({"cart_id": "00000000-0000-4000-8000-000000000000"}, 404, "order_not_found"),
+        ({"order_id": 999999}, 404, "order_not_found"),
+        ({"store_hash": "zzz999"}, 404, "unknown_store"),
+    ],
+)
+async def test_refusals_that_must_look_like_not_found(world: World, change: dict[str, object], status: int, code: str) -> None:
+    """A wrong cart id answers exactly like an unknown order (ids cannot be probed)."""
+    order = world.place_order()
+    body = {"store_hash": STORE_HASH, "order_id": order["id"], "cart_id": order["cart_id"], **change}
+    answer = await world.client.post("/api/v1/payments", json=body)
+    assert answer.status_code == status
+    assert answer.json()["error"]["code"] == code
+    assert world.cp.payments == {}
+
+
+async def test_wrong_cart_and_unknown_order_answers_are_identical(world: World) -> None:
+    order = world.place_order()
+    wrong_cart = await world.start(order, cart_id="00000000-0000-4000-8000-000000000000")
+    missing = await world.client.post(
+        "/api/v1/payments", json={"store_hash": STORE_HASH, "order_id": 987654, "cart_id": order["cart_id"]}
+    )
+    assert (wrong_cart.status_code, wrong_cart.json()) == (missing.status_code, missing.json())
+
+
+@pytest.mark.parametrize(
+    ("order_kwargs", "code"),
+    [({"status_id": 11}, "order_not_awaiting_payment"), ({"payment_method": "Cash on Delivery"}, "wrong_payment_method")],
+)
+async def test_orders_that_are_not_ours_or_not_awaiting_payment_are_refused(
+    world: World, order_kwargs: dict[str, object], code: str
+) -> None:
+    order = world.place_order(**order_kwargs)
+    answer = await world.start(order)
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == code
+    assert world.cp.payments == {}
+
+
+async def test_too_old_order_is_refused(world: World) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    order = world.place_order(created=datetime.now(UTC) - timedelta(days=3))
+    answer = await world.start(order)
+    assert answer.json()["error"]["code"] == "order_too_old"
+
+
+async def test_store_without_credentials_is_refused(db_url: str, secret_key: str) -> None:
+    async with open_world(db_url, secret_key) as w:
+        await w.add_store(configure=False)
+        answer = await w.start(w.place_order())
+        assert answer.status_code == 409 and answer.json()["error"]["code"] == "store_not_configured"
+
+
+async def test_double_clicks_reuse_one_pending_attempt(world: World) -> None:
+    """Same cashier URL, one CeleryPay payment, however often the snippet asks."""
+    import asyncio
+
+    order = world.place_order()
+    answers = await asyncio.gather(*(world.start(order) for _ in range(8)))
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json()["cashier_url"] for a in answers}) == 1
+    assert len({a.json()["token"] for a in answers}) == 1
+    assert len(world.cp.payments) == 1
+
+
+async def test_already_paid_order_never_gets_a_new_cashier_url(world: World) -> None:
+    order, body = await paid_order(world)
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    again = await world.start(order)
+    assert again.status_code == 409
+    assert again.json()["error"]["code"] == "already_paid"
+    assert again.json()["payment"]["state"] == "paid"
+    assert again.json()["payment"]["cashier_url"] is None
+    assert len(world.cp.payments) == 1
+
+
+async def test_duplicate_notifications_apply_once(world: World) -> None:
+    """Fifty deliveries of the same event: 2xx each, one status PUT."""
+    order, body = await paid_order(world)
+    event = world.events_of(payment_id_of(body))[-1]
+    outcomes = [(await world.notify(event)).json()["outcome"] for _ in range(50)]
+    assert outcomes[0] == "applied" and set(outcomes[1:]) == {"duplicate"}
+    await world.run_jobs()
+    await world.run_jobs()
+    assert len(world.status_puts(order["id"])) == 1
+    assert world.order(order["id"])["status_id"] == 11
+
+
+async def test_out_of_order_events_never_move_state_back(world: World) -> None:
+    """A late, older event (pending copy, failed) after success changes nothing."""
+    order, body = await paid_order(world)
+    pid = payment_id_of(body)
+    [succeeded] = world.events_of(pid)
+    stale_failed = {**succeeded, "id": "evt_latefailed0001", "type": "payment.failed",
+                    "data": {**succeeded["data"], "status": "failed", "paid_amount": None,
+                             "failure_code": "card_declined"}}
+    assert (await world.notify(succeeded)).json()["outcome"] == "applied"
+    assert (await world.notify(stale_failed)).json()["outcome"] == "stale"
+    await world.run_jobs()
+    status = (await world.status(body["token"])).json()
+    assert status["state"] == "paid"
+    assert world.order(order["id"])["status_id"] == 11
+
+
+async def test_amount_mismatch_goes_to_manual_verification_never_paid(world: World) -> None:
+    order = world.place_order("19.99")
+    body = (await world.start(order)).json()
+    await world.cp.pay(payment_id_of(body), amount=999)
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    bc_order = world.order(order["id"])
+    assert bc_order["status_id"] == 12
+    assert "paid amount 999 differs from the order total 1999" in bc_order["staff_notes"]
+    assert [p["status_id"] for p in world.status_puts(order["id"])] == [12]
+    assert (await world.status(body["token"])).json()["state"] == "under_review"
+
+
+async def test_currency_mismatch_in_a_signed_event_is_not_paid(world: World) -> None:
+    order = world.place_order("19.99")
+    body = (await world.start(order)).json()
+    pid = payment_id_of(body)
+    await world.cp.pay(pid)
+    [event] = world.events_of(pid)
+    forged = {**event, "id": "evt_currencyswap01", "data": {**event["data"], "currency": "JPY"}}
+    assert (await world.notify(forged)).json()["outcome"] == "mismatch"
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 12
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status"),
+    [({"secret": "x" * 40}, 401), ({"timestamp": 1_000_000_000}, 401)],
+)
+async def test_forged_or_stale_signatures_are_rejected_and_change_nothing(
+    world: World, kwargs: dict[str, object], status: int
+) -> None:
+    order, body = await paid_order(world)
+    [event] = world.events_of(payment_id_of(body))
+    answer = await world.notify(event, **kwargs)  # type: ignore[arg-type]
+    assert answer.status_code == status
+    assert answer.json()["error"]["code"] == "invalid_signature"
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 7
+    assert (await world.status(body["token"])).json()["state"] in ("awaiting_payment", "paid")
+
+
+async def test_rotated_secret_keeps_old_signatures_valid_for_the_window(world: World) -> None:
+    from bcpay import stores
+    from tests.world import MERCHANT_ID, MERCHANT_SECRET
+
+    new_secret = "n" * 40
+    world.cp.add_merchant(MERCHANT_ID, new_secret, old_secret=MERCHANT_SECRET)
+    await stores.configure_merchant(world.rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=new_secret)
+    order, body = await paid_order(world)
+    [event] = world.events_of(payment_id_of(body))
+    assert (await world.notify(event, secret=MERCHANT_SECRET)).status_code == 200
+    other = {**event, "id": "evt_newsecret00001"}
+    assert (await world.notify(other, secret=new_secret)).status_code == 200
+
+
+async def test_unknown_store_and_garbage_bodies_get_clear_errors(world: World) -> None:
+    answer = await world.client.post("/notify/celerypay/nosuchstore", content=b"{}")
+    assert answer.status_code == 404
+    answer = await world.notify({}, raw=b"not json at all")
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_celerypay_object"
+    big = await world.client.post(f"/notify/celerypay/{STORE_HASH}", content=b"x" * 300_000)
+    assert big.status_code == 413
+
+
+async def test_paid_after_the_merchant_cancelled_is_an_anomaly_not_a_status_change(world: World) -> None:
+    from bcpay.storage import queries as q
+
+    order = world.place_order()
+    body = (await world.start(order)).json()
+    world.bc.set_order_status(STORE_HASH, order["id"], 5)
+    await world.cp.pay(payment_id_of(body))
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 5
+    assert world.status_puts(order["id"]) == []
+    async with world.rt.db.engine.connect() as conn:
+        anomalies = await q.list_anomalies(conn)
+    assert [(a["kind"], a["amount"]) for a in anomalies] == [("paid_after_cancel", 1999)]
+
+
+async def test_second_capture_for_a_paid_order_is_a_double_payment_anomaly(world: World) -> None:
+    """A first attempt we held as failed turns out captured after the second paid."""
+    from sqlalchemy import update
+
+    from bcpay.storage import queries as q
+    from bcpay.storage.schema import payments
+
+    order = world.place_order()
+    first = (await world.start(order)).json()
+    async with world.rt.db.transaction() as conn:  # as if its creation had been given up locally
+        await conn.execute(update(payments).where(payments.c.token == first["token"]).values(status="failed"))
+    second = (await world.start(order)).json()
+    assert second["token"] != first["token"]
+    await world.cp.pay(payment_id_of(second))
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    await world.cp.pay(payment_id_of(first))
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    assert len(world.status_puts(order["id"])) == 1
+    async with world.rt.db.engine.connect() as conn:
+        anomalies = await q.list_anomalies(conn)
+    assert [(a["kind"], a["amount"]) for a in anomalies] == [("double_payment", 1999)]
+
+
+async def test_bigcommerce_down_during_notification_then_recovers_once(world: World) -> None:
+    """The notification is acknowledged; the job retries; one PUT once BigCommerce is back."""
+    from datetime import timedelta
+
+    order, body = await paid_order(world)
+    world.bc.chaos.error_rate = 1.0
+    assert await world.cp.deliver_due() == 1
+    assert world.cp.deliveries[-1].status_code == 200
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 7
+    world.bc.chaos.error_rate = 0.0
+    later = world.rt.now() + timedelta(hours=1)
+    world.rt.clock = lambda: later
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 11
+    assert len(world.status_puts(order["id"])) == 1
+
+
+async def test_status_poll_resolves_a_payment_whose_notification_never_came(world: World) -> None:
+    order = world.place_order()
+    body = (await world.start(order)).json()
+    await world.cp.pay(payment_id_of(body))  # no deliver_due: the notification is lost
+    status = (await world.status(body["token"])).json()
+    assert status["state"] == "paid"
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 11
+
+
+async def test_failed_payment_then_a_new_attempt_succeeds(world: World) -> None:
+    order = world.place_order()
+    first = (await world.start(order)).json()
+    await world.cp.decline(payment_id_of(first))
+    await world.cp.deliver_due()
+    assert (await world.status(first["token"])).json()["state"] == "failed"
+    second = (await world.start(order)).json()
+    assert second["token"] != first["token"] and second["state"] == "awaiting_payment"
+    await world.cp.pay(payment_id_of(second))
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 11
+    merchant_nos = sorted(p["merchant_order_no"] for p in world.cp.payments.values())
+    assert merchant_nos == [f"{STORE_HASH}-{order['id']}-1", f"{STORE_HASH}-{order['id']}-2"]
+
+
+async def test_expired_payment_cancels_the_order_when_configured(db_url: str, secret_key: str) -> None:
+    async with open_world(db_url, secret_key, payments={"on_expired": "cancel"}) as w:
+        await w.add_store()
+        order = w.place_order()
+        body = (await w.start(order)).json()
+        record = w.cp.payment_record(payment_id_of(body))
+        record.expires_at = 0  # type: ignore[assignment]
+        assert await w.cp.expire_due()
+        await w.cp.deliver_due()
+        await w.run_jobs()
+        assert w.order(order["id"])["status_id"] == 5
+        assert "expired unpaid" in w.order(order["id"])["staff_notes"]
