@@ -478,6 +478,30 @@ async def cancel_attempt(rt: Runtime, store: StoreRecord, attempt: PaymentRecord
     return result.payment
 
 
+async def pay_link(rt: Runtime, store_hash: str, order_id: int) -> str:
+    """The ``/pay/{token}`` URL for an order (ops send it to a shopper who closed the tab).
+
+    Reuses the order's latest attempt; for an order that never reached the
+    cashier it opens an attempt row (``creating``) without calling CeleryPay:
+    the shopper's "Pay now" does that, after the same checks as the snippet.
+    """
+    store = await _load_store(rt, store_hash)
+    async with rt.db.engine.connect() as conn:
+        attempts = await q.order_attempts(conn, store.id, order_id)
+    if attempts:
+        return rt.public_url(f"/pay/{attempts[-1].token}")
+    order = await _read_order(rt, store, order_id)
+    policy = rt.policy(store)
+    refusal = rules.check_order_eligible(
+        order, accepted_methods=policy.accepted_methods, max_age=timedelta(days=3650), now=rt.now()
+    )
+    if refusal is not None:
+        raise Refused(refusal.message, code=refusal.code)
+    amount = to_minor(order.total_inc_tax, order.currency)
+    attempt = await _open_attempt(rt, store, order, amount, policy.expires_in)
+    return rt.public_url(f"/pay/{attempt.token}")
+
+
 async def resume_by_token(rt: Runtime, token: str) -> PaymentView:
     """Start or resume payment for the order of an attempt (the pay page's button)."""
     async with rt.db.engine.connect() as conn:

@@ -323,3 +323,39 @@ async def test_expired_payment_cancels_the_order_when_configured(db_url: str, se
         await w.run_jobs()
         assert w.order(order["id"])["status_id"] == 5
         assert "expired unpaid" in w.order(order["id"])["staff_notes"]
+
+
+async def test_pay_link_for_an_order_that_never_reached_the_cashier(world: World) -> None:
+    """Ops send the link; the shopper's Pay now goes to the cashier; paying settles the order."""
+    from bcpay import payflow
+
+    order = world.place_order("5.00")
+    link = await payflow.pay_link(world.rt, STORE_HASH, order["id"])
+    assert link.startswith("http://127.0.0.1:8000/pay/")
+    assert await payflow.pay_link(world.rt, STORE_HASH, order["id"]) == link
+    path = link.removeprefix("http://127.0.0.1:8000")
+    page = await world.client.get(path)
+    assert page.status_code == 200 and "5.00 USD" in page.text and "Pay now" in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    go = await world.client.post(path)
+    assert go.status_code == 303 and go.headers["location"].startswith("http://celerypay.test/cashier/pay_")
+    await world.cp.pay(go.headers["location"].rsplit("/", 1)[1])
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 11
+    page = await world.client.get(path)
+    assert "Payment received" in page.text and "Pay now" not in page.text
+
+
+async def test_return_hop_sends_the_shopper_to_the_confirmation_page_or_bcpay(world: World) -> None:
+    from bcpay import stores
+
+    order = world.place_order()
+    body = (await world.start(order)).json()
+    back = await world.client.get(f"/pay/{body['token']}/return?celerypay_status=succeeded")
+    assert back.status_code == 303
+    assert back.headers["location"] == f"https://shop.example.com/checkout/order-confirmation?bcpay_token={body['token']}"
+    await stores.update_settings(world.rt, STORE_HASH, {"return_to": "bcpay"})
+    back = await world.client.get(f"/pay/{body['token']}/return")
+    assert back.headers["location"] == f"/pay/{body['token']}"
+    assert (await world.client.get("/pay/nosuchtoken/return")).status_code == 404
