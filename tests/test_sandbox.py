@@ -1,0 +1,74 @@
+"""The sandbox: real servers on loopback, provisioned like an operator would."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from bcpay.sandbox.runner import STORE_HASH, Sandbox, SandboxOptions
+from bcpay.snippet import SCRIPT_NAME, asset
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox(SandboxOptions(port_base=0, storefront_delay_ms=0)) as sb:
+        yield sb
+
+
+async def test_sandbox_provisions_the_store_like_an_operator(sandbox: Sandbox) -> None:
+    store = sandbox.bc.store(STORE_HASH)
+    scripts = [s for s in store.scripts.values() if s["name"] == SCRIPT_NAME]
+    assert len(scripts) == 1
+    assert scripts[0]["visibility"] == "order_confirmation" and scripts[0]["consent_category"] == "essential"
+    assert asset().integrity in scripts[0]["html"] and sandbox.urls.bcpay in scripts[0]["html"]
+    scopes = sorted(h["scope"] for h in store.hooks.values())
+    assert scopes == ["store/app/uninstalled", "store/order/statusUpdated"]
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(sandbox.urls.bcpay + "/readyz")).json() == {"status": "ok"}
+        page = await http.get(sandbox.urls.storefront + "/")
+        assert page.status_code == 200
+
+
+async def test_whole_flow_over_real_http(sandbox: Sandbox) -> None:
+    """Snippet call, cashier Pay button, return hop, background notification, order paid."""
+    order = sandbox.bc.create_order(STORE_HASH, total="42.50")
+    async with httpx.AsyncClient(timeout=10) as http:
+        start = await http.post(
+            sandbox.urls.bcpay + "/api/v1/payments",
+            json={"store_hash": STORE_HASH, "order_id": order["id"], "cart_id": order["cart_id"]},
+            headers={"Origin": sandbox.urls.storefront},
+        )
+        assert start.status_code == 200, start.text
+        assert start.headers["access-control-allow-origin"] == sandbox.urls.storefront
+        body = start.json()
+        assert body["cashier_url"].startswith(sandbox.urls.celerypay + "/cashier/")
+        paid = await http.post(body["cashier_url"] + "/pay")
+        assert paid.status_code == 303
+        back = await http.get(paid.headers["location"])
+        assert back.status_code == 303
+        assert back.headers["location"].startswith(sandbox.urls.storefront + "/checkout/order-confirmation?bcpay_token=")
+        for _ in range(100):
+            state = (await http.get(f"{sandbox.urls.bcpay}/api/v1/payments/{body['token']}")).json()["state"]
+            if state == "paid" and sandbox.bc.order(STORE_HASH, order["id"])["status_id"] == 11:
+                break
+            await asyncio.sleep(0.1)
+    final = sandbox.bc.order(STORE_HASH, order["id"])
+    assert final["status_id"] == 11 and "OKCloud Pay: paid 42.50 USD" in final["staff_notes"]
+    assert any(d.status_code == 200 for d in sandbox.celerypay.deliveries)
+
+
+async def test_foreign_origins_are_refused_by_cors(sandbox: Sandbox) -> None:
+    async with httpx.AsyncClient() as http:
+        answer = await http.options(
+            sandbox.urls.bcpay + "/api/v1/payments",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert answer.status_code == 403
+        ok = await http.options(
+            sandbox.urls.bcpay + "/api/v1/payments",
+            headers={"Origin": sandbox.urls.storefront, "Access-Control-Request-Method": "POST"},
+        )
+        assert ok.status_code == 204 and ok.headers["access-control-allow-origin"] == sandbox.urls.storefront
