@@ -1,0 +1,81 @@
+"""Two bcpay instances on one database: exactly one attempt, exactly one status update.
+
+Two apps (each with its own engine, pool and runtime, as two server
+processes would have) share the database and the fakes. On PostgreSQL this
+exercises row locks and SKIP LOCKED; on SQLite, BEGIN IMMEDIATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from bcpay.effects import Worker
+from bcpay.server.app import create_app
+from tests.world import STORE_HASH, World, open_world
+
+
+@contextlib.asynccontextmanager
+async def second_instance(world: World) -> AsyncIterator[tuple[httpx.AsyncClient, Worker]]:
+    """Another bcpay 'process' on the same database and fakes."""
+    upstream = world.rt.http  # the fakes' transports; a real second process has its own pool
+    app = create_app(world.settings, http=upstream, run_worker=False)
+    async with app.router.lifespan_context(app):
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000")
+        try:
+            yield client, Worker(app.state.runtime, owner="second")
+        finally:
+            await client.aclose()
+
+
+@pytest.fixture
+async def world(db_url: str, secret_key: str) -> AsyncIterator[World]:
+    async with open_world(db_url, secret_key) as w:
+        await w.add_store()
+        yield w
+
+
+async def test_concurrent_starts_on_two_instances_make_one_attempt(world: World) -> None:
+    order = world.place_order()
+    body = {"store_hash": STORE_HASH, "order_id": order["id"], "cart_id": order["cart_id"]}
+    async with second_instance(world) as (other, _):
+        answers = await asyncio.gather(*(
+            (world.client if i % 2 else other).post("/api/v1/payments", json=body) for i in range(10)
+        ))
+    assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
+    assert len({a.json()["token"] for a in answers}) == 1
+    assert len(world.cp.payments) == 1
+
+
+async def test_same_notification_twenty_times_on_two_instances_applies_once(world: World) -> None:
+    order = world.place_order()
+    start = (await world.start(order)).json()
+    payment_id = start["cashier_url"].rsplit("/", 1)[1]
+    await world.cp.pay(payment_id)
+    [event] = world.events_of(payment_id)
+    async with second_instance(world) as (other, other_worker):
+        import json
+        import time
+
+        from bcpay.signatures import sign_notification
+        from tests.world import MERCHANT_ID, MERCHANT_SECRET
+
+        raw = json.dumps(event).encode()
+        ts = int(time.time())
+        headers = {"CeleryPay-Merchant": MERCHANT_ID, "CeleryPay-Timestamp": str(ts),
+                   "CeleryPay-Signature": sign_notification(MERCHANT_SECRET, ts, raw)}
+        answers = await asyncio.gather(*(
+            (world.client if i % 2 else other).post(f"/notify/celerypay/{STORE_HASH}", content=raw, headers=headers)
+            for i in range(20)
+        ))
+        assert {a.status_code for a in answers} == {200}
+        outcomes = sorted(a.json()["outcome"] for a in answers)
+        assert outcomes.count("applied") == 1 and outcomes.count("duplicate") == 19
+        # both workers race for the job
+        await asyncio.gather(world.run_jobs(), other_worker.run_once(), world.run_jobs(), other_worker.run_once())
+    assert len(world.status_puts(order["id"])) == 1
+    assert world.order(order["id"])["status_id"] == 11
