@@ -59,7 +59,7 @@ class Metrics:
         """Prometheus text exposition of every counter plus the given gauges."""
         lines: list[str] = []
         with self._lock:
-            items = sorted(self._counts.items())
+            items: list[tuple[tuple[str, tuple[tuple[str, str], ...]], int]] = sorted(self._counts.items())
         seen: set[str] = set()
         for (name, labels), value in items:
             if name not in seen:
@@ -67,8 +67,8 @@ class Metrics:
                 lines.append(f"# HELP {name} {self.HELP.get(name, name)}")
                 lines.append(f"# TYPE {name} counter")
             lines.append(f"{name}{_labels(labels)} {value}")
-        for name, (help_text, value) in sorted((gauges or {}).items()):
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} gauge")
-            lines.append(f"{name} {value:g}")
+        for gauge, (help_text, reading) in sorted((gauges or {}).items()):
+            lines.append(f"# HELP {gauge} {help_text}")
+            lines.append(f"# TYPE {gauge} gauge")
+            lines.append(f"{gauge} {reading:g}")
         return "\n".join(lines) + "\n"

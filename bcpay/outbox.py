@@ -74,7 +74,7 @@ async def claim(
         query = select(jobs.c.id).where(due).order_by(jobs.c.run_after, jobs.c.id).limit(limit)
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
-        ids = list((await conn.execute(query)).scalars())
+        ids: list[int] = list((await conn.execute(query)).scalars())
         if not ids:
             return []
         await conn.execute(

@@ -36,7 +36,7 @@ class RefundResult:
 
 async def refundable(conn: AsyncConnection, payment: PaymentRecord) -> int:
     """Paid minus refunded minus refunds still in flight, in minor units."""
-    in_flight = (
+    in_flight: int = (
         await conn.execute(
             select(func.coalesce(func.sum(refunds.c.amount), 0)).where(
                 refunds.c.payment_id == payment.id, refunds.c.status.in_(["requested", "pending"])
@@ -91,6 +91,7 @@ async def request_refund(
                 created_at=now, updated_at=now,
             )
         )
+    assert payment.celerypay_id is not None
     try:
         refund = await rt.celerypay(store).create_refund(
             payment.celerypay_id, amount=amount, merchant_refund_no=refund_no,

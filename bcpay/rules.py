@@ -87,21 +87,39 @@ def parse_merchant_order_no(value: str) -> tuple[str, int, int] | None:
 class RemotePayment(Protocol):
     """The fields of a CeleryPay payment the rules read."""
 
-    merchant_order_no: str
-    status: str
-    paid_amount: int | None
-    currency: str
-    metadata: dict[str, str]
+    @property
+    def merchant_order_no(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def paid_amount(self) -> int | None: ...
+
+    @property
+    def currency(self) -> str: ...
+
+    @property
+    def metadata(self) -> dict[str, str]: ...
 
 
 class Attempt(Protocol):
     """The fields of a stored attempt the rules read."""
 
-    merchant_order_no: str
-    amount: int
-    currency: str
-    order_id: int
-    token: str
+    @property
+    def merchant_order_no(self) -> str: ...
+
+    @property
+    def amount(self) -> int: ...
+
+    @property
+    def currency(self) -> str: ...
+
+    @property
+    def order_id(self) -> int: ...
+
+    @property
+    def token(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -134,10 +152,17 @@ def check_capture(attempt: Attempt, remote: RemotePayment, store_hash: str) -> C
 class OrderFacts(Protocol):
     """The fields of a BigCommerce order the eligibility check reads."""
 
-    status_id: int
-    payment_method: str
-    cart_id: str | None
-    date_created: datetime
+    @property
+    def status_id(self) -> int: ...
+
+    @property
+    def payment_method(self) -> str: ...
+
+    @property
+    def cart_id(self) -> str | None: ...
+
+    @property
+    def date_created(self) -> datetime: ...
 
 
 @dataclass(frozen=True)
