@@ -314,6 +314,8 @@ class SandboxThread:
             self.call(self.sandbox.stop, timeout=20)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def call(self, factory: Callable[[], Coroutine[Any, Any, T]] | Callable[[], Awaitable[T]], timeout: float = 60) -> T:
         """Run a coroutine on the sandbox's loop and wait for its result."""

@@ -136,6 +136,13 @@ async def metrics(request: Request) -> Response:
     return PlainTextResponse(rt.metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
 
+async def openapi_json(request: Request) -> Response:
+    """GET /openapi.json: the OpenAPI document of this API."""
+    from bcpay.server.openapi import document
+
+    return JSONResponse(document())
+
+
 def _snippet_response(request: Request, *, immutable: bool) -> Response:
     current = asset()
     etag = f'"{current.short_hash}"'

@@ -101,6 +101,7 @@ def routes() -> list[Route]:
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        Route("/openapi.json", api.openapi_json, methods=["GET"]),
         Route("/static/inject.js", api.snippet, methods=["GET"]),
         Route("/static/inject.{hash:str}.js", api.snippet, methods=["GET"]),
     ]
