@@ -1,0 +1,126 @@
+"""Refunds, expiry sweep and double payments against the sandbox fakes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from bcpay import refunds
+from bcpay.errors import InvalidInputError
+from bcpay.sandbox.celerypay import FakeOptions
+from bcpay.storage import queries as q
+from tests.world import STORE_HASH, World, open_world
+
+
+@pytest.fixture
+async def world(db_url: str, secret_key: str) -> AsyncIterator[World]:
+    async with open_world(db_url, secret_key, cp_options=FakeOptions(refund_auto=False)) as w:
+        await w.add_store()
+        yield w
+
+
+async def paid(world: World, total: str = "20.00") -> tuple[dict[str, object], str]:
+    order = world.place_order(total)
+    body = (await world.start(order)).json()
+    pid = body["cashier_url"].rsplit("/", 1)[1]
+    await world.cp.pay(pid)
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    return order, pid
+
+
+async def refund(world: World, order_id: int, amount: int | None) -> refunds.RefundResult:
+    store = await world_store(world)
+    attempt = await refunds.paid_attempt(world.rt, store, order_id)
+    return await refunds.request_refund(world.rt, store, attempt, amount=amount, reason="customer asked")
+
+
+async def world_store(world: World):  # type: ignore[no-untyped-def]
+    async with world.rt.db.engine.connect() as conn:
+        return await q.require_store(conn, STORE_HASH)
+
+
+async def test_partial_then_second_partial_up_to_the_total(world: World) -> None:
+    order, pid = await paid(world, "20.00")
+    first = await refund(world, order["id"], 500)  # type: ignore[arg-type]
+    assert first.status == "pending" and first.merchant_refund_no.endswith("-r1")
+    await world.cp.settle_refunds()
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    bc_order = world.order(order["id"])  # type: ignore[arg-type]
+    assert bc_order["status_id"] == 14 and "refunded 5.00 USD of 20.00 USD" in bc_order["staff_notes"]
+
+    second = await refund(world, order["id"], None)  # type: ignore[arg-type]
+    assert second.amount == 1500
+    await world.cp.settle_refunds()
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 4  # type: ignore[arg-type]
+    assert world.cp.payments[pid]["status"] == "refunded"
+
+
+async def test_over_refund_is_rejected_before_calling_celerypay(world: World) -> None:
+    order, pid = await paid(world, "20.00")
+    await refund(world, order["id"], 1500)  # type: ignore[arg-type]
+    calls_before = len(world.cp.refunds)
+    with pytest.raises(InvalidInputError, match=r"refund of 600 exceeds what can be refunded \(500"):
+        await refund(world, order["id"], 600)  # type: ignore[arg-type]
+    assert len(world.cp.refunds) == calls_before
+
+
+async def test_refund_notifications_duplicated_and_reordered_apply_once(world: World) -> None:
+    order, pid = await paid(world, "20.00")
+    await refund(world, order["id"], 500)  # type: ignore[arg-type]
+    await world.cp.settle_refunds()
+    await refund(world, order["id"], 1500)  # type: ignore[arg-type]
+    await world.cp.settle_refunds()
+    refund_events = [e for e in world.cp.events if e["type"].startswith("refund.")]
+    assert len(refund_events) == 2
+    for event in [refund_events[1], refund_events[0], refund_events[1], refund_events[0]]:
+        assert (await world.notify(event)).status_code == 200
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 4  # type: ignore[arg-type]
+    puts = [p["status_id"] for p in world.status_puts(order["id"])]  # type: ignore[arg-type]
+    assert puts.count(4) == 1 and puts[0] == 11
+
+
+async def test_expiry_sweep_applies_a_lost_expiry_notification(db_url: str, secret_key: str) -> None:
+    async with open_world(db_url, secret_key, payments={"on_expired": "cancel"}) as w:
+        await w.add_store()
+        order = w.place_order()
+        body = (await w.start(order)).json()
+        pid = body["cashier_url"].rsplit("/", 1)[1]
+        w.cp.payment_record(pid).expires_at = 0  # type: ignore[assignment]
+        await w.cp.expire_due()  # expired at CeleryPay; its notification is never delivered
+        later = w.rt.now() + timedelta(hours=1)
+        w.rt.clock = lambda: later
+        assert await w.worker.sweep() == 1
+        await w.run_jobs()
+        assert w.order(order["id"])["status_id"] == 5
+        assert (await w.status(body["token"])).json()["state"] == "expired"
+
+
+async def test_auto_refund_of_a_double_payment(db_url: str, secret_key: str) -> None:
+    from sqlalchemy import update
+
+    from bcpay.storage.schema import payments
+
+    async with open_world(db_url, secret_key, payments={"refund_duplicates": "auto"}) as w:
+        await w.add_store()
+        order = w.place_order("10.00")
+        first = (await w.start(order)).json()
+        async with w.rt.db.transaction() as conn:
+            await conn.execute(update(payments).where(payments.c.token == first["token"]).values(status="failed"))
+        second = (await w.start(order)).json()
+        for body in (second, first):
+            await w.cp.pay(body["cashier_url"].rsplit("/", 1)[1])
+            await w.cp.deliver_due()
+            await w.run_jobs()
+        await w.cp.deliver_due()
+        await w.run_jobs()
+        first_pid = first["cashier_url"].rsplit("/", 1)[1]
+        assert w.cp.payments[first_pid]["status"] == "refunded"
+        assert w.order(order["id"])["status_id"] == 11
+        assert len(w.status_puts(order["id"])) == 1
