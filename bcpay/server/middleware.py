@@ -211,6 +211,7 @@ class StoreCors:
                 message["headers"] = [
                     *message.get("headers", []),
                     (b"access-control-allow-origin", origin.encode()),
+                    (b"access-control-expose-headers", b"Retry-After, X-Request-Id"),
                     (b"vary", b"Origin"),
                 ]
             await send(message)
