@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bcpay import outbox, rules
-from bcpay.errors import InvalidInputError, NotFoundError, SignatureError
+from bcpay.errors import InvalidInputError, SignatureError, UpstreamNotFound
 from bcpay.provisioning import WEBHOOK_SECRET_HEADER
 from bcpay.runtime import Runtime
 from bcpay.signatures import verify_standard_webhook
@@ -85,7 +85,7 @@ async def order_status_changed(rt: Runtime, store_id: int, order_id: int) -> str
         return "not ours"
     try:
         order = await rt.bigcommerce(store).get_order(order_id)
-    except NotFoundError:
+    except UpstreamNotFound:
         return "order gone"
     if order.status_id == rules.STATUS_CANCELLED:
         open_ = [a for a in attempts if a.status in rules.OPEN]
