@@ -1,0 +1,197 @@
+"""The ``bcpay`` command line: a thin Typer face over the library.
+
+Command names are part of the product (README, runbooks). This module holds
+the root app, the global options and the process commands (serve, worker,
+db, keys, sandbox); the store commands are in :mod:`bcpay.cli_stores`, the
+day-to-day operations in :mod:`bcpay.cli_ops`, shared plumbing in
+:mod:`bcpay.cli_common`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bcpay import cli_ops, cli_stores, keys, operations
+from bcpay.cli_common import CliState, failures, load, out, run, state
+from bcpay.crypto import SANDBOX_KEY, generate_key
+from bcpay.effects import Worker
+from bcpay.errors import ConfigError
+from bcpay.runtime import Runtime
+from bcpay.storage import migrate
+
+app = typer.Typer(
+    name="bcpay",
+    help="OKCloud Pay (CeleryPay) payments for BigCommerce stores: server, provisioning and operations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option("--config", help="bcpay.toml to read (default: $BCPAY_CONFIG, ./bcpay.toml).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    """OKCloud Pay (CeleryPay) payments for BigCommerce stores.
+
+    Settings come from the command line, then BCPAY_* environment variables,
+    then the config file, then defaults.
+    """
+    ctx.obj = CliState(config=config, debug=debug)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (server.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (server.port).")] = None,
+    workers: Annotated[int | None, typer.Option(help="uvicorn worker processes (server.workers).")] = None,
+    proxy_headers: Annotated[bool | None, typer.Option(
+        "--proxy-headers/--no-proxy-headers",
+        help="Trust X-Forwarded-* from server.forwarded_allow_ips (behind a TLS proxy).")] = None,
+) -> None:
+    """Run the gateway server (uvicorn) with the outbox worker.
+
+    Refuses to start without app.secret_key (except in sandbox mode). SQLite
+    databases are migrated on start; PostgreSQL needs `bcpay db upgrade` first.
+
+    Example: bcpay serve --host 0.0.0.0 --port 8000 --workers 4 --proxy-headers
+    """
+    import uvicorn
+
+    from bcpay.server.entry import FACTORY
+
+    server = {"host": host, "port": port, "workers": workers, "proxy_headers": proxy_headers}
+    with failures(ctx):
+        settings = load(ctx, server={k: v for k, v in server.items() if v is not None})
+        settings.require_secret_key()
+    if state(ctx).config is not None:
+        # uvicorn workers are other processes: they find the file through the environment.
+        os.environ["BCPAY_CONFIG"] = str(state(ctx).config)
+    s = settings.server
+    out().print(f"bcpay serving on http://{s.host}:{s.port} (public URL {settings.app.public_url})")
+    uvicorn.run(
+        FACTORY, factory=True, host=s.host, port=s.port, workers=s.workers, proxy_headers=s.proxy_headers,
+        forwarded_allow_ips=s.forwarded_allow_ips, log_level=s.log_level, server_header=False,
+    )
+
+
+@app.command()
+def worker(ctx: typer.Context) -> None:
+    """Run the outbox worker alone (order updates, refunds, expiry sweep) until Ctrl+C or SIGTERM.
+
+    Use it when `bcpay serve` runs with server.run_worker = false, or on a
+    separate host; several workers may share one PostgreSQL database.
+
+    Example: bcpay worker
+    """
+    with failures(ctx):
+        load(ctx).require_secret_key()
+
+    async def work(rt: Runtime) -> None:
+        await operations.ensure_schema(rt)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        out().print("bcpay worker running (Ctrl+C to stop)")
+        await Worker(rt).run_forever(stop)
+        out().print("bcpay worker stopped")
+
+    run(ctx, work)
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Migrate the database schema to this version of bcpay; prints the revisions before and after.
+
+    Safe to run again: an up-to-date database is left as it is.
+
+    Example: bcpay db upgrade
+    """
+    async def work(rt: Runtime) -> tuple[str | None, str, str]:
+        before, after = await migrate.upgrade(rt.db)
+        return before, after, repr(rt.db)
+
+    before, after, where = run(ctx, work)
+    out().print(f"{where}: {before or '(empty)'} -> {after}" + (" (already current)" if before == after else ""))
+
+
+@app.command()
+def keygen() -> None:
+    """Print a new random key for app.secret_key.
+
+    Example: bcpay keygen
+    """
+    typer.echo(generate_key())
+
+
+@app.command("rotate-key")
+def rotate_key(
+    ctx: typer.Context,
+    new_key_env: Annotated[str | None, typer.Option(
+        "--new-key-env", metavar="VAR", help="Environment variable holding the new key (else a hidden prompt).")] = None,
+) -> None:
+    """Re-encrypt every stored secret under a new key, in one transaction.
+
+    Access tokens, CeleryPay merchant secrets (current and old) and webhook
+    secrets are re-sealed. Afterwards set app.secret_key to the new key and
+    restart the servers. The key is never taken as a plain argument.
+
+    Example: BCPAY_NEW_KEY=$(bcpay keygen) bcpay rotate-key --new-key-env BCPAY_NEW_KEY
+    """
+    with failures(ctx):
+        settings = load(ctx)
+        settings.require_secret_key()
+        if new_key_env is not None:
+            new_key = os.environ.get(new_key_env, "").strip()
+            if not new_key:
+                raise ConfigError(f"${new_key_env} is empty or not set")
+        else:
+            new_key = typer.prompt("New key (from `bcpay keygen`)", hide_input=True, confirmation_prompt=True).strip()
+        old_key = settings.app.secret_key.get() or SANDBOX_KEY
+    counts = run(ctx, lambda rt: keys.rotate_key(rt.db, old_key=old_key, new_key=new_key), settings=settings)
+    for label, n in counts.items():
+        out().print(f"re-encrypted {n} {label}")
+    out().print("Now set app.secret_key to the new key and restart bcpay.")
+
+
+@app.command()
+def sandbox(
+    ctx: typer.Context,
+    port_base: Annotated[int, typer.Option(help="First of the consecutive ports the sandbox uses.")] = 8700,
+    db: Annotated[Path | None, typer.Option(help="SQLite file to keep (default: a temporary one).")] = None,
+    notify_delay: Annotated[float, typer.Option(help="Seconds before CeleryPay's first notification.")] = 0.0,
+    chaos: Annotated[bool, typer.Option(help="Duplicate and reorder notifications; BigCommerce 5xx/429 bursts.")] = False,
+    open_browser: Annotated[bool, typer.Option("--open", help="Print the storefront URL to open.")] = False,
+) -> None:
+    """Run bcpay with fake BigCommerce and CeleryPay on this machine, provisioned and ready to pay.
+
+    Example: bcpay sandbox --port-base 8700 --chaos
+    """
+    with failures(ctx):
+        settings = load(ctx)
+        from bcpay.sandbox.runner import main as run_sandbox
+
+        run_sandbox(settings=settings, port_base=port_base, db=str(db) if db else None,
+                    notify_delay=notify_delay, chaos=chaos, open_browser=open_browser)
+
+
+cli_stores.register(app)
+cli_ops.register(app)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``bcpay`` script."""
+    return app(args=argv, prog_name="bcpay")

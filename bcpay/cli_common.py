@@ -1,0 +1,136 @@
+"""Plumbing shared by the ``bcpay`` commands: settings, the runtime, errors, output.
+
+Errors are translated once, here: a :class:`~bcpay.errors.BcpayError` becomes
+one red ``Error: <message>`` line on stderr and exit code 1 (with the
+traceback only under ``--debug``); usage errors stay Typer's (exit 2).
+Humans get Rich; ``--json`` prints plain JSON on stdout for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import traceback
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bcpay.config import Settings, load_settings
+from bcpay.errors import BcpayError
+from bcpay.money import format_amount
+from bcpay.provisioning import Check
+from bcpay.runtime import Runtime, open_runtime
+
+T = TypeVar("T")
+
+
+@dataclass
+class CliState:
+    """The global options, kept on the root context."""
+
+    config: Path | None = None
+    debug: bool = False
+
+
+def state(ctx: typer.Context) -> CliState:
+    """The global options of this invocation."""
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, CliState) else CliState()
+
+
+def out() -> Console:
+    """Console for results (stdout); never wraps, so lines stay greppable."""
+    return Console(soft_wrap=True, highlight=False)
+
+
+def err() -> Console:
+    """Console for errors and progress (stderr)."""
+    return Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def load(ctx: typer.Context, **overrides: dict[str, Any]) -> Settings:
+    """Settings: command line > environment > config file > defaults."""
+    return load_settings(state(ctx).config, overrides={k: v for k, v in overrides.items() if v})
+
+
+@contextmanager
+def failures(ctx: typer.Context) -> Iterator[None]:
+    """Turn a BcpayError into one red line on stderr and exit code 1."""
+    try:
+        yield
+    except BcpayError as exc:
+        if state(ctx).debug:
+            err().print(escape(traceback.format_exc()), style="dim")
+        err().print(f"Error: {escape(exc.message)}", style="red")
+        raise typer.Exit(1) from None
+
+
+def run(ctx: typer.Context, work: Callable[[Runtime], Awaitable[T]], *, settings: Settings | None = None) -> T:
+    """Open a runtime for this command, run ``work`` in it, translate errors."""
+    with failures(ctx):
+        chosen = settings or load(ctx)
+
+        async def main() -> T:
+            async with open_runtime(chosen) as rt:
+                return await work(rt)
+
+        return asyncio.run(main())
+
+
+def secret_input(env_var: str, prompt: str) -> str:
+    """A secret from ``$env_var``, else a hidden prompt; never from the command line."""
+    value = os.environ.get(env_var, "")
+    if value:
+        return value
+    entered: str = typer.prompt(prompt, hide_input=True)
+    return entered.strip()
+
+
+def print_json(data: Any) -> None:
+    """Plain JSON on stdout for scripts."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> None:
+    """A Rich table on stdout (``-`` for empty cells)."""
+    grid = Table(*columns, title=title, show_lines=False, expand=False)
+    for row in rows:
+        grid.add_row(*("-" if v is None or v == "" else escape(str(v)) for v in row))
+    out().print(grid)
+
+
+def money(amount: int | None, currency: str | None) -> str:
+    """``19.99 USD`` for minor units (``-`` when unknown)."""
+    if amount is None or not currency:
+        return "-"
+    try:
+        return format_amount(amount, currency)
+    except BcpayError:
+        return f"{amount} {currency} (minor units)"
+
+
+def print_checks(checks: Sequence[Check], *, section: str | None = None) -> bool:
+    """A checklist with the steps to fix each failed line; True when all passed."""
+    console = out()
+    if section:
+        console.print(f"[bold]{escape(section)}[/bold]")
+    for check in checks:
+        mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
+        console.print(f"  {mark} {escape(check.name)}: {escape(check.detail)}")
+        for n, step in enumerate(check.fix, 1):
+            console.print(f"      {n}. {escape(step)}")
+    return all(c.ok for c in checks)
+
+
+def fail_unless(ok: bool) -> None:
+    """Exit 1 (without another message) when a report found problems."""
+    if not ok:
+        raise typer.Exit(1)

@@ -1,0 +1,291 @@
+"""Store commands: ``stores``, ``provision``, ``install-script``, ``webhooks``, ``doctor``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from bcpay import operations, provisioning, stores
+from bcpay.cli_common import (
+    fail_unless,
+    failures,
+    out,
+    print_checks,
+    print_json,
+    run,
+    secret_input,
+    table,
+)
+from bcpay.errors import InvalidInputError
+from bcpay.provisioning import Check
+from bcpay.runtime import Runtime
+from bcpay.storage.records import StoreRecord
+
+stores_app = typer.Typer(help="Register, configure and remove stores.", no_args_is_help=True)
+webhooks_app = typer.Typer(help="The BigCommerce webhooks the server handles.", no_args_is_help=True)
+
+StoreHash = Annotated[str, typer.Argument(help="The store hash (from the store's API path, e.g. abc123).")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _store_json(s: StoreRecord) -> dict[str, Any]:
+    """A store as shown to operators: secrets only as set / not set."""
+    return {
+        "store_hash": s.store_hash, "name": s.name, "store_url": s.store_url, "currency": s.currency,
+        "source": s.source, "installed": s.installed, "scopes": list(s.scopes),
+        "access_token": "set" if s.access_token_enc else "not set",
+        "merchant_id": s.merchant_id, "environment": s.environment,
+        "celerypay_secret": "set" if s.celerypay_secret_enc else "not set",
+        "old_secret_valid_until": operations.iso(s.celerypay_old_secret_until) if s.celerypay_old_secret_enc else None,
+        "webhook_secret": "set" if s.webhook_secret_enc else "not set",
+        "settings": s.settings, "script_uuid": s.script_uuid,
+        "last_notification_at": operations.iso(s.last_notification_at),
+    }
+
+
+@stores_app.command("add")
+def stores_add(
+    ctx: typer.Context,
+    store_hash: StoreHash,
+    scopes: Annotated[str, typer.Option(help=(
+        "The API account's OAuth scopes, space or comma separated, as the API account page lists them "
+        "(a store-level token cannot list its own scopes through the API). Default: the scopes bcpay needs."))]
+    = " ".join(stores.REQUIRED_SCOPES),
+) -> None:
+    """Register a store that uses a store-level API account (Advanced Settings > API Accounts).
+
+    The access token is read from $BCPAY_ACCESS_TOKEN or a hidden prompt, never
+    from the command line; it is checked against the store's API and stored
+    encrypted.
+
+    Example: BCPAY_ACCESS_TOKEN=... bcpay stores add abc123 --scopes "store_v2_orders store_v2_content store_v2_information_read_only"
+    """
+    with failures(ctx):
+        stores.check_store_hash(store_hash)
+        wanted = operations.parse_scopes(scopes)
+        missing = operations.missing_scopes(wanted)
+        if missing:  # before asking for a token the operator would have to paste again
+            raise InvalidInputError(f"the API account lacks scopes bcpay needs: {', '.join(missing)}")
+    token = secret_input("BCPAY_ACCESS_TOKEN", "Access token")
+    store = run(ctx, lambda rt: operations.add_store(rt, store_hash, access_token=token, scopes=wanted))
+    out().print(f"Registered {store.store_hash}: {store.name} ({store.store_url}), currency {store.currency}.")
+    out().print(f"Next: bcpay stores configure {store.store_hash} --merchant-id mch_...")
+
+
+@stores_app.command("list")
+def stores_list(ctx: typer.Context, json_: JsonFlag = False) -> None:
+    """List every store bcpay knows, installed or not.
+
+    Example: bcpay stores list --json
+    """
+    found = [_store_json(s) for s in run(ctx, operations.list_stores)]
+    if json_:
+        print_json(found)
+        return
+    table(["store", "name", "installed", "source", "merchant", "env", "secret"],
+          [[s["store_hash"], s["name"], "yes" if s["installed"] else "no", s["source"], s["merchant_id"],
+            s["environment"], s["celerypay_secret"]] for s in found])
+
+
+@stores_app.command("show")
+def stores_show(ctx: typer.Context, store_hash: StoreHash, json_: JsonFlag = False) -> None:
+    """Show one store's registration and settings (secrets only as set / not set).
+
+    Example: bcpay stores show abc123
+    """
+    shown = _store_json(run(ctx, lambda rt: operations.get_store(rt, store_hash)))
+    if json_:
+        print_json(shown)
+        return
+    for key, value in shown.items():
+        out().print(f"{key:>22}: {value if value not in (None, '', [], {}) else '-'}", markup=False)
+
+
+@stores_app.command("configure")
+def stores_configure(
+    ctx: typer.Context,
+    store_hash: StoreHash,
+    merchant_id: Annotated[str | None, typer.Option(help="CeleryPay merchant id (mch_...); the secret is read from $BCPAY_CELERYPAY_SECRET or a hidden prompt.")] = None,
+    keep_secret: Annotated[bool, typer.Option(help="Keep the stored CeleryPay secret (change only the merchant id or environment).")] = False,
+    environment: Annotated[str | None, typer.Option(help="CeleryPay environment: sandbox or production.")] = None,
+    method_name: Annotated[str | None, typer.Option(help="The offline payment method's display name.")] = None,
+    on_expired: Annotated[str | None, typer.Option(help="keep or cancel orders whose payment expired.")] = None,
+    paid_status_id: Annotated[int | None, typer.Option(help="Order status for paid orders (default 11).")] = None,
+    mismatch_status_id: Annotated[int | None, typer.Option(help="Order status for amount mismatches (default 12).")] = None,
+    expires_in: Annotated[int | None, typer.Option(help="Seconds a cashier page stays payable (300-86400).")] = None,
+    return_to: Annotated[str | None, typer.Option(help="Where shoppers return: confirmation or bcpay.")] = None,
+    refund_on_status: Annotated[bool | None, typer.Option("--refund-on-status/--no-refund-on-status", help="Refund at CeleryPay when an order is set to Refunded.")] = None,
+    refund_duplicates: Annotated[str | None, typer.Option(help="manual or auto refund of double payments.")] = None,
+) -> None:
+    """Set a store's CeleryPay merchant and payment settings.
+
+    A new secret keeps the old one valid for notifications for 24 hours
+    (rotation). Settings not given are left as they are.
+
+    Example: BCPAY_CELERYPAY_SECRET=... bcpay stores configure abc123 --merchant-id mch_0123456789abcdef --environment production
+    """
+    changes = {k: v for k, v in {
+        "method_name": method_name, "on_expired": on_expired, "paid_status_id": paid_status_id,
+        "mismatch_status_id": mismatch_status_id, "expires_in": expires_in, "return_to": return_to,
+        "refund_on_status": refund_on_status, "refund_duplicates": refund_duplicates,
+    }.items() if v is not None}
+    if merchant_id is None and environment is None and not changes:
+        raise typer.BadParameter("nothing to change: give --merchant-id and/or settings")
+    with failures(ctx):
+        stores.check_store_hash(store_hash)
+        if merchant_id is not None:
+            stores.check_merchant(merchant_id, "x" * 32)
+    secret = None
+    if merchant_id is not None and not keep_secret:
+        secret = secret_input("BCPAY_CELERYPAY_SECRET", "CeleryPay API secret")
+
+    async def work(rt: Runtime) -> StoreRecord:
+        store = await operations.get_store(rt, store_hash)
+        if merchant_id is not None or environment is not None:
+            store = await stores.configure_merchant(
+                rt, store_hash, merchant_id=merchant_id or store.merchant_id or "", api_secret=secret,
+                environment=environment)
+        if changes:
+            store = await stores.update_settings(rt, store_hash, changes)
+        return store
+
+    store = run(ctx, work)
+    out().print(f"Configured {store.store_hash}: merchant {store.merchant_id or '-'} ({store.environment}), "
+                f"secret {'set' if store.celerypay_secret_enc else 'not set'}.")
+
+
+@stores_app.command("remove")
+def stores_remove(
+    ctx: typer.Context, store_hash: StoreHash,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Take bcpay off a store: remove its snippet and webhooks, forget its token and secrets.
+
+    Payment history stays in the database.
+
+    Example: bcpay stores remove abc123 --yes
+    """
+    with failures(ctx):
+        stores.check_store_hash(store_hash)
+    if not yes:
+        typer.confirm(f"Remove store {store_hash} from bcpay?", abort=True)
+    for note in run(ctx, lambda rt: operations.remove_store(rt, store_hash)):
+        out().print(note, markup=False)
+    out().print(f"Removed {store_hash}.")
+
+
+def _with_store(ctx: typer.Context, store_hash: str, work: Any) -> Any:
+    async def go(rt: Runtime) -> Any:
+        return await work(rt, await operations.get_store(rt, store_hash))
+
+    return run(ctx, go)
+
+
+def provision(ctx: typer.Context, store_hash: StoreHash) -> None:
+    """Everything a store needs, idempotent: token and scopes, snippet, webhooks, payment method.
+
+    No API can rename an offline payment method: when none carries the
+    configured name, the exact control-panel steps are printed; run this again
+    afterwards. Exits 1 until every check passes.
+
+    Example: bcpay provision abc123
+    """
+    checks: list[Check] = _with_store(ctx, store_hash, provisioning.provision)
+    fail_unless(print_checks(checks, section=f"Provisioning {store_hash}"))
+
+
+def install_script(
+    ctx: typer.Context, store_hash: StoreHash,
+    print_: Annotated[bool, typer.Option("--print", help="Only show the HTML that would be installed.")] = False,
+    remove: Annotated[bool, typer.Option("--remove", help="Delete bcpay's script from the store.")] = False,
+) -> None:
+    """Install or update bcpay's Script Manager snippet (never two), with its SRI hash.
+
+    Example: bcpay install-script abc123 --print
+    """
+    if print_ and remove:
+        raise typer.BadParameter("--print and --remove exclude each other")
+    if print_:
+        spec = _with_store(ctx, store_hash, _desired)
+        typer.echo(spec.html)
+        return
+    action = _with_store(ctx, store_hash, lambda rt, s: provisioning.install_script(rt, s, remove=remove))
+    out().print(f"storefront snippet on {store_hash}: {action}")
+
+
+async def _desired(rt: Runtime, store: StoreRecord) -> Any:
+    return provisioning.desired_script(rt, store)
+
+
+@webhooks_app.command("register")
+def webhooks_register(ctx: typer.Context, store_hash: StoreHash) -> None:
+    """Create missing hooks and re-activate switched-off ones (idempotent).
+
+    Example: bcpay webhooks register abc123
+    """
+    done = _with_store(ctx, store_hash, provisioning.register_webhooks)
+    for scope, action in done.items():
+        out().print(f"{scope}: {action}")
+
+
+@webhooks_app.command("list")
+def webhooks_list(ctx: typer.Context, store_hash: StoreHash, json_: JsonFlag = False) -> None:
+    """List the store's hooks that point at this server (their secret header is not shown).
+
+    Example: bcpay webhooks list abc123 --json
+    """
+    hooks = [{"id": h.id, "scope": h.scope, "destination": h.destination, "is_active": h.is_active}
+             for h in _with_store(ctx, store_hash, provisioning.our_hooks)]
+    if json_:
+        print_json(hooks)
+        return
+    table(["id", "scope", "destination", "active"],
+          [[h["id"], h["scope"], h["destination"], "yes" if h["is_active"] else "NO"] for h in hooks])
+
+
+@webhooks_app.command("remove")
+def webhooks_remove(ctx: typer.Context, store_hash: StoreHash) -> None:
+    """Delete this server's hooks on the store.
+
+    Example: bcpay webhooks remove abc123
+    """
+    count = _with_store(ctx, store_hash, provisioning.remove_webhooks)
+    out().print(f"removed {count} webhook(s) from {store_hash}")
+
+
+def doctor(
+    ctx: typer.Context,
+    store_hash: Annotated[str | None, typer.Argument(help="Check only this store (default: every installed store).")] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """One screen of what works and what to fix; exits 0 only when everything passes.
+
+    Checks the config, database and schema, the public URL, and per store the
+    token and scopes, the offline payment method, the snippet, the webhooks,
+    the CeleryPay credentials, dead jobs and open anomalies.
+
+    Example: bcpay doctor abc123
+    """
+    report: list[tuple[str, Check]] = run(ctx, lambda rt: operations.doctor(rt, store_hash))
+    ok = all(c.ok for _, c in report)
+    if json_:
+        print_json({"ok": ok, "checks": [{"section": s, "name": c.name, "ok": c.ok, "detail": c.detail,
+                                          "fix": c.fix} for s, c in report]})
+    else:
+        sections: dict[str, list[Check]] = {}
+        for section, check in report:
+            sections.setdefault(section, []).append(check)
+        for section, checks in sections.items():
+            print_checks(checks, section=section)
+        out().print("All checks passed." if ok else "[red]Some checks failed: see the steps above.[/red]")
+    fail_unless(ok)
+
+
+def register(app: typer.Typer) -> None:
+    """Attach these commands to the root app."""
+    app.add_typer(stores_app, name="stores")
+    app.command()(provision)
+    app.command("install-script")(install_script)
+    app.add_typer(webhooks_app, name="webhooks")
+    app.command()(doctor)

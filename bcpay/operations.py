@@ -1,0 +1,494 @@
+"""Operator helpers behind the CLI: lookups, simulated notifications, replays, doctor.
+
+Everything here is library code (no printing, no Typer): ``bcpay/cli*.py``
+renders what these functions return. The pieces, by what an operator asks:
+
+- "which attempt is this?"  :func:`find_attempt`, :func:`payment_detail`;
+- "show me the server handles a notification": :func:`build_notification`,
+  :func:`simulate_notify`;
+- "apply that stored event again": :func:`replay_event`;
+- "what needs my attention?": anomalies, dead jobs, :func:`doctor`;
+- housekeeping: :func:`prune_events`, :func:`parse_duration`, store add/remove.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from bcpay import notifications, provisioning, stores
+from bcpay.clients.celerypay import parse_event
+from bcpay.errors import (
+    BcpayError,
+    ConfigError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    UpstreamUnavailable,
+)
+from bcpay.money import to_minor
+from bcpay.provisioning import Check
+from bcpay.runtime import Runtime
+from bcpay.signatures import sign_notification
+from bcpay.storage import migrate
+from bcpay.storage import queries as q
+from bcpay.storage.records import PaymentRecord, StoreRecord
+from bcpay.storage.schema import anomalies, audit_log, events, jobs, payments, refunds
+
+# Raw events must outlive CeleryPay's retries (about 47 hours) with room to spare:
+# dedupe by event id only works while the event is still stored (issue 11).
+MIN_EVENT_RETENTION = timedelta(days=30)
+SIMULATED_STATUSES = ("succeeded", "failed", "expired", "cancelled")
+_DURATION = re.compile(r"(\d{1,6})\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90d``, ``12h``, ``30m``, ``45s``, ``2w`` as a timedelta (a bare number is days)."""
+    value = (text or "").strip().lower()
+    if value.isdigit():
+        value += "d"
+    match = _DURATION.fullmatch(value)
+    if not match:
+        raise InvalidInputError(
+            f"not a duration: {text!r} (expected e.g. 7d, 12h, 30m)", code="invalid_duration"
+        )
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A UTC timestamp as CeleryPay and our JSON output write it."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+# --- stores -----------------------------------------------------------------------------
+
+
+async def get_store(rt: Runtime, store_hash: str) -> StoreRecord:
+    """The registered store, after checking the hash's shape (NotFoundError if unknown)."""
+    stores.check_store_hash(store_hash)
+    async with rt.db.engine.connect() as conn:
+        return await q.require_store(conn, store_hash)
+
+
+async def list_stores(rt: Runtime) -> list[StoreRecord]:
+    """Every store bcpay knows, installed or not."""
+    async with rt.db.engine.connect() as conn:
+        return await q.list_stores(conn)
+
+
+def parse_scopes(text: str) -> tuple[str, ...]:
+    """A space- or comma-separated scope list as the API account page shows it."""
+    return tuple(s for s in re.split(r"[\s,]+", text.strip()) if s)
+
+
+def missing_scopes(scopes: tuple[str, ...]) -> list[str]:
+    """The scopes bcpay needs that ``scopes`` does not give (a modify scope covers read-only)."""
+    def has(needed: str) -> bool:
+        base = needed.removesuffix("_read_only")
+        return any(s == needed or s == base for s in scopes)
+
+    return [s for s in stores.REQUIRED_SCOPES if not has(s)]
+
+
+async def add_store(rt: Runtime, store_hash: str, *, access_token: str, scopes: tuple[str, ...]) -> StoreRecord:
+    """Register a store-level API account: check scopes and token, then store it encrypted.
+
+    A store-level token cannot list its own scopes through the API, so the
+    operator states them (copied from the API account page); the token itself
+    is proven by reading the store's information with it.
+    """
+    stores.check_store_hash(store_hash)
+    missing = missing_scopes(scopes)
+    if missing:
+        raise InvalidInputError(
+            f"the API account lacks scopes bcpay needs: {', '.join(missing)}", code="missing_scopes"
+        )
+    info = await stores.fetch_store_info(rt, store_hash, access_token)
+    return await stores.register(
+        rt, store_hash, access_token=access_token, source="api_account", scopes=" ".join(scopes), info=info
+    )
+
+
+async def remove_store(rt: Runtime, store_hash: str) -> list[str]:
+    """Take bcpay off a store: delete its snippet and hooks (best effort), then forget its secrets."""
+    store = await get_store(rt, store_hash)
+    notes: list[str] = []
+    if store.access_token_enc:
+        try:
+            notes.append(f"snippet: {await provisioning.install_script(rt, store, remove=True)}")
+            notes.append(f"webhooks: {await provisioning.remove_webhooks(rt, store)} removed")
+        except BcpayError as exc:
+            notes.append(f"could not clean up the store ({exc.message}); remove the script by hand")
+    await stores.remove(rt, store_hash)
+    return notes
+
+
+async def ensure_schema(rt: Runtime) -> None:
+    """Migrate SQLite on start (one file, one host); PostgreSQL must be migrated by the operator."""
+    if rt.db.is_sqlite:
+        await migrate.upgrade(rt.db)
+    elif not await migrate.is_current(rt.db):
+        raise ConfigError("the database schema is not current: run `bcpay db upgrade`", code="db_outdated")
+
+
+# --- payments -----------------------------------------------------------------------------
+
+
+async def find_attempt(rt: Runtime, ref: str, store_hash: str | None = None) -> tuple[StoreRecord, PaymentRecord]:
+    """The attempt named by a CeleryPay payment id, an order id (latest attempt) or a pay token."""
+    ref = (ref or "").strip()
+    async with rt.db.engine.connect() as conn:
+        store = await q.require_store(conn, stores.check_store_hash(store_hash)) if store_hash else None
+        attempt: PaymentRecord | None = None
+        if ref.startswith("pay_"):
+            attempt = await q.find_payment(conn, celerypay_id=ref)
+        elif ref.isdigit() and len(ref) <= 19:
+            query = select(payments).where(payments.c.order_id == int(ref))
+            if store is not None:
+                query = query.where(payments.c.store_id == store.id)
+            rows = [PaymentRecord.from_row(r) for r in (await conn.execute(query.order_by(payments.c.id))).mappings()]
+            if len({r.store_id for r in rows}) > 1:
+                raise InvalidInputError(f"order {ref} exists in several stores: give --store", code="ambiguous_order")
+            attempt = rows[-1] if rows else None
+        elif 0 < len(ref) <= 64:
+            attempt = await q.get_payment_by_token(conn, ref)
+        if attempt is None or (store is not None and attempt.store_id != store.id):
+            raise NotFoundError(f"no payment attempt found for {ref!r}", code="payment_not_found")
+        return store or await q.get_store_by_id(conn, attempt.store_id), attempt
+
+
+def attempt_json(store: StoreRecord, p: PaymentRecord) -> dict[str, Any]:
+    """An attempt as the CLI shows it (no token, no cashier URL: they let anyone pay)."""
+    return {
+        "id": p.id, "store_hash": store.store_hash, "order_id": p.order_id, "attempt": p.attempt_no,
+        "merchant_order_no": p.merchant_order_no, "celerypay_id": p.celerypay_id, "status": p.status,
+        "outcome": p.outcome, "amount": p.amount, "currency": p.currency, "paid_amount": p.paid_amount,
+        "refunded_amount": p.refunded_amount, "failure_code": p.failure_code,
+        "expires_at": iso(p.expires_at), "created_at": iso(p.created_at), "updated_at": iso(p.updated_at),
+    }
+
+
+async def list_attempts(
+    rt: Runtime, *, store_hash: str | None = None, status: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Recent attempts, newest first, as JSON-ready dicts."""
+    async with rt.db.engine.connect() as conn:
+        store = await q.require_store(conn, store_hash) if store_hash else None
+        found = await q.list_payments(
+            conn, store_id=store.id if store else None, status=[status] if status else None, limit=limit
+        )
+        by_id = {s.id: s for s in await q.list_stores(conn)}
+    return [attempt_json(by_id[p.store_id], p) for p in found]
+
+
+async def payment_detail(rt: Runtime, ref: str, store_hash: str | None = None) -> dict[str, Any]:
+    """One attempt with its refunds, stored events and the order's audit log."""
+    store, attempt = await find_attempt(rt, ref, store_hash)
+    async with rt.db.engine.connect() as conn:
+        refund_rows = (await conn.execute(
+            select(refunds).where(refunds.c.payment_id == attempt.id).order_by(refunds.c.id)
+        )).mappings().all()
+        event_rows = (await conn.execute(
+            select(events.c.event_id, events.c.type, events.c.outcome, events.c.received_at)
+            .where(events.c.celerypay_payment_id == attempt.celerypay_id).order_by(events.c.id)
+        )).mappings().all() if attempt.celerypay_id else []
+        audit_rows = (await conn.execute(
+            select(audit_log).where(audit_log.c.store_id == store.id, audit_log.c.order_id == attempt.order_id)
+            .order_by(audit_log.c.id)
+        )).mappings().all()
+    detail = attempt_json(store, attempt)
+    detail["refunds"] = [
+        {"merchant_refund_no": r["merchant_refund_no"], "celerypay_id": r["celerypay_id"], "amount": r["amount"],
+         "currency": r["currency"], "status": r["status"], "reason": r["reason"]} for r in refund_rows
+    ]
+    detail["events"] = [{**dict(e), "received_at": iso(e["received_at"])} for e in event_rows]
+    detail["audit"] = [
+        {"action": a["action"], "from_status_id": a["from_status_id"], "to_status_id": a["to_status_id"],
+         "detail": a["detail"], "at": iso(a["created_at"])} for a in audit_rows
+    ]
+    return detail
+
+
+# --- simulated notifications -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A notification ready to POST: the exact body and its headers."""
+
+    event_id: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the server said to one delivery."""
+
+    status: int
+    body: str
+
+
+def build_notification(
+    rt: Runtime,
+    store: StoreRecord,
+    attempt: PaymentRecord,
+    *,
+    status: str = "succeeded",
+    amount: str | None = None,
+    currency: str | None = None,
+    bad_signature: bool = False,
+    timestamp: int | None = None,
+) -> Notification:
+    """A CeleryPay ``payment.<status>`` event for a real attempt, signed like CeleryPay signs it.
+
+    ``amount``/``currency`` change what the event claims was paid (to show the
+    mismatch path); ``bad_signature`` signs with a random secret instead.
+    """
+    if status not in SIMULATED_STATUSES:
+        raise InvalidInputError(f"status must be one of {', '.join(SIMULATED_STATUSES)}", code="invalid_status")
+    if not attempt.celerypay_id:
+        raise ConflictError(
+            f"attempt {attempt.merchant_order_no} never reached CeleryPay (no payment id); open its pay link first",
+            code="not_created",
+        )
+    if not (store.merchant_id and store.celerypay_secret_enc):
+        raise ConflictError(f"store {store.store_hash} has no CeleryPay credentials", code="store_not_configured")
+    cur = currency or attempt.currency
+    paid = (to_minor(amount, cur) if amount is not None else attempt.amount) if status == "succeeded" else None
+    now = rt.now()
+    payment = {
+        "id": attempt.celerypay_id, "object": "payment", "merchant_order_no": attempt.merchant_order_no,
+        "amount": attempt.amount, "currency": cur, "status": status, "paid_amount": paid,
+        "refunded_amount": 0,
+        "cashier_url": attempt.cashier_url or f"{rt.celerypay_url(store)}/cashier/{attempt.celerypay_id}",
+        "return_url": rt.public_url(f"/pay/{attempt.token}/return"),
+        "notify_url": rt.public_url(f"/notify/celerypay/{store.store_hash}"),
+        "description": f"Order #{attempt.order_id}",
+        "metadata": {"store_hash": store.store_hash, "order_id": str(attempt.order_id),
+                     "attempt": str(attempt.attempt_no)},
+        "failure_code": "card_declined" if status == "failed" else None,
+        "failure_message": "The card was declined." if status == "failed" else None,
+        "created_at": iso(attempt.created_at), "expires_at": iso(attempt.expires_at),
+        "paid_at": iso(now) if status == "succeeded" else None, "updated_at": iso(now),
+    }
+    event_id = "evt_" + secrets.token_hex(12)
+    event = {"id": event_id, "object": "event", "type": f"payment.{status}", "created_at": iso(now), "data": payment}
+    body = json.dumps(event, separators=(",", ":")).encode("utf-8")
+    ts = int(rt.wall()) if timestamp is None else timestamp
+    secret = secrets.token_urlsafe(32) if bad_signature else rt.vault.open(store.celerypay_secret_enc)
+    headers = {
+        "Content-Type": "application/json",
+        "CeleryPay-Merchant": store.merchant_id,
+        "CeleryPay-Timestamp": str(ts),
+        "CeleryPay-Signature": sign_notification(secret, ts, body),
+    }
+    return Notification(event_id, body, headers)
+
+
+async def post_notification(rt: Runtime, url: str, note: Notification, *, repeat: int = 1) -> list[Answer]:
+    """POST the same event ``repeat`` times (as CeleryPay retries do), each freshly timestamped."""
+    if repeat < 1:
+        raise InvalidInputError("repeat must be at least 1", code="invalid_repeat")
+    answers: list[Answer] = []
+    for _ in range(repeat):
+        try:
+            response = await rt.http.post(url, content=note.body, headers=note.headers, timeout=10.0)
+        except httpx.TransportError as exc:
+            raise UpstreamUnavailable(f"could not reach {url} ({type(exc).__name__}); is `bcpay serve` running?",
+                                      service="bcpay") from exc
+        answers.append(Answer(response.status_code, response.text[:500]))
+    return answers
+
+
+async def simulate_notify(
+    rt: Runtime, ref: str, *, store_hash: str | None = None, status: str = "succeeded", amount: str | None = None,
+    currency: str | None = None, url: str | None = None, repeat: int = 1, bad_signature: bool = False,
+) -> tuple[Notification, list[Answer]]:
+    """Build a notification for the attempt ``ref`` names and deliver it to the server."""
+    store, attempt = await find_attempt(rt, ref, store_hash)
+    note = build_notification(rt, store, attempt, status=status, amount=amount, currency=currency,
+                              bad_signature=bad_signature)
+    target = url or rt.public_url(f"/notify/celerypay/{store.store_hash}")
+    return note, await post_notification(rt, target, note, repeat=repeat)
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def event_json(row: dict[str, Any], store_hash: str, *, body: bool = False) -> dict[str, Any]:
+    """A stored event as the CLI shows it."""
+    out = {"event_id": row["event_id"], "store_hash": store_hash, "type": row["type"],
+           "celerypay_payment_id": row["celerypay_payment_id"], "outcome": row["outcome"],
+           "received_at": iso(row["received_at"])}
+    if body:
+        out["body"] = json.loads(row["raw_body"])
+    return out
+
+
+async def list_events(rt: Runtime, *, store_hash: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Recent raw notifications, newest first."""
+    async with rt.db.engine.connect() as conn:
+        store = await q.require_store(conn, store_hash) if store_hash else None
+        rows = await q.list_events(conn, store_id=store.id if store else None, limit=limit)
+        by_id = {s.id: s.store_hash for s in await q.list_stores(conn)}
+    return [event_json(r, by_id[r["store_id"]]) for r in rows]
+
+
+async def get_event(rt: Runtime, event_id: str) -> dict[str, Any]:
+    """One stored event with its raw body."""
+    async with rt.db.engine.connect() as conn:
+        row = await q.get_event(conn, event_id)
+        if row is None:
+            raise NotFoundError(f"no stored event {event_id!r}", code="event_not_found")
+        store = await q.get_store_by_id(conn, row["store_id"])
+    return event_json(row, store.store_hash, body=True)
+
+
+async def replay_event(rt: Runtime, event_id: str) -> str:
+    """Run a stored (already verified) event through the normal path again; returns the outcome.
+
+    Idempotent like a second delivery: applying a state already applied is
+    ``stale`` and queues nothing new.
+    """
+    async with rt.db.transaction() as conn:
+        row = await q.get_event(conn, event_id)
+        if row is None:
+            raise NotFoundError(f"no stored event {event_id!r}", code="event_not_found")
+        event = parse_event(row["raw_body"].encode("utf-8"))
+        outcome = await notifications.apply_event(rt, store_id=row["store_id"], event=event, conn=conn)
+        await q.set_event_outcome(conn, event_id, outcome)
+    return outcome
+
+
+async def prune_events(rt: Runtime, older_than: timedelta) -> int:
+    """Delete raw events older than ``older_than`` (never less than 30 days); returns how many."""
+    if older_than < MIN_EVENT_RETENTION:
+        raise InvalidInputError(
+            "events must be kept at least 30 days (CeleryPay retries for about 2 days and dedupe needs them)",
+            code="retention_too_short",
+        )
+    async with rt.db.transaction() as conn:
+        return await q.prune_events(conn, rt.now() - older_than)
+
+
+# --- anomalies and jobs ------------------------------------------------------------------------
+
+
+async def list_anomalies(
+    rt: Runtime, *, store_hash: str | None = None, include_resolved: bool = False
+) -> list[dict[str, Any]]:
+    """Money taken that the order must not keep (double or late payments, mismatches)."""
+    async with rt.db.engine.connect() as conn:
+        store = await q.require_store(conn, store_hash) if store_hash else None
+        rows = await q.list_anomalies(conn, store_id=store.id if store else None,
+                                      state=None if include_resolved else "open")
+        by_id = {s.id: s.store_hash for s in await q.list_stores(conn)}
+        celerypay_ids = {
+            r["id"]: r["celerypay_id"] for r in (await conn.execute(
+                select(payments.c.id, payments.c.celerypay_id).where(payments.c.id.in_([a["payment_id"] for a in rows]))
+            )).mappings()
+        } if rows else {}
+    return [
+        {"id": a["id"], "store_hash": by_id[a["store_id"]], "order_id": a["order_id"], "kind": a["kind"],
+         "amount": a["amount"], "currency": a["currency"], "state": a["state"], "detail": a["detail"],
+         "celerypay_id": celerypay_ids.get(a["payment_id"]), "created_at": iso(a["created_at"]),
+         "resolved_at": iso(a["resolved_at"])}
+        for a in rows
+    ]
+
+
+async def resolve_anomaly(rt: Runtime, anomaly_id: int, note: str) -> None:
+    """Mark an open anomaly resolved with the operator's note."""
+    async with rt.db.transaction() as conn:
+        if not await q.resolve_anomaly(conn, anomaly_id, rt.now(), note or "resolved by operator"):
+            raise NotFoundError(f"no open anomaly with id {anomaly_id}", code="anomaly_not_found")
+
+
+async def store_id_of(rt: Runtime, store_hash: str | None) -> int | None:
+    """The primary key of a store given by hash (None for None)."""
+    if store_hash is None:
+        return None
+    return (await get_store(rt, store_hash)).id
+
+
+# --- doctor ----------------------------------------------------------------------------------------
+
+
+async def _guard(name: str, check: Any) -> Check:
+    """Run one check; an error becomes a failed line instead of ending the report."""
+    try:
+        result: Check = await check
+        return result
+    except BcpayError as exc:
+        return Check(name, False, exc.message)
+
+
+async def check_public_url(rt: Runtime, timeout: float = 3.0) -> Check:
+    """The server answers ``GET {public_url}/healthz`` (through the proxy, as BigCommerce sees it)."""
+    url = rt.public_url("/healthz")
+    fix = ["Start the server (`bcpay serve`) and check app.public_url and the reverse proxy."]
+    try:
+        response = await rt.http.get(url, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return Check("public URL", False, f"{url} unreachable ({type(exc).__name__})", fix)
+    if response.status_code != 200:
+        return Check("public URL", False, f"{url} answered {response.status_code}", fix)
+    return Check("public URL", True, f"{url} answers")
+
+
+async def _count(rt: Runtime, table: Any, *conds: Any) -> int:
+    async with rt.db.engine.connect() as conn:
+        return await q.count(conn, table, *conds)
+
+
+async def store_checks(rt: Runtime, store: StoreRecord) -> list[Check]:
+    """Every per-store check of ``bcpay doctor``."""
+    h = store.store_hash
+    if not store.installed or not store.access_token_enc:
+        return [Check("installed", False, "the store is uninstalled or has no API token",
+                      [f"Install the app again, or `bcpay stores add {h}`."])]
+    found = [
+        await _guard("API token", provisioning.check_token(rt, store)),
+        await _guard("offline payment method", provisioning.check_payment_method(rt, store)),
+        await _guard("storefront snippet", provisioning.check_script(rt, store)),
+        await _guard("webhooks", provisioning.check_webhooks(rt, store)),
+        await _guard("CeleryPay credentials", provisioning.check_celerypay(rt, store)),
+    ]
+    dead = await _count(rt, jobs, jobs.c.store_id == store.id, jobs.c.state == "dead")
+    found.append(Check("outbox", dead == 0, f"{dead} dead job(s)" if dead else "no dead jobs",
+                       ["Look with `bcpay jobs list --state dead`, then `bcpay jobs retry --all`."] if dead else []))
+    open_ = await _count(rt, anomalies, anomalies.c.store_id == store.id, anomalies.c.state == "open")
+    found.append(Check("anomalies", open_ == 0, f"{open_} open anomaly(ies)" if open_ else "none open",
+                       [f"Review with `bcpay anomalies list --store {h}`."] if open_ else []))
+    return found
+
+
+async def doctor(rt: Runtime, store_hash: str | None = None) -> list[tuple[str, Check]]:
+    """One report of what works and what to fix: (section, check) pairs; all ok means healthy."""
+    report: list[tuple[str, Check]] = [("bcpay", Check("configuration", True, "valid"))]
+    if not await rt.db.ping():
+        report.append(("bcpay", Check("database", False, "unreachable", ["Check database.url."])))
+        return report
+    report.append(("bcpay", Check("database", True, f"{rt.db.dialect} reachable")))
+    current = await migrate.is_current(rt.db)
+    report.append(("bcpay", Check("schema", current, "current" if current else "not migrated",
+                                  [] if current else ["Run `bcpay db upgrade`."])))
+    if not current:
+        return report
+    report.append(("bcpay", await check_public_url(rt)))
+    if store_hash is not None:
+        chosen = [await get_store(rt, store_hash)]
+    else:
+        chosen = [s for s in await list_stores(rt) if s.installed]
+    for store in chosen:
+        report.extend((store.store_hash, c) for c in await store_checks(rt, store))
+    return report

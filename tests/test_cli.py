@@ -1,0 +1,520 @@
+"""The ``bcpay`` commands end to end: CliRunner, loopback fakes, real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner, Result
+
+from bcpay import payflow
+from bcpay.cli import app
+from bcpay.config import Settings, load_settings
+from bcpay.crypto import Vault, generate_key
+from bcpay.errors import ConfigError
+from bcpay.runtime import open_runtime
+from bcpay.sandbox.bc_state import FakeBigCommerce
+from bcpay.sandbox.bigcommerce import create_bigcommerce_api
+from bcpay.sandbox.celerypay import FakeCeleryPay
+from bcpay.server.app import create_app
+from bcpay.storage import queries as q
+from bcpay.storage.db import Database
+from bcpay.storage.schema import events, jobs, payments, refunds, stores
+from tests.loopback import ServerThread, Switch, reserve_socket, url_of
+
+STORE_HASH = "abc123"
+STORE_URL = "https://shop.example.com"
+ACCESS_TOKEN = "bc-access-token-for-cli-tests-0001"
+MERCHANT_ID = "mch_CliTestMerchant000001"
+MERCHANT_SECRET = "cli-merchant-secret-0123456789abcdef-XYZ"
+SCOPES = "store_v2_orders store_v2_content store_v2_information_read_only"
+
+
+@dataclass
+class Servers:
+    """The loopback fakes, shared by the module (their state is swapped per test)."""
+
+    thread: ServerThread
+    bc_switch: Switch
+    cp_switch: Switch
+    bc_url: str
+    cp_url: str
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[Servers]:
+    thread = ServerThread()
+    bc_switch, cp_switch = Switch(), Switch()
+    found = Servers(thread, bc_switch, cp_switch, thread.start(bc_switch), thread.start(cp_switch))
+    yield found
+    thread.close()
+
+
+@dataclass
+class Env:
+    """One test's world: fresh fakes, a config file, a database, and the CLI."""
+
+    servers: Servers
+    bc: FakeBigCommerce
+    cp: FakeCeleryPay
+    config: Path
+    db_url: str
+    public_url: str
+    secret_key: str
+    bcpay_socket: Any
+    started: list[str] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.config, environ={})
+
+    def cli(self, *args: str, input: str | None = None, env: dict[str, str | None] | None = None) -> Result:
+        base: dict[str, str | None] = {"COLUMNS": "250", "BCPAY_ACCESS_TOKEN": None, "BCPAY_CELERYPAY_SECRET": None,
+                                       "BCPAY_CONFIG": None}
+        return CliRunner().invoke(app, ["--config", str(self.config), *args], input=input, env={**base, **(env or {})})
+
+    def ok(self, *args: str, **kwargs: Any) -> Result:
+        result = self.cli(*args, **kwargs)
+        assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+        return result
+
+    def add_store(self) -> None:
+        self.ok("stores", "add", STORE_HASH, "--scopes", SCOPES, env={"BCPAY_ACCESS_TOKEN": ACCESS_TOKEN})
+        self.ok("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID,
+                env={"BCPAY_CELERYPAY_SECRET": MERCHANT_SECRET})
+
+    def start_bcpay(self) -> None:
+        """Run the bcpay server at app.public_url (lifespan included, no background worker)."""
+        self.started.append(self.servers.thread.start(create_app(self.settings), lifespan="on", sock=self.bcpay_socket))
+
+    def query(self, statement: Any) -> list[dict[str, Any]]:
+        async def go() -> list[dict[str, Any]]:
+            db = Database(self.db_url)
+            try:
+                async with db.engine.connect() as conn:
+                    return [dict(r) for r in (await conn.execute(statement)).mappings()]
+            finally:
+                await db.dispose()
+
+        return asyncio.run(go())
+
+    def start_payment(self, total: str = "19.99") -> tuple[dict[str, Any], str]:
+        """An order with a pending CeleryPay payment, started as the snippet would."""
+        order = self.bc.create_order(STORE_HASH, total=Decimal(total))
+
+        async def go() -> str:
+            async with open_runtime(self.settings) as rt:
+                view = await payflow.start_payment(rt, STORE_HASH, order["id"], order["cart_id"])
+            assert view.cashier_url is not None
+            return view.cashier_url.rsplit("/", 1)[1]
+
+        return order, asyncio.run(go())
+
+    def paid_order(self, total: str = "19.99") -> tuple[dict[str, Any], str]:
+        """An order paid at CeleryPay and recorded as paid by bcpay (order update still queued)."""
+        order, pid = self.start_payment(total)
+        asyncio.run(self.cp.pay(pid))
+
+        async def go() -> None:
+            async with open_runtime(self.settings) as rt:
+                async with rt.db.engine.connect() as conn:
+                    store = await q.require_store(conn, STORE_HASH)
+                    [attempt] = await q.order_attempts(conn, store.id, order["id"])
+                await payflow.refresh(rt, store, attempt, force=True)
+
+        asyncio.run(go())
+        return order, pid
+
+    def status_puts(self, order_id: int) -> list[dict[str, Any]]:
+        return [b for (h, oid, b) in self.bc.put_log if h == STORE_HASH and oid == order_id and "status_id" in b]
+
+
+@pytest.fixture
+def env(servers: Servers, db_url: str, secret_key: str, tmp_path: Path) -> Iterator[Env]:
+    bc = FakeBigCommerce()
+    bc.add_store(STORE_HASH, secure_url=STORE_URL, name="Test Shop", access_token=ACCESS_TOKEN)
+    cp = FakeCeleryPay()
+    cp.add_merchant(MERCHANT_ID, MERCHANT_SECRET)
+    servers.bc_switch.app, servers.cp_switch.app = create_bigcommerce_api(bc), cp.app
+    servers.bc_switch.calls.clear()
+    servers.cp_switch.calls.clear()
+    sock = reserve_socket()
+    public_url = url_of(sock)
+    config = tmp_path / "bcpay.toml"
+    config.write_text(f"""
+[app]
+public_url = "{public_url}"
+secret_key = "{secret_key}"
+[database]
+url = "{db_url}"
+[bigcommerce]
+api_url = "{servers.bc_url}"
+login_url = "{servers.bc_url}"
+max_retries = 2
+[celerypay]
+api_url = "{servers.cp_url}"
+sandbox_api_url = "{servers.cp_url}"
+max_retries = 1
+[server]
+run_worker = false
+[payments]
+status_poll_interval = 0
+""")
+    world = Env(servers, bc, cp, config, db_url, public_url, secret_key, sock)
+    yield world
+    for url in world.started:
+        servers.thread.stop(url)
+    sock.close()
+
+
+def one_error_line(result: Result, text: str) -> None:
+    """Exit 1 with exactly one ``Error:`` line on stderr, no traceback."""
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and text in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+# --- stores -----------------------------------------------------------------------------------
+
+
+def test_stores_add_configure_show_and_list_never_leak_secrets(env: Env) -> None:
+    """The token and merchant secret are stored encrypted and never printed."""
+    added = env.ok("stores", "add", STORE_HASH, "--scopes", SCOPES.replace(" ", ","),
+                   env={"BCPAY_ACCESS_TOKEN": ACCESS_TOKEN})
+    assert "Registered abc123: Test Shop (https://shop.example.com), currency USD." in added.stdout
+    # The secret through the hidden prompt this time.
+    env.ok("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID, "--environment", "sandbox",
+           "--on-expired", "cancel", input=MERCHANT_SECRET + "\n")
+    [row] = env.query(select(stores))
+    assert row["access_token_enc"] and ACCESS_TOKEN not in row["access_token_enc"]
+    assert Vault(env.secret_key).open(row["celerypay_secret_enc"]) == MERCHANT_SECRET
+    assert json.loads(row["settings_json"]) == {"on_expired": "cancel"}
+
+    shown = [env.ok("stores", "show", STORE_HASH), env.ok("stores", "show", STORE_HASH, "--json"),
+             env.ok("stores", "list"), env.ok("stores", "list", "--json")]
+    for result in shown:
+        assert ACCESS_TOKEN not in result.output and MERCHANT_SECRET not in result.output
+    detail = json.loads(shown[1].stdout)
+    assert detail["access_token"] == "set" and detail["celerypay_secret"] == "set"
+    assert detail["merchant_id"] == MERCHANT_ID and detail["scopes"] == SCOPES.split()
+    assert [s["store_hash"] for s in json.loads(shown[3].stdout)] == [STORE_HASH]
+
+
+def test_stores_add_refuses_bad_input_and_changes_nothing(env: Env) -> None:
+    """Malformed hash, wrong token, missing scopes: one red line, exit 1, no row; no token argument."""
+    one_error_line(env.cli("stores", "add", "ABC-1", env={"BCPAY_ACCESS_TOKEN": ACCESS_TOKEN}), "not a store hash")
+    one_error_line(env.cli("stores", "add", STORE_HASH, env={"BCPAY_ACCESS_TOKEN": "wrong-token"}), "401")
+    one_error_line(env.cli("stores", "add", STORE_HASH, "--scopes", "store_v2_orders",
+                           env={"BCPAY_ACCESS_TOKEN": ACCESS_TOKEN}), "lacks scopes")
+    assert env.cli("stores", "add", STORE_HASH, "--token", ACCESS_TOKEN).exit_code == 2
+    assert env.cli("stores", "add", STORE_HASH, ACCESS_TOKEN).exit_code == 2
+    assert env.query(select(stores)) == []
+
+
+def test_unknown_store_bad_merchant_and_debug_traceback(env: Env) -> None:
+    one_error_line(env.cli("stores", "show", "zzz999"), "unknown store 'zzz999'")
+    one_error_line(env.cli("stores", "configure", "zzz999", "--merchant-id", MERCHANT_ID,
+                           env={"BCPAY_CELERYPAY_SECRET": MERCHANT_SECRET}), "unknown store")
+    one_error_line(env.cli("stores", "configure", STORE_HASH, "--merchant-id", "nope"), "merchant id must be mch_")
+    debug = CliRunner().invoke(app, ["--debug", "--config", str(env.config), "stores", "show", "zzz999"])
+    assert debug.exit_code == 1 and "Traceback" in debug.stderr and "Error: unknown store" in debug.stderr
+    assert env.cli("stores", "nosuch").exit_code == 2
+
+
+def test_stores_remove_cleans_the_store_and_forgets_secrets(env: Env) -> None:
+    env.add_store()
+    env.ok("provision", STORE_HASH)
+    removed = env.ok("stores", "remove", STORE_HASH, "--yes")
+    assert "snippet: removed" in removed.stdout and "webhooks: 2 removed" in removed.stdout
+    assert env.bc.store(STORE_HASH).scripts == {} and env.bc.store(STORE_HASH).hooks == {}
+    [row] = env.query(select(stores))
+    assert not row["installed"] and row["access_token_enc"] is None and row["celerypay_secret_enc"] is None
+
+
+# --- provisioning -------------------------------------------------------------------------------
+
+
+def test_provision_prints_control_panel_steps_until_the_method_is_renamed(env: Env) -> None:
+    env.add_store()
+    env.bc.store(STORE_HASH).payment_methods[0].name = "Pay in Store"
+    first = env.cli("provision", STORE_HASH)
+    assert first.exit_code == 1
+    assert "✗ offline payment method" in first.stdout
+    assert "https://shop.example.com/manage/manage/settings/payment" in first.stdout
+    assert 'Set its display name to exactly "OKCloud Pay"' in first.stdout
+    env.bc.store(STORE_HASH).payment_methods[0].name = "OKCloud Pay"
+    second = env.ok("provision", STORE_HASH)
+    assert "✓ storefront snippet: unchanged" in second.stdout
+    assert "store/order/statusUpdated: unchanged" in second.stdout
+    assert len(env.bc.store(STORE_HASH).scripts) == 1 and len(env.bc.store(STORE_HASH).hooks) == 2
+
+
+def test_install_script_print_remove_and_never_duplicates(env: Env) -> None:
+    env.add_store()
+    printed = env.ok("install-script", STORE_HASH, "--print")
+    assert 'integrity="sha384-' in printed.stdout and env.bc.store(STORE_HASH).scripts == {}
+    assert "created" in env.ok("install-script", STORE_HASH).stdout
+    assert "unchanged" in env.ok("install-script", STORE_HASH).stdout
+    assert len(env.bc.store(STORE_HASH).scripts) == 1
+    assert "removed" in env.ok("install-script", STORE_HASH, "--remove").stdout
+    assert "absent" in env.ok("install-script", STORE_HASH, "--remove").stdout
+    assert env.bc.store(STORE_HASH).scripts == {}
+    assert env.cli("install-script", STORE_HASH, "--print", "--remove").exit_code == 2
+
+
+def test_webhooks_register_is_idempotent_and_list_hides_the_secret(env: Env) -> None:
+    env.add_store()
+    assert env.ok("webhooks", "register", STORE_HASH).stdout.count("created") == 2
+    assert env.ok("webhooks", "register", STORE_HASH).stdout.count("unchanged") == 2
+    listed = json.loads(env.ok("webhooks", "list", STORE_HASH, "--json").stdout)
+    assert sorted(h["scope"] for h in listed) == ["store/app/uninstalled", "store/order/statusUpdated"]
+    assert all(h["destination"] == f"{env.public_url}/webhooks/bigcommerce/{STORE_HASH}" for h in listed)
+    assert "X-Bcpay-Secret" not in env.ok("webhooks", "list", STORE_HASH).output
+    assert "removed 2 webhook(s)" in env.ok("webhooks", "remove", STORE_HASH).stdout
+    assert env.bc.store(STORE_HASH).hooks == {}
+
+
+def test_doctor_exit_code_follows_the_checks(env: Env) -> None:
+    env.add_store()
+    failing = env.cli("doctor", STORE_HASH, "--json")
+    assert failing.exit_code == 1
+    report = json.loads(failing.stdout)
+    failed = {c["name"] for c in report["checks"] if not c["ok"]}
+    assert failed == {"public URL", "storefront snippet", "webhooks"}
+    env.start_bcpay()
+    env.ok("provision", STORE_HASH)
+    healthy = env.ok("doctor")
+    assert "All checks passed." in healthy.stdout and "✓ CeleryPay credentials" in healthy.stdout
+
+
+# --- payments ---------------------------------------------------------------------------------------
+
+
+def test_simulate_notify_applies_once_and_bad_signature_changes_nothing(env: Env) -> None:
+    env.add_store()
+    env.start_bcpay()
+    bad_order, _ = env.start_payment("5.00")
+    refused = env.cli("simulate-notify", str(bad_order["id"]), "--store", STORE_HASH, "--bad-signature")
+    assert refused.exit_code == 0 and " 401 " in refused.stdout and "invalid_signature" in refused.stdout
+    assert env.query(select(events)) == []
+    assert {p["status"] for p in env.query(select(payments))} == {"pending"}
+
+    order, pid = env.start_payment("19.99")
+    sent = env.ok("simulate-notify", pid, "--repeat", "3")
+    outcomes = [json.loads(line.strip().split(" ", 2)[2])["outcome"] for line in sent.stdout.splitlines()[1:]]
+    assert outcomes == ["applied", "duplicate", "duplicate"]
+    [attempt] = env.query(select(payments).where(payments.c.celerypay_id == pid))
+    assert attempt["status"] == "succeeded" and attempt["outcome"] == "applied"
+    assert [j["kind"] for j in env.query(select(jobs))] == ["mark_paid"]
+
+    [event] = json.loads(env.ok("events", "list", "--json").stdout)
+    assert event["type"] == "payment.succeeded" and event["celerypay_payment_id"] == pid
+    assert json.loads(env.ok("events", "show", event["event_id"]).stdout)["body"]["data"]["id"] == pid
+    assert f"{event['event_id']}: stale" in env.ok("events", "replay", event["event_id"]).stdout
+    assert len(env.query(select(jobs))) == 1
+    one_error_line(env.cli("events", "replay", "evt_missing"), "no stored event")
+
+    listed = json.loads(env.ok("payments", "list", "--store", STORE_HASH, "--status", "succeeded", "--json").stdout)
+    assert [p["celerypay_id"] for p in listed] == [pid]
+    shown = json.loads(env.ok("payments", "show", str(order["id"]), "--json").stdout)
+    assert shown["status"] == "succeeded" and shown["events"][0]["event_id"] == event["event_id"]
+    assert "token" not in shown and "cashier_url" not in shown
+    assert "mark_paid" in env.ok("jobs", "list").stdout
+    mismatch = env.cli("simulate-notify", str(bad_order["id"]), "--amount", "4.00", "--url", env.public_url + "/nope")
+    assert mismatch.exit_code == 1 and " 404 " in mismatch.stdout
+
+
+def test_refund_partial_then_up_to_the_total_then_over_refund_rejected(env: Env) -> None:
+    env.add_store()
+    order, pid = env.paid_order("20.00")
+    first = env.ok("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "12.50", "--reason", "damaged", "--yes")
+    assert f"refund {STORE_HASH}-{order['id']}-1-r1 of 12.50 USD" in first.stdout
+    env.ok("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "7.50", "--yes")
+    assert env.cp.payments[pid]["refunded_amount"] == 2000
+    calls = len(env.servers.cp_switch.calls)
+    one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "0.01", "--yes"),
+                   "exceeds what can be refunded")
+    one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "1.001", "--yes"),
+                   "more decimals")
+    assert len(env.servers.cp_switch.calls) == calls
+    assert sorted(r["amount"] for r in env.query(select(refunds))) == [750, 1250]
+    one_error_line(env.cli("refund", "999", "--store", STORE_HASH, "--yes"), "no OKCloud Pay payment to refund")
+
+
+def test_reconcile_fix_applies_a_lost_payment_exactly_once(env: Env) -> None:
+    env.add_store()
+    order, pid = env.start_payment("19.99")
+    asyncio.run(env.cp.pay(pid))  # the notification is never delivered
+    first = json.loads(env.ok("reconcile", STORE_HASH, "--fix", "--json").stdout)
+    [finding] = first["reports"][0]["findings"]
+    assert (finding["kind"], finding["order_id"], finding["fixed"]) == ("paid_not_applied", order["id"], True)
+    second = json.loads(env.ok("reconcile", STORE_HASH, "--fix", "--json").stdout)
+    assert [f["fixed"] for f in second["reports"][0]["findings"]] == [False]
+    assert [j["kind"] for j in env.query(select(jobs))] == ["mark_paid"]
+    third = env.ok("reconcile", "--all", "--fix", "--run-jobs")
+    assert "ran 1 outbox job(s)" in third.stdout
+    assert env.ok("reconcile", STORE_HASH).stdout.strip().endswith("nothing to report; fixed 0.")
+    assert [p["status_id"] for p in env.status_puts(order["id"])] == [11]
+    assert env.cli("reconcile").exit_code == 2
+    assert env.cli("reconcile", STORE_HASH, "--run-jobs").exit_code == 2
+    one_error_line(env.cli("reconcile", STORE_HASH, "--since", "soon"), "not a duration")
+
+
+def test_pay_link_for_an_order_that_never_reached_the_cashier(env: Env) -> None:
+    env.add_store()
+    order = env.bc.create_order(STORE_HASH, total=Decimal("9.99"))
+    link = env.ok("pay-link", str(order["id"]), "--store", STORE_HASH).stdout.strip()
+    assert link.startswith(f"{env.public_url}/pay/")
+    assert env.ok("pay-link", str(order["id"]), "--store", STORE_HASH).stdout.strip() == link
+    one_error_line(env.cli("pay-link", "424242", "--store", STORE_HASH), "no such order")
+    assert env.cli("pay-link", "abc", "--store", STORE_HASH).exit_code == 2
+
+
+# --- events, jobs, anomalies -------------------------------------------------------------------------
+
+
+def test_anomalies_jobs_and_event_prune(env: Env) -> None:
+    env.add_store()
+    order, pid = env.paid_order("10.00")
+
+    async def seed() -> None:
+        db = Database(env.db_url)
+        async with db.transaction() as conn:
+            store = await q.require_store(conn, STORE_HASH)
+            [attempt] = await q.order_attempts(conn, store.id, order["id"])
+            now = datetime.now(UTC)
+            await q.record_anomaly(conn, store_id=store.id, order_id=order["id"], payment_id=attempt.id,
+                                   kind="double_payment", amount=1000, currency="USD", detail="second capture", now=now)
+            await q.record_event(conn, event_id="evt_old", store_id=store.id, type_="payment.succeeded",
+                                 celerypay_payment_id=pid, raw_body="{}", outcome="applied",
+                                 now=now - timedelta(days=120))
+            await conn.execute(jobs.update().values(state="dead", last_error="boom"))
+        await db.dispose()
+
+    asyncio.run(seed())
+    [anomaly] = json.loads(env.ok("anomalies", "list", "--json").stdout)
+    assert (anomaly["kind"], anomaly["amount"], anomaly["celerypay_id"]) == ("double_payment", 1000, pid)
+    assert "10.00 USD" in env.ok("anomalies", "list").stdout
+    env.ok("anomalies", "resolve", str(anomaly["id"]), "--note", "refunded by hand")
+    assert json.loads(env.ok("anomalies", "list", "--json").stdout) == []
+    assert "refunded by hand" in json.loads(env.ok("anomalies", "list", "--all", "--json").stdout)[0]["detail"]
+    one_error_line(env.cli("anomalies", "resolve", str(anomaly["id"])), "no open anomaly")
+
+    [dead] = json.loads(env.ok("jobs", "list", "--state", "dead", "--json").stdout)
+    one_error_line(env.cli("jobs", "retry", "9999"), "no dead job")
+    assert "queued 1 job(s)" in env.ok("jobs", "retry", str(dead["id"])).stdout
+    assert json.loads(env.ok("jobs", "list", "--state", "queued", "--json").stdout)[0]["id"] == dead["id"]
+    assert env.cli("jobs", "retry").exit_code == 2
+
+    one_error_line(env.cli("events", "prune", "--older-than", "7d"), "at least 30 days")
+    assert "deleted 1 event(s) older than 90 days" in env.ok("events", "prune", "--older-than", "90d").stdout
+    assert env.query(select(events.c.event_id)) == []
+
+
+# --- keys, database, processes ---------------------------------------------------------------------
+
+
+def test_keygen_and_rotate_key_reencrypt_everything(env: Env) -> None:
+    env.add_store()
+    new_key = env.ok("keygen").stdout.strip()
+    assert Vault(new_key)  # a valid key
+    one_error_line(env.cli("rotate-key", "--new-key-env", "BCPAY_NEW_KEY"), "$BCPAY_NEW_KEY is empty")
+    assert env.cli("rotate-key", new_key).exit_code == 2
+    before = env.query(select(stores))[0]
+    rotated = env.ok("rotate-key", "--new-key-env", "BCPAY_NEW_KEY", env={"BCPAY_NEW_KEY": new_key})
+    assert "re-encrypted 1 access tokens" in rotated.stdout and "re-encrypted 1 merchant secrets" in rotated.stdout
+    assert "re-encrypted 1 webhook secrets" in rotated.stdout
+    [row] = env.query(select(stores))
+    assert row["access_token_enc"] != before["access_token_enc"]
+    assert Vault(new_key).open(row["access_token_enc"]) == ACCESS_TOKEN
+    assert Vault(new_key).open(row["celerypay_secret_enc"]) == MERCHANT_SECRET
+    assert Vault(new_key).open(row["webhook_secret_enc"]) == Vault(env.secret_key).open(before["webhook_secret_enc"])
+    with pytest.raises(ConfigError):
+        Vault(env.secret_key).open(row["access_token_enc"])
+    # The prompt path: hidden, typed twice.
+    again = generate_key()
+    env.ok("rotate-key", input=f"{again}\n{again}\n",
+           env={"BCPAY_APP_SECRET_KEY": new_key})
+    assert Vault(again).open(env.query(select(stores))[0]["celerypay_secret_enc"]) == MERCHANT_SECRET
+
+
+def test_db_upgrade_prints_revisions(tmp_path: Path, secret_key: str) -> None:
+    config = tmp_path / "bcpay.toml"
+    config.write_text(f'[app]\nsecret_key = "{secret_key}"\n[database]\nurl = "sqlite:///{tmp_path}/new.db"\n')
+    runner = CliRunner()
+    first = runner.invoke(app, ["--config", str(config), "db", "upgrade"])
+    assert first.exit_code == 0 and "(empty) -> 0001" in first.stdout
+    second = runner.invoke(app, ["--config", str(config), "db", "upgrade"])
+    assert second.exit_code == 0 and "already current" in second.stdout
+
+
+def test_serve_and_worker_refuse_to_start_without_a_secret_key(tmp_path: Path) -> None:
+    config = tmp_path / "bcpay.toml"
+    config.write_text(f'[database]\nurl = "sqlite:///{tmp_path}/x.db"\n')
+    for command in ("serve", "worker"):
+        result = CliRunner().invoke(app, ["--config", str(config), command], env={"BCPAY_APP_SECRET_KEY": None})
+        one_error_line(result, "app.secret_key: required")
+
+
+def test_sandbox_hands_its_options_to_the_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bcpay.sandbox import runner
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(runner, "main", lambda **kwargs: seen.update(kwargs))
+    result = CliRunner().invoke(app, ["sandbox", "--port-base", "8800", "--db", str(tmp_path / "s.db"),
+                                      "--notify-delay", "1.5", "--chaos", "--open"], env={"BCPAY_CONFIG": None})
+    assert result.exit_code == 0, result.output
+    assert {k: v for k, v in seen.items() if k != "settings"} == {
+        "port_base": 8800, "db": str(tmp_path / "s.db"), "notify_delay": 1.5, "chaos": True, "open_browser": True}
+    assert isinstance(seen["settings"], Settings)
+
+
+def _bcpay_process(args: list[str], config: Path) -> subprocess.Popen[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BCPAY_")}
+    return subprocess.Popen([sys.executable, "-m", "bcpay", "--config", str(config), *args], env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_serve_runs_the_app_factory_and_worker_stops_on_sigterm(tmp_path: Path, secret_key: str) -> None:
+    """Real processes: `serve` answers /healthz on a migrated SQLite database; `worker` exits 0 on SIGTERM."""
+    sock = reserve_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    config = tmp_path / "bcpay.toml"
+    config.write_text(f'[app]\nsecret_key = "{secret_key}"\n[database]\nurl = "sqlite:///{tmp_path}/s.db"\n'
+                      f'[server]\nport = {port}\nrun_worker = false\n')
+    server = _bcpay_process(["serve"], config)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.communicate()[0]
+                time.sleep(0.1)
+        assert answer.json() == {"status": "ok"}
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=20)
+    worker = _bcpay_process(["worker"], config)
+    assert worker.stdout is not None
+    assert "worker running" in worker.stdout.readline()
+    worker.send_signal(signal.SIGTERM)
+    rest, _ = worker.communicate(timeout=20)
+    assert worker.returncode == 0 and "worker stopped" in rest

@@ -1,0 +1,183 @@
+"""Reconcile over the in-process fakes: findings, fixes, and BigCommerce's rate quota."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from bcpay.errors import ConflictError, InvalidInputError
+from bcpay.reconcile import Pacer, Report, reconcile, run_jobs
+from bcpay.sandbox.bc_state import Quota
+from bcpay.storage import queries as q
+from bcpay.storage.records import StoreRecord
+from bcpay.storage.schema import anomalies, jobs, payments
+from tests.world import STORE_HASH, World, open_world
+
+
+@pytest.fixture
+async def world(db_url: str, secret_key: str) -> AsyncIterator[World]:
+    async with open_world(db_url, secret_key, payments={"unstarted_after": 3600}) as w:
+        await w.add_store()
+        yield w
+
+
+async def store_of(w: World) -> StoreRecord:
+    async with w.rt.db.engine.connect() as conn:
+        return await q.require_store(conn, STORE_HASH)
+
+
+async def started(w: World, total: str = "19.99") -> tuple[dict[str, object], str]:
+    """An order with a pending CeleryPay payment."""
+    order = w.place_order(total)
+    answer = (await w.start(order)).json()
+    return order, str(answer["cashier_url"]).rsplit("/", 1)[1]
+
+
+def since() -> datetime:
+    return datetime.now(UTC) - timedelta(days=7)
+
+
+async def run(w: World, *, fix: bool = False, concurrency: int = 8) -> Report:
+    return await reconcile(w.rt, await store_of(w), since=since(), fix=fix, concurrency=concurrency)
+
+
+def expire_at_celerypay(w: World, payment_id: str) -> None:
+    """Let a payment's expiry pass at the fake (it expires when next looked at)."""
+    real = w.cp.clock
+    w.cp.clock = lambda: real() + 86400 * 2
+    try:
+        w.cp.payable_payment(payment_id)
+    except ConflictError:
+        pass
+    finally:
+        w.cp.clock = real
+
+
+async def test_two_thousand_orders_within_the_quota_with_every_kind_found(world: World) -> None:
+    """2,050 orders, BigCommerce enforcing 40 requests per 400 ms: no 429, flat memory, right findings."""
+    w = world
+    w.bc.quota = Quota(requests=40, window_ms=400, enforce=True)
+    old = datetime.now(UTC) - timedelta(hours=2)
+    for n in range(1700):
+        w.place_order(f"{10 + n % 50}.00")  # recent, never started: not yet a finding
+    for _ in range(200):
+        w.place_order("15.00", created=old)  # never started, long enough ago
+    paid_elsewhere = [w.place_order("30.00", status_id=11)["id"] for _ in range(40)]
+    ids: list[str] = []
+    for _ in range(100):
+        ids.append((await started(w))[1])
+    for pid in ids[:30]:
+        await w.cp.pay(pid)
+    for pid in ids[30:40]:
+        await w.cp.decline(pid)
+    for pid in ids[40:60]:
+        expire_at_celerypay(w, pid)
+    assert w.bc.rate_limited == 0
+
+    seen: list[tuple[int, int]] = []
+    started_at = time.monotonic()
+    report = await reconcile(w.rt, await store_of(w), since=since(), concurrency=8,
+                             on_progress=lambda checked, listed, done: seen.append((checked, listed)))
+    elapsed = time.monotonic() - started_at
+
+    assert report.checked == 2040
+    assert report.counts == {"never_started": 200, "paid_not_applied": 30, "failed": 10, "expired": 20,
+                             "pending": 40, "paid_without_payment": 40}
+    assert {f.order_id for f in report.findings if f.kind == "paid_without_payment"} == set(paid_elsewhere)
+    assert all(f.pay_link and "/pay/" in f.pay_link for f in report.findings if f.kind == "never_started")
+    assert report.fixed == 0
+    assert w.bc.rate_limited == 0, "the shared limiter must keep every call inside the quota"
+    # Streamed: never more than the bounded queue (and the tasks holding one each) ahead of the checks.
+    assert max(listed - checked for checked, listed in seen) <= 3 * 8
+    assert elapsed < 30
+
+
+async def test_fix_applies_celerypay_truth_once_and_jobs_update_the_order(world: World) -> None:
+    w = world
+    paid_order, paid = await started(w, "19.99")
+    expired_order, gone = await started(w, "5.00")
+    await w.cp.pay(paid)
+    expire_at_celerypay(w, gone)
+
+    first = await run(w, fix=True)
+    assert {(f.kind, f.order_id, f.fixed) for f in first.findings} == {
+        ("paid_not_applied", paid_order["id"], True), ("expired", expired_order["id"], True)}
+    second = await run(w, fix=True)
+    assert [(f.kind, f.fixed) for f in second.findings] == [("paid_not_applied", False)]
+    assert "outbox" in second.findings[0].detail
+    async with w.rt.db.engine.connect() as conn:
+        assert [r.kind for r in (await conn.execute(select(jobs.c.kind))).all()] == ["mark_paid"]
+    assert await run_jobs(w.rt) == 1
+    assert [b["status_id"] for b in w.status_puts(paid_order["id"])] == [11]
+    assert (await run(w, fix=True)).findings == []
+
+
+async def test_amount_mismatch_and_double_payment_are_reported_and_fixed_as_anomalies(world: World) -> None:
+    w = world
+    short_order, short = await started(w, "19.99")
+    await w.cp.pay(short, amount=999)
+    # A creation bcpay thought lost (failed, no payment id) that the shopper paid anyway, plus a second attempt.
+    double_order, first_pid = await started(w, "8.00")
+    async with w.rt.db.transaction() as conn:
+        await conn.execute(update(payments).where(payments.c.celerypay_id == first_pid)
+                           .values(status="failed", celerypay_id=None, failure_code="not_created"))
+    second_pid = str((await w.start(double_order)).json()["cashier_url"]).rsplit("/", 1)[1]
+    await w.cp.pay(first_pid)
+    await w.cp.pay(second_pid)
+
+    report = await run(w, fix=True)
+    kinds = sorted((f.kind, f.order_id) for f in report.findings)
+    assert kinds == sorted([("amount_mismatch", short_order["id"]), ("double_payment", double_order["id"]),
+                            ("paid_not_applied", double_order["id"]), ("paid_not_applied", double_order["id"])])
+    async with w.rt.db.engine.connect() as conn:
+        found = sorted((r.kind, r.order_id) for r in (await conn.execute(select(anomalies))).all())
+    assert found == sorted([("amount_mismatch", short_order["id"]), ("double_payment", double_order["id"])])
+    await run_jobs(w.rt)
+    assert w.order(short_order["id"])["status_id"] == 12
+    assert [b["status_id"] for b in w.status_puts(double_order["id"])] == [11]
+
+
+async def test_an_unreachable_payment_is_an_error_finding_and_the_run_goes_on(world: World) -> None:
+    w = world
+    order, _ = await started(w)
+    w.cp.fail_next(10)
+    report = await run(w)
+    assert [(f.kind, f.order_id) for f in report.findings] == [("error", order["id"])]
+    assert "celerypay" in report.findings[0].detail.lower()
+
+
+async def test_unconfigured_store_and_bad_concurrency_are_refused(world: World) -> None:
+    store = await store_of(world)
+    with pytest.raises(InvalidInputError, match="concurrency must be at least 1"):
+        await reconcile(world.rt, store, since=since(), concurrency=0)
+    async with world.rt.db.transaction() as conn:
+        await q.update_store(conn, store.id, datetime.now(UTC), celerypay_secret_enc=None)
+    with pytest.raises(ConflictError, match="not installed and configured"):
+        await reconcile(world.rt, await store_of(world), since=since())
+
+
+async def test_pacer_spaces_calls_to_the_rate() -> None:
+    """100 calls at 50/s take 2 s of (fake) time, evenly spaced."""
+    now = [0.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    pacer = Pacer(50.0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(100):
+        await pacer.wait()
+    assert now[0] == pytest.approx(99 / 50)
+    assert all(w == pytest.approx(0.02) for w in waits)
+
+
+async def test_orders_with_another_payment_method_are_ignored(world: World) -> None:
+    world.place_order("10.00", payment_method="Cash on Delivery", created=datetime.now(UTC) - timedelta(hours=3))
+    world.place_order("10.00", payment_method="Cash on Delivery", status_id=11)
+    report = await run(world)
+    assert report.checked == 0 and report.findings == []
