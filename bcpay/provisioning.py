@@ -7,6 +7,7 @@ settings page and ``bcpay doctor``.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from bcpay.clients.bigcommerce import Hook, ScriptSpec
@@ -77,7 +78,8 @@ async def install_script(rt: Runtime, store: StoreRecord, *, remove: bool = Fals
             action = "updated"
         uuid = keep.uuid
     async with rt.db.transaction() as conn:
-        await q.update_store(conn, store.id, rt.now(), script_uuid=uuid, script_hash=None if remove else spec.html)
+        await q.update_store(conn, store.id, rt.now(), script_uuid=uuid,
+                             script_hash=None if remove else hashlib.sha256((spec.html or "").encode()).hexdigest())
     return action
 
 

@@ -44,7 +44,7 @@ def world_settings(db_url: str, secret_key: str, **sections: dict[str, Any]) -> 
     """Settings pointing every upstream at the fakes."""
     base: dict[str, dict[str, Any]] = {
         "app": {"public_url": PUBLIC_URL, "secret_key": secret_key, "client_id": "app-client-id",
-                "client_secret": "app-client-secret-for-tests"},
+                "client_secret": "app-client-secret-for-tests-0123456789abcdef"},
         "database": {"url": db_url},
         "bigcommerce": {"api_url": BC_URL, "login_url": BC_URL, "max_retries": 3},
         "celerypay": {"api_url": CP_URL, "sandbox_api_url": CP_URL, "max_retries": 2},

@@ -29,7 +29,7 @@ from bcpay.effects import Worker
 from bcpay.errors import BcpayError, SignatureError
 from bcpay.metrics import Metrics
 from bcpay.runtime import Runtime, open_runtime
-from bcpay.server import api, pages
+from bcpay.server import api, bcapp, pages, settings_page
 from bcpay.server.middleware import BodyLimit, RateLimit, RequestContext, StoreCors, TokenBucket
 from bcpay.storage import migrate
 from bcpay.storage import queries as q
@@ -104,6 +104,15 @@ def routes() -> list[Route]:
         Route("/openapi.json", api.openapi_json, methods=["GET"]),
         Route("/static/inject.js", api.snippet, methods=["GET"]),
         Route("/static/inject.{hash:str}.js", api.snippet, methods=["GET"]),
+        Route("/bc/auth", bcapp.auth, methods=["GET"]),
+        Route("/bc/load", bcapp.load, methods=["GET"]),
+        Route("/bc/uninstall", bcapp.uninstall, methods=["GET"]),
+        Route("/bc/remove_user", bcapp.remove_user, methods=["GET"]),
+        Route("/bc/settings", settings_page.settings_page, methods=["GET"]),
+        Route("/bc/settings", settings_page.settings_save, methods=["POST"]),
+        Route("/bc/settings/refund", settings_page.refund, methods=["POST"]),
+        Route("/bc/settings/anomalies/{anomaly_id:int}/resolve", settings_page.resolve_anomaly, methods=["POST"]),
+        Route("/bc/settings/provision", settings_page.reprovision, methods=["POST"]),
     ]
 
 

@@ -1,0 +1,380 @@
+"""The merchant settings page, rendered inside the BigCommerce control panel's iframe.
+
+Shows and edits the CeleryPay credentials (the secret is write-only: shown as
+set or not set, never echoed; an empty field keeps it) and the store's
+payment settings; shows health at a glance (snippet, webhooks, payment
+method with the control-panel fix steps, CeleryPay credentials, last
+notification, dead jobs, anomalies) and recent payments with a link to each
+order and a refund form that asks for confirmation first. Every handler
+goes through :func:`bcpay.server.bcapp.viewer_of` (GET) or
+:func:`bcpay.server.bcapp.posted` (POST, CSRF checked). Health checks call
+BigCommerce and CeleryPay; a failing one shows in the panel instead of
+breaking the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from bcpay import outbox, provisioning, refunds, rules, stores
+from bcpay.errors import BcpayError, InvalidInputError, NotFoundError
+from bcpay.money import format_amount, from_minor, to_minor
+from bcpay.provisioning import Check
+from bcpay.runtime import Runtime
+from bcpay.server.bcapp import Viewer, bc_page, field, page, posted, runtime_of, viewer_of
+from bcpay.storage import queries as q
+from bcpay.storage.records import PaymentRecord, StoreRecord
+from bcpay.storage.schema import payments
+
+log = logging.getLogger("bcpay.settings_page")
+
+# BigCommerce order statuses (reference section 3), for the status pickers.
+ORDER_STATUSES = {
+    0: "Incomplete",
+    1: "Pending",
+    2: "Shipped",
+    3: "Partially Shipped",
+    4: "Refunded",
+    5: "Cancelled",
+    6: "Declined",
+    7: "Awaiting Payment",
+    8: "Awaiting Pickup",
+    9: "Awaiting Shipment",
+    10: "Completed",
+    11: "Awaiting Fulfillment",
+    12: "Manual Verification Required",
+    13: "Disputed",
+    14: "Partially Refunded",
+}
+DONE_MESSAGES = {
+    "saved": "Settings saved.",
+    "refunded": "Refund sent to CeleryPay.",
+    "resolved": "Anomaly marked as resolved.",
+    "provisioned": "Storefront snippet and webhooks are in place.",
+}
+SHOWN_FIELDS = (
+    "merchant_id",
+    "environment",
+    "method_name",
+    "paid_status_id",
+    "mismatch_status_id",
+    "on_expired",
+    "return_to",
+)  # kept after an error; never the secret
+MAX_ROW_ID = 2**31 - 1  # primary keys are 32-bit integers
+_REFUND_KEY = re.compile(r"settings-[A-Za-z0-9_-]{16,40}")
+
+
+# --- what it shows -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentRow:
+    """One recent payment as the page lists it."""
+
+    id: int
+    order_id: int
+    amount: str
+    status: str
+    created: str
+    order_url: str
+    refundable: str  # decimal text, '' when nothing can be refunded
+
+
+def order_url(store: StoreRecord, order_id: int) -> str:
+    """The order in the control panel (``{control_panel_url}/manage/orders/{id}``)."""
+    base = store.control_panel_url or f"https://store-{store.store_hash}.mybigcommerce.com"
+    # control_panel_base_url is the bare host (store_information.v2.yml); tolerate a "/manage" suffix.
+    return f"{base.rstrip('/').removesuffix('/manage')}/manage/orders/{order_id}"
+
+
+async def _checked(name: str, run: Awaitable[Check]) -> Check:
+    try:
+        return await run
+    except BcpayError as exc:
+        return Check(name, False, f"could not check: {exc.message[:200]}")
+
+
+async def health(rt: Runtime, store: StoreRecord) -> list[Check]:
+    """The health panel: BigCommerce and CeleryPay checks, run together, failures shown."""
+    return list(
+        await asyncio.gather(
+            _checked("storefront snippet", provisioning.check_script(rt, store)),
+            _checked("webhooks", provisioning.check_webhooks(rt, store)),
+            _checked("offline payment method", provisioning.check_payment_method(rt, store)),
+            _checked("CeleryPay credentials", provisioning.check_celerypay(rt, store)),
+        )
+    )
+
+
+async def _payment_rows(rt: Runtime, store: StoreRecord) -> list[PaymentRow]:
+    rows = []
+    async with rt.db.engine.connect() as conn:
+        for p in await q.list_payments(conn, store_id=store.id, limit=25):
+            left = await refunds.refundable(conn, p) if p.status in rules.PAID else 0
+            rows.append(
+                PaymentRow(
+                    p.id,
+                    p.order_id,
+                    format_amount(p.amount, p.currency),
+                    p.status,
+                    f"{p.created_at:%Y-%m-%d %H:%M} UTC",
+                    order_url(store, p.order_id),
+                    str(from_minor(left, p.currency)) if left > 0 else "",
+                )
+            )
+    return rows
+
+
+async def render_settings(
+    request: Request,
+    viewer: Viewer,
+    *,
+    error: str = "",
+    status: int = 200,
+    entered: dict[str, Any] | None = None,
+) -> HTMLResponse:
+    """The settings page; ``entered`` keeps what the merchant typed after an error."""
+    rt, store = runtime_of(request), viewer.store
+    policy = rt.policy(store)
+    checks = await health(rt, store)
+    payments = await _payment_rows(rt, store)
+    async with rt.db.engine.connect() as conn:
+        anomalies = await q.list_anomalies(conn, store_id=store.id)
+    dead = await outbox.list_jobs(rt.db, state=outbox.DEAD, store_id=store.id, limit=20)
+    values: dict[str, Any] = {
+        "merchant_id": store.merchant_id or "",
+        "environment": store.environment,
+        "method_name": policy.method_name,
+        "paid_status_id": policy.paid_status_id,
+        "mismatch_status_id": policy.mismatch_status_id,
+        "on_expired": policy.on_expired,
+        "return_to": policy.return_to,
+    }
+    values.update(entered or {})
+    fixable = any(not c.ok and c.name in ("storefront snippet", "webhooks") for c in checks)
+    return bc_page(
+        request,
+        "settings.html",
+        status,
+        store_hash=store.store_hash,
+        store=store,
+        user=viewer.user,
+        csrf=viewer.csrf,
+        values=values,
+        checks=checks,
+        fixable=fixable,
+        secret_set=bool(store.celerypay_secret_enc),
+        payments=payments,
+        dead_jobs=dead,
+        anomalies=[
+            {**a, "amount_text": format_amount(a["amount"], a["currency"])} for a in anomalies
+        ],
+        statuses=ORDER_STATUSES,
+        done=DONE_MESSAGES.get(request.query_params.get("done", ""), ""),
+        error=error,
+    )
+
+
+def _done(what: str) -> Response:
+    return RedirectResponse(f"/bc/settings?done={what}", status_code=303)
+
+
+# --- routes ----------------------------------------------------------
+
+
+@page
+async def settings_page(request: Request) -> Response:
+    """GET /bc/settings: health, settings, anomalies, recent payments."""
+    return await render_settings(request, await viewer_of(request))
+
+
+def settings_changes(form: FormData, rt: Runtime) -> dict[str, Any]:
+    """Per-store overrides from the form; a value equal to the global default removes the override."""
+    method = field(form, "method_name", 100)
+    if not method:
+        raise InvalidInputError(
+            "The payment method name must not be empty.", code="invalid_setting"
+        )
+    wanted: dict[str, Any] = {"method_name": method}
+    for key in ("paid_status_id", "mismatch_status_id"):
+        text = field(form, key, 3)
+        if not text.isdigit() or int(text) not in ORDER_STATUSES:
+            raise InvalidInputError(
+                f"Choose an order status for {key.replace('_id', '').replace('_', ' ')}.",
+                code="invalid_setting",
+            )
+        wanted[key] = int(text)
+    for key, choices in (
+        ("on_expired", ("keep", "cancel")),
+        ("return_to", ("confirmation", "bcpay")),
+    ):
+        wanted[key] = field(form, key, 20)
+        if wanted[key] not in choices:
+            raise InvalidInputError(f"Choose one of: {', '.join(choices)}.", code="invalid_setting")
+    defaults = rt.settings.payments
+    return {k: (None if v == getattr(defaults, k) else v) for k, v in wanted.items()}
+
+
+@page
+async def settings_save(request: Request) -> Response:
+    """POST /bc/settings: CeleryPay credentials (secret write-only) and payment settings."""
+    viewer, form = await posted(request)
+    rt, store = runtime_of(request), viewer.store
+    merchant_id, secret = field(form, "merchant_id", 64), field(form, "api_secret", 1024)
+    environment = field(form, "environment", 20)
+    try:
+        if environment not in ("sandbox", "production"):
+            raise InvalidInputError("Choose sandbox or production.", code="invalid_environment")
+        if secret:
+            stores.check_merchant(merchant_id, secret)
+        elif merchant_id != (store.merchant_id or ""):
+            raise InvalidInputError(
+                "Enter the API secret of this merchant id.", code="missing_secret"
+            )
+        if not merchant_id and environment != store.environment:
+            raise InvalidInputError(
+                "Enter your CeleryPay merchant id first.", code="invalid_merchant_id"
+            )
+        changes = settings_changes(form, rt)
+        # Everything is validated above, so neither call below can fail half-way.
+        updated = await stores.update_settings(rt, store.store_hash, changes)
+        if secret or (merchant_id and environment != store.environment):
+            await stores.configure_merchant(
+                rt,
+                store.store_hash,
+                merchant_id=merchant_id,
+                api_secret=secret or None,
+                environment=environment,
+            )
+    except InvalidInputError as exc:
+        entered: dict[str, Any] = {k: field(form, k, 100) for k in SHOWN_FIELDS}
+        for key in ("paid_status_id", "mismatch_status_id"):
+            entered[key] = int(entered[key]) if entered[key].isdigit() else None
+        return await render_settings(
+            request, viewer, error=exc.message, status=400, entered=entered
+        )
+    log.info("settings of %s changed by user %s", store.store_hash, viewer.user.user_id)
+    if rt.policy(updated).method_name != rt.policy(store).method_name:
+        # The snippet carries the method name; a failure here shows as "outdated" with a Fix button.
+        try:
+            await provisioning.install_script(rt, updated)
+        except BcpayError as exc:
+            log.warning("could not update the snippet of %s: %r", store.store_hash, exc)
+    return _done("saved")
+
+
+async def _store_payment(rt: Runtime, store: StoreRecord, text: str) -> PaymentRecord:
+    if not text.isdigit() or int(text) > MAX_ROW_ID:
+        raise InvalidInputError("Choose a payment to refund.", code="invalid_payment")
+    query = select(payments).where(payments.c.id == int(text), payments.c.store_id == store.id)
+    async with rt.db.engine.connect() as conn:
+        row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        raise NotFoundError("That payment does not belong to this store.", code="unknown_payment")
+    return PaymentRecord.from_row(row)
+
+
+@page
+async def refund(request: Request) -> Response:
+    """POST /bc/settings/refund: first shows "Refund X of order N?", then (confirm=yes) refunds."""
+    viewer, form = await posted(request)
+    rt, store = runtime_of(request), viewer.store
+    try:
+        payment = await _store_payment(rt, store, field(form, "payment_id", 20))
+        if payment.status not in rules.PAID:
+            raise InvalidInputError(
+                f"Order #{payment.order_id} has no captured payment to refund.",
+                code="not_refundable",
+            )
+        async with rt.db.engine.connect() as conn:
+            left = await refunds.refundable(conn, payment)
+        text = field(form, "amount", 32)
+        amount = to_minor(text, payment.currency) if text else left
+        if amount <= 0 or amount > left:
+            raise InvalidInputError(
+                f"You can refund between 0 and {format_amount(max(left, 0), payment.currency)} "
+                f"of order #{payment.order_id}.",
+                code="over_refund",
+            )
+        reason = field(form, "reason", 200)
+        if field(form, "confirm", 5) != "yes":
+            return bc_page(
+                request,
+                "refund_confirm.html",
+                store_hash=store.store_hash,
+                payment=payment,
+                amount_text=format_amount(amount, payment.currency),
+                amount=str(from_minor(amount, payment.currency)),
+                reason=reason,
+                csrf=viewer.csrf(),
+                key="settings-" + secrets.token_urlsafe(18),
+            )
+        key = field(form, "key", 64)
+        if not _REFUND_KEY.fullmatch(key):
+            raise InvalidInputError(
+                "Start the refund again from the payments list.", code="invalid_refund_key"
+            )
+        await refunds.request_refund(
+            rt,
+            store,
+            payment,
+            amount=amount,
+            key=key,
+            reason=reason or f"refunded in the control panel by {viewer.user.email}",
+        )
+    except BcpayError as exc:
+        return await render_settings(
+            request, viewer, error=exc.message, status=min(exc.http_status, 502)
+        )
+    log.info("refund of order %s (%s) by user %s", payment.order_id, amount, viewer.user.user_id)
+    return _done("refunded")
+
+
+@page
+async def resolve_anomaly(request: Request) -> Response:
+    """POST /bc/settings/anomalies/{anomaly_id}/resolve: mark an open anomaly of this store resolved."""
+    viewer, form = await posted(request)
+    rt, store = runtime_of(request), viewer.store
+    anomaly_id = int(request.path_params["anomaly_id"])
+    note = field(form, "note", 200)
+    async with rt.db.transaction() as conn:
+        open_ids = {a["id"] for a in await q.list_anomalies(conn, store_id=store.id)}
+        if anomaly_id not in open_ids:
+            resolved = False
+        else:
+            detail = f"resolved in the control panel by {viewer.user.email}" + (
+                f": {note}" if note else ""
+            )
+            resolved = await q.resolve_anomaly(conn, anomaly_id, rt.now(), detail)
+    if not resolved:
+        return await render_settings(
+            request, viewer, error="That anomaly is not open (or not of this store).", status=404
+        )
+    return _done("resolved")
+
+
+@page
+async def reprovision(request: Request) -> Response:
+    """POST /bc/settings/provision: reinstall the snippet and (re-)activate the webhooks."""
+    viewer, _ = await posted(request)
+    rt, store = runtime_of(request), viewer.store
+    try:
+        await provisioning.install_script(rt, store)
+        await provisioning.register_webhooks(rt, store)
+    except BcpayError as exc:
+        return await render_settings(
+            request, viewer, error=f"BigCommerce refused: {exc.message[:300]}", status=502
+        )
+    return _done("provisioned")
