@@ -28,7 +28,6 @@ from bcpay import provisioning, stores
 from bcpay.clients.bigcommerce import exchange_oauth_code
 from bcpay.errors import (
     BcpayError,
-    ConfigError,
     InvalidInputError,
     NotFoundError,
     UpstreamError,
@@ -97,8 +96,10 @@ async def install_from_oauth(rt: Runtime, *, code: str, scope: str, context: str
         raise InvalidInputError("the install callback has no code", code="missing_code")
     app = rt.settings.app
     if not (app.client_id and app.client_secret):
-        raise ConfigError(
-            "app.client_id and app.client_secret: required to install the BigCommerce app"
+        # Not a crash: this server simply is not set up as an app (store API accounts only).
+        raise NotFoundError(
+            "this bcpay server is not set up as a BigCommerce app (app.client_id and app.client_secret)",
+            code="app_not_configured",
         )
     step = "exchanging the installation code with BigCommerce"
     try:

@@ -31,7 +31,8 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
-    with SandboxThread(SandboxOptions(port_base=0)) as sb:
+    app = {"client_id": "fuzz-client-id", "client_secret": "fuzz-client-secret-0123456789abcdef0123"}
+    with SandboxThread(SandboxOptions(port_base=0, settings={"app": app})) as sb:
         yield sb
 
 

@@ -97,6 +97,35 @@ def document() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
                 "responses": {"200": {"description": "accepted"}, **_errors(400, 401, 413)},
             }},
+            "/bc/auth": {"get": {
+                "summary": "BigCommerce app install callback", "operationId": "bcAuth",
+                "parameters": [
+                    {"name": "code", "in": "query", "required": True, "schema": {"type": "string", "minLength": 1}},
+                    {"name": "scope", "in": "query", "required": True, "schema": {"type": "string"}},
+                    {"name": "context", "in": "query", "required": True,
+                     "schema": {"type": "string", "pattern": "^stores/[a-z0-9]{1,32}$"}},
+                ],
+                "responses": {"303": {"description": "installed: to the settings page"},
+                              **{str(c): {"description": "install failed; nothing installed", "content": html}
+                                 for c in (400, 401, 404, 409, 502, 503)}},
+            }},
+            **{f"/bc/{name}": {"get": {
+                "summary": summary, "operationId": f"bc_{name}",
+                "parameters": [{"name": "signed_payload_jwt", "in": "query", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {ok: {"description": "done"},
+                              "401": {"description": "unsigned, wrongly signed, expired or for another app",
+                                      "content": html}},
+            }} for name, summary, ok in (
+                ("load", "BigCommerce app load callback", "303"),
+                ("uninstall", "BigCommerce app uninstall callback", "200"),
+                ("remove_user", "BigCommerce app remove-user callback", "200"),
+            )},
+            "/bc/settings": {"get": {
+                "summary": "Merchant settings page (needs the session from /bc/load)", "operationId": "bcSettings",
+                "responses": {"200": {"description": "page", "content": html},
+                              "401": {"description": "no session", "content": html}},
+            }},
             "/healthz": {"get": {"summary": "liveness", "operationId": "healthz", "responses": {
                 "200": {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
             "/readyz": {"get": {"summary": "readiness (database)", "operationId": "readyz", "responses": {
