@@ -14,6 +14,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
 from bcpay.sandbox.runner import Sandbox, SandboxOptions, SandboxThread
 from bcpay.server.openapi import document
 
@@ -46,9 +48,13 @@ def test_the_served_document_is_the_published_one(sandbox: Sandbox) -> None:
 def test_no_5xx_and_every_answer_matches_the_document(operation: Any, mode: Any, sandbox: Sandbox) -> None:
     """Valid and invalid inputs alike: documented answers only, never a server error."""
 
+    # A well-formed but invented install code is still refused (400): only
+    # BigCommerce can mint a valid one, so "valid input accepted" cannot hold there.
+    excluded = [positive_data_acceptance] if operation.path == "/bc/auth" else []
+
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case: Any) -> None:
-        case.call_and_validate(base_url=sandbox.urls.bcpay)
+        case.call_and_validate(base_url=sandbox.urls.bcpay, excluded_checks=excluded)
 
     run()
