@@ -104,6 +104,18 @@ async def test_a_429_blocks_every_task_of_the_store_until_reset(
     assert ft.now == 1004.0 and ft.sleeps[0] == 4.0
 
 
+async def test_a_short_429_inside_a_long_window_blocks_only_until_its_reset(
+    limiter: RateLimiter, ft: FakeTime
+) -> None:
+    """A burst 429 saying 1 s must not hold the store for the rest of a 30 s window."""
+    await limiter.acquire()
+    limiter.record(answer(left=100, reset_ms=29000))
+    await limiter.acquire()
+    limiter.record(answer(left=0, reset_ms=1000, status=429))
+    await limiter.acquire()
+    assert ft.now == pytest.approx(1001.0)
+
+
 async def test_a_429_without_headers_blocks_for_the_default(ft: FakeTime) -> None:
     """Platform-load 429s carry no reset: the default block applies."""
     lim = RateLimiter(margin=0.0, default_block=1.0, clock=ft.clock, sleep=ft.sleep)

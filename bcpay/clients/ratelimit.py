@@ -119,7 +119,9 @@ class RateLimiter:
             wait = reset if reset is not None else self.default_block
             self.blocked_until = max(self.blocked_until, now + wait + self.margin)
             self.left = 0
-            self.reset_at = max(self.reset_at, now + wait + self.margin)
+            # The 429's reset is the newest word on when the quota returns: it replaces the
+            # window end learned earlier (a 1 s burst must not block for the rest of a 30 s window).
+            self.reset_at = now + wait + self.margin
             return
         if left is None or reset is None:
             return
