@@ -416,6 +416,8 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
     now = rt.now()
     threshold = now - timedelta(seconds=rt.settings.payments.status_poll_interval)
     if not force:
+        if attempt.last_checked_at is not None and attempt.last_checked_at >= threshold:
+            return attempt  # checked recently: the claim below would fail, so skip its write transaction
         async with rt.db.transaction() as conn:
             won = await conn.execute(
                 update(payments)

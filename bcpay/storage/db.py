@@ -2,14 +2,20 @@
 
 ``database.url`` is ``sqlite:///path`` or ``postgresql://...``; we pick the
 async drivers (aiosqlite, asyncpg). SQLite runs in WAL mode with a busy
-timeout, and every transaction starts with ``BEGIN IMMEDIATE`` so that two
-processes never deadlock upgrading a read lock to a write lock: SQLite thus
-serialises writers, which is also our per-payment lock there. On PostgreSQL
-the per-payment lock is ``SELECT ... FOR UPDATE``.
+timeout, and every write transaction (:meth:`Database.transaction`) starts
+with ``BEGIN IMMEDIATE`` so that two processes never deadlock upgrading a read
+lock to a write lock: SQLite thus serialises writers, which is also our
+per-payment lock there. Reads (``engine.connect()`` blocks, which never
+commit) start a deferred ``BEGIN``: a WAL snapshot that waits for nobody.
+Within one process, write transactions queue on an asyncio lock before they
+reach SQLite, because SQLite's busy handler makes a waiting writer sleep and
+poll (up to 100 ms a turn) while the lock wakes the next one at once. On
+PostgreSQL the per-payment lock is ``SELECT ... FOR UPDATE``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -57,6 +63,9 @@ class Database:
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(driver_url, **kwargs)
+        self._writer: asyncio.Lock | None = None
+        self._writer_loop: asyncio.AbstractEventLoop | None = None
+        self._writer_task: asyncio.Task[object] | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
 
@@ -71,8 +80,30 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A connection inside one transaction, committed on success."""
-        async with self.engine.begin() as conn:
-            yield conn
+        if not self.is_sqlite:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        task = asyncio.current_task()
+        if task is not None and task is self._writer_task:
+            # It would wait for itself forever; SQLite used to fail after busy_timeout.
+            raise RuntimeError("a SQLite write transaction was opened inside another one in the same task")
+        async with self._sqlite_writer():
+            self._writer_task = task
+            try:
+                async with self.engine.connect() as conn:
+                    conn.sync_connection.info[_IMMEDIATE] = True  # type: ignore[union-attr]
+                    async with conn.begin():
+                        yield conn
+            finally:
+                self._writer_task = None
+
+    def _sqlite_writer(self) -> asyncio.Lock:
+        # One lock per event loop: a Database may outlive the loop it was first used on (tests, CLI).
+        loop = asyncio.get_running_loop()
+        if self._writer is None or self._writer_loop is not loop:
+            self._writer, self._writer_loop = asyncio.Lock(), loop
+        return self._writer
 
     async def ping(self) -> bool:
         """True when the database answers a trivial query."""
@@ -88,8 +119,11 @@ class Database:
         await self.engine.dispose()
 
 
+_IMMEDIATE = "bcpay_begin_immediate"
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL, busy timeout, foreign keys, and BEGIN IMMEDIATE for every transaction.
+    """WAL, busy timeout, foreign keys; BEGIN IMMEDIATE for write transactions, BEGIN for reads.
 
     pysqlite's own transaction handling is switched off (isolation_level=None)
     so that SQLAlchemy's ``begin`` event can emit the BEGIN we want; see the
@@ -110,4 +144,4 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop(_IMMEDIATE, False) else "BEGIN")

@@ -47,7 +47,7 @@ async def current_revision(db: Database) -> str | None:
 async def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str]:
     """Migrate the database to ``revision``; returns (before, after)."""
     before = await current_revision(db)
-    async with db.engine.begin() as conn:
+    async with db.transaction() as conn:  # BEGIN IMMEDIATE on SQLite: two processes may migrate at once
         await conn.run_sync(lambda c: command.upgrade(_config(c), revision))
     after = await current_revision(db)
     assert after is not None
@@ -66,7 +66,7 @@ def autogenerate(db_url: str, message: str) -> None:  # pragma: no cover - devel
     async def _run() -> None:
         db = Database(db_url)
         await upgrade(db)
-        async with db.engine.begin() as conn:
+        async with db.transaction() as conn:
             await conn.run_sync(
                 lambda c: command.revision(_config(c), message=message, autogenerate=True)
             )
