@@ -41,7 +41,7 @@ STORE_URL = "https://shop.example.com"
 ACCESS_TOKEN = "bc-access-token-for-cli-tests-0001"
 MERCHANT_ID = "mch_CliTestMerchant000001"
 MERCHANT_SECRET = "cli-merchant-secret-0123456789abcdef-XYZ"
-SCOPES = "store_v2_orders store_v2_content store_v2_information_read_only"
+SCOPES = "store_v2_orders store_v2_content store_v2_information_read_only store_payments_methods_read"
 
 
 @dataclass

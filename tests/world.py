@@ -75,7 +75,7 @@ class World:
     async def add_store(self, *, configure: bool = True) -> None:
         """Register the store (as `bcpay stores add` does) and its CeleryPay merchant."""
         await stores.register(self.rt, STORE_HASH, access_token=ACCESS_TOKEN, source="api_account",
-                              scopes="store_v2_orders store_v2_content store_v2_information_read_only")
+                              scopes=" ".join(stores.REQUIRED_SCOPES))
         if configure:
             await stores.configure_merchant(self.rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=MERCHANT_SECRET)
 
