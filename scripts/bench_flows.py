@@ -1,0 +1,187 @@
+"""Benchmarks 2 and 3: notification to order updated, and reconcile at the rate limit.
+
+2. ``bcpay serve`` with its outbox worker, the fake BigCommerce answering
+   every call in 50 ms: notifications sent at a fixed rate by the paced load
+   generator (which records each send time); the fake records when each status
+   PUT finished. Latency = PUT finished - notification sent, both wall clock on
+   this machine. The fake reports a quota large enough never to slow the
+   limiter: 100 notifications/s means about 400 BigCommerce calls/s for one
+   store, far above a standard plan's 150 per 30 s.
+3. ``bcpay reconcile STORE --json`` as a subprocess against N Awaiting Payment
+   orders that never started a payment (older than payments.unstarted_after,
+   so each costs one BigCommerce read), the fake enforcing a quota scaled down
+   in time with 20 ms latency. Rate / quota from the fake's own log; peak RSS
+   of the child from wait4().
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench_fakes import STORE_HASH
+from bench_lib import PYTHON, Row, bench_env, free_port, log, peak_rss_of, percentile, run_loadgen, write_pool
+from bench_world import BenchDatabase, notification, provision, start_bcpay, start_fakes, write_config
+
+
+@dataclass
+class FlowConfig:
+    """Sizes and durations."""
+
+    notify_rate: float = 100.0
+    notify_seconds: float = 10.0
+    bc_latency: float = 0.05
+    reconcile_sizes: tuple[int, int] = (1_000, 10_000)
+    quota: int = 150
+    window_ms: int = 3_000
+    rc_latency: float = 0.02
+
+
+def notify_to_put(cfg: FlowConfig, workdir: Path) -> tuple[list[Row], list[str]]:
+    """Benchmark 2 on SQLite; rows and notes."""
+    count = math.floor(cfg.notify_rate * cfg.notify_seconds)
+    fakes = start_fakes(workdir, "fakes-e2e", orders=count, latency=cfg.bc_latency)
+    db = BenchDatabase("sqlite", workdir, "e2e")
+    notes: list[str] = []
+    try:
+        port = free_port()
+        config = write_config(workdir / "bcpay-e2e.toml", db_url=db.url, fakes=fakes, port=port, run_worker=True)
+        seeded = provision(config, [oid for oid, _ in fakes.orders])
+        server = start_bcpay(workdir, config, "bcpay-e2e")
+        try:
+            fakes.reset()
+            public = f"http://127.0.0.1:{port}"
+            pool = workdir / "e2e.pool"
+            now = datetime.now(UTC)
+            write_pool(pool, (notification(s, now=now, public_url=public) for s in seeded))
+            record = workdir / "e2e-sends.json"
+            sent = run_loadgen(public, pool, seconds=cfg.notify_seconds, rate=cfg.notify_rate, connections=64,
+                               record=record, workdir=workdir)
+            log(f"e2e notifications {sent.brief()}")
+            sends = {seeded[i].order_id: due for i, due, _done, status in json.loads(record.read_text())
+                     if 200 <= status < 300}
+            puts = _wait_for_puts(fakes, set(sends), timeout=30 + cfg.notify_seconds)
+        finally:
+            server.stop()
+    finally:
+        fakes.child.stop()
+        db.drop()
+    latencies = [(puts[o] - t) * 1000 for o, t in sends.items() if o in puts]
+    missing = len(sends) - len(latencies)
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    if missing:
+        p99 = math.inf if missing > len(sends) / 100 else p99
+        notes.append(f"notify->PUT: {missing} of {len(sends)} orders had no status PUT within the wait")
+    figure = (f"p50 {p50:.0f} ms, p99 {p99:.0f} ms over {len(sends)} notifications at "
+              f"{sent.rps:.0f}/s, BigCommerce 50 ms per call")
+    ok = p99 < 250 and sent.errors == 0 and not missing
+    return [Row("2 notification -> order status PUT (SQLite)", figure, "p99 < 250 ms", p99 / 250, ok)], notes
+
+
+def _wait_for_puts(fakes: object, orders: set[int], timeout: float) -> dict[int, float]:
+    """Order id -> wall time its first status PUT finished, polling the fake's log."""
+    from bench_world import Fakes
+
+    assert isinstance(fakes, Fakes)
+    deadline = time.monotonic() + timeout
+    found: dict[int, float] = {}
+    while time.monotonic() < deadline:
+        found = {}
+        for _start, end, method, path, status, _w in fakes.log():
+            if method == "PUT" and "/v2/orders/" in path and 200 <= status < 300:
+                oid = int(path.rsplit("/", 1)[1])
+                if oid in orders and oid not in found:
+                    found[oid] = end
+        if len(found) >= len(orders):
+            break
+        time.sleep(0.5)
+    return found
+
+
+@dataclass
+class ReconcileRun:
+    """One reconcile subprocess."""
+
+    orders: int
+    exit: int
+    rss_kib: int
+    wall: float
+    checked: int
+    ok_requests: int
+    throttled: int
+    windows_429: int
+    span: float
+    cpu: float  # CPU seconds of the reconcile process
+
+    @property
+    def rate(self) -> float:
+        """Successful BigCommerce requests per second over the run's span."""
+        return self.ok_requests / self.span if self.span else math.nan
+
+
+def reconcile_run(cfg: FlowConfig, orders: int, workdir: Path) -> ReconcileRun:
+    """Run ``bcpay reconcile`` once over ``orders`` never-started orders."""
+    fakes = start_fakes(workdir, f"fakes-rc-{orders}", orders=orders, age_hours=2.0, latency=cfg.rc_latency,
+                        quota=(cfg.quota, cfg.window_ms, True))
+    db = BenchDatabase("sqlite", workdir, f"rc{orders}")
+    try:
+        config = write_config(workdir / f"bcpay-rc-{orders}.toml", db_url=db.url, fakes=fakes, port=free_port(),
+                              run_worker=False)
+        provision(config, [])
+        time.sleep(cfg.window_ms / 1000)  # let provisioning's quota window pass
+        fakes.reset()
+        out = workdir / f"reconcile-{orders}.json"
+        per_window = cfg.quota / (cfg.window_ms / 1000)
+        budget = 120 + 2 * orders / per_window
+        argv = [PYTHON, "-m", "bcpay", "--config", str(config), "reconcile", STORE_HASH, "--since", "7d", "--json"]
+        status, rss, wall, cpu = peak_rss_of(argv, env=bench_env(), cwd=workdir, timeout=budget, stdout=out)
+        entries = fakes.log()
+    finally:
+        fakes.child.stop()
+        db.drop()
+    checked = 0
+    try:
+        reports = json.loads(out.read_text())
+        reports = reports if isinstance(reports, list) else reports.get("reports", [reports])
+        checked = sum(int(r.get("checked", 0)) for r in reports)
+    except (ValueError, AttributeError, TypeError):
+        pass
+    ok = [e for e in entries if e[4] != 429]
+    throttled = [e for e in entries if e[4] == 429]
+    span = (max(e[1] for e in entries) - min(e[0] for e in entries)) if entries else 0.0
+    return ReconcileRun(orders, status, rss, wall, checked, len(ok), len(throttled),
+                        len({e[5] for e in throttled}), span, cpu)
+
+
+def reconcile(cfg: FlowConfig, workdir: Path) -> tuple[list[Row], list[str]]:
+    """Benchmark 3: rate / quota, 429 windows and peak RSS at two sizes."""
+    small_n, big_n = cfg.reconcile_sizes
+    small = reconcile_run(cfg, small_n, workdir)
+    log(f"reconcile {small}")
+    big = reconcile_run(cfg, big_n, workdir)
+    log(f"reconcile {big}")
+    quota_rate = cfg.quota / (cfg.window_ms / 1000)
+    notes = [f"reconcile: quota {cfg.quota} requests per {cfg.window_ms / 1000:g} s "
+             f"({quota_rate:.0f}/s), BigCommerce latency {cfg.rc_latency * 1000:.0f} ms"]
+    rows: list[Row] = []
+    for run in (small, big):
+        notes.append(f"reconcile {run.orders}: {run.wall:.0f} s wall, {run.cpu:.1f} s CPU "
+                     f"({1000 * run.cpu / max(run.orders, 1):.1f} ms per order), peak RSS {run.rss_kib / 1024:.1f} MiB")
+        if run.exit != 0 or run.checked != run.orders:
+            notes.append(f"reconcile {run.orders}: exit {run.exit}, checked {run.checked} of {run.orders}")
+    ratio = big.rate / quota_rate
+    rows.append(Row(f"3 reconcile {big.orders:,} orders: request rate / quota",
+                    f"{big.rate:.1f} req/s of {quota_rate:.0f}/s ({big.ok_requests} requests in {big.span:.0f} s)",
+                    ">= 0.90", ratio, ratio >= 0.9 and big.exit == 0 and big.checked == big.orders))
+    rows.append(Row(f"3 reconcile {big.orders:,} orders: windows with 429s",
+                    f"{big.windows_429} window(s), {big.throttled} x 429", "<= 1 window",
+                    big.windows_429 / 1.0, big.windows_429 <= 1))
+    mem = big.rss_kib / small.rss_kib if small.rss_kib else math.nan
+    rows.append(Row(f"3 reconcile peak RSS {big.orders:,} vs {small.orders:,} orders",
+                    f"{big.rss_kib / 1024:.1f} MiB vs {small.rss_kib / 1024:.1f} MiB", "<= 1.10", mem,
+                    mem <= 1.10 and small.exit == 0 and big.exit == 0))
+    return rows, notes
