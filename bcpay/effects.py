@@ -218,10 +218,17 @@ class Worker:
         rt = self.rt
         cfg = rt.settings.outbox
         handler = HANDLERS.get(job.kind)
+        # A job must finish inside its lease, or another worker would run it again meanwhile.
+        budget = max(1.0, cfg.lease_seconds - 5.0)
         try:
             if handler is None:
                 raise ConflictError(f"unknown job kind {job.kind!r}")
-            result = await handler(rt, job)
+            async with asyncio.timeout(budget):
+                result = await handler(rt, job)
+        except TimeoutError:
+            await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=cfg.backoff_base,
+                                     error=f"took longer than {budget:.0f} s", max_attempts=cfg.max_attempts)
+            rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="timeout")
         except RateLimited as exc:
             await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=exc.retry_after,
                                      error=repr(exc), max_attempts=cfg.max_attempts + 1)
@@ -238,7 +245,8 @@ class Worker:
             if not isinstance(exc, (UpstreamUnavailable, BcpayError)):
                 log.exception("job %s (%s) failed", job.id, job.kind)
         else:
-            await outbox.complete(rt.db, job, owner=self.owner, now=rt.now())
+            if not await outbox.complete(rt.db, job, owner=self.owner, now=rt.now()):
+                log.warning("job %s (%s) finished after losing its lease", job.id, job.kind)
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result=result)
 
     async def sweep(self) -> int:

@@ -256,9 +256,17 @@ async def _create_remote(
     try:
         remote = await cp.create_payment(**fields)
     except UpstreamConflict as exc:
-        if exc.code != "duplicate_order_no" or not exc.payment_id:
+        # Created earlier and the answer was lost: by order number it is ours.
+        # idempotency_conflict means the retried body differs (public URL or
+        # store name changed meanwhile); the payment is found the same way.
+        if exc.code not in ("duplicate_order_no", "idempotency_conflict"):
             raise
-        remote = await cp.get_payment(exc.payment_id)  # created earlier, answer lost
+        found = await cp.get_payment(exc.payment_id) if exc.payment_id else await cp.find_payment(
+            attempt.merchant_order_no
+        )
+        if found is None:
+            raise
+        remote = found
     except UpstreamRejected as exc:
         async with rt.db.transaction() as conn:
             await q.update_payment(

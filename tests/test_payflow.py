@@ -359,3 +359,49 @@ async def test_return_hop_sends_the_shopper_to_the_confirmation_page_or_bcpay(wo
     back = await world.client.get(f"/pay/{body['token']}/return")
     assert back.headers["location"] == f"/pay/{body['token']}"
     assert (await world.client.get("/pay/nosuchtoken/return")).status_code == 404
+
+
+async def test_a_lost_creation_answer_with_a_changed_body_finds_the_payment(world: World) -> None:
+    """The retried creation conflicts on its Idempotency-Key; the payment is found by order number."""
+    from sqlalchemy import update
+
+    from bcpay.storage import queries as q
+    from bcpay.storage.schema import payments
+
+    order = world.place_order()
+    first = (await world.start(order)).json()
+    async with world.rt.db.transaction() as conn:
+        # as if CeleryPay's answer had been lost, and the store renamed meanwhile (a new body)
+        await conn.execute(update(payments).where(payments.c.token == first["token"])
+                           .values(status="creating", celerypay_id=None, cashier_url=None))
+        store = await q.require_store(conn, STORE_HASH)
+        await q.update_store(conn, store.id, world.rt.now(), name="Renamed Shop")
+    again = await world.start(order)
+    assert again.status_code == 200, again.text
+    assert again.json()["token"] == first["token"]
+    assert again.json()["cashier_url"] == first["cashier_url"]
+    assert len(world.cp.payments) == 1
+
+
+async def test_a_job_slower_than_its_lease_is_cut_short_and_retried(db_url: str, secret_key: str) -> None:
+    """No second worker may run a job whose first run outlived the lease; it retries instead."""
+    from datetime import timedelta
+
+    from bcpay import outbox
+
+    async with open_world(db_url, secret_key, outbox={"lease_seconds": 6, "backoff_base": 0.1}) as w:
+        await w.add_store()
+        order = w.place_order()
+        body = (await w.start(order)).json()
+        await w.cp.pay(payment_id_of(body))
+        w.bc.chaos.latency = 1.5  # each BigCommerce call now outlasts the 1 s budget
+        await w.cp.deliver_due()
+        await w.run_jobs()
+        [job] = await outbox.list_jobs(w.rt.db)
+        assert job.state == outbox.QUEUED and "took longer than" in (job.last_error or "")
+        w.bc.chaos.latency = 0.0
+        later = w.rt.now() + timedelta(seconds=5)
+        w.rt.clock = lambda: later
+        await w.run_jobs()
+        assert w.order(order["id"])["status_id"] == 11
+        assert len(w.status_puts(order["id"])) == 1
