@@ -678,7 +678,10 @@
       return showUnreachable(function () { return start(true); });
     }
     var code = errorCode(r.data);
-    if (hasOwn(QUIET, code)) { removePanel(); return setState('declined', code); }
+    // Quiet on arrival; but after the shopper pressed a button the panel is
+    // theirs: say why nothing can be paid (e.g. the order was cancelled when
+    // its payment expired) instead of making it vanish.
+    if (hasOwn(QUIET, code) && !userInitiated) { removePanel(); return setState('declined', code); }
     showUnavailable(code || 'http_' + r.status);
   }
 

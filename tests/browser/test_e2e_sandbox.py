@@ -264,6 +264,11 @@ def test_an_abandoned_payment_that_expires_cancels_the_order_when_on_expired_is_
         shop.wait_for_idle_outbox()
         assert len(shop.status_puts(order_id)) == 1
 
+        # "Try again" on the cancelled order explains itself instead of vanishing.
+        page.get_by_role("button", name="Try again").click()
+        shop.expect_title("Payment unavailable")
+        assert page.locator(PANEL).count() == 1
+
 
 def test_a_shopper_paying_with_another_method_never_sees_bcpay(page: Page) -> None:
     """Test Payment Gateway: the page loads the snippet file, which calls nothing and shows nothing."""
