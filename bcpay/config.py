@@ -143,6 +143,7 @@ class OutboxSettings:
     backoff_base: float = 2.0
     backoff_cap: float = 900.0
     lease_seconds: int = 60
+    concurrency: int = 16
     poll_interval: float = 1.0
     sweep_interval: int = 60
     event_retention_days: int = 90
@@ -365,6 +366,7 @@ def _validate(s: Settings) -> None:
     positive("server.max_body_bytes", s.server.max_body_bytes)
     positive("outbox.max_attempts", s.outbox.max_attempts)
     positive("outbox.lease_seconds", s.outbox.lease_seconds)
+    positive("outbox.concurrency", s.outbox.concurrency)
     positive("payments.max_order_age", s.payments.max_order_age)
     if s.app.secret_key:
         from bcpay.crypto import check_key

@@ -199,10 +199,10 @@ HANDLERS: dict[str, Handler] = {
 class Worker:
     """Claims due jobs and runs them; also sweeps expired attempts."""
 
-    def __init__(self, rt: Runtime, *, owner: str | None = None, batch: int = 10) -> None:
+    def __init__(self, rt: Runtime, *, owner: str | None = None, batch: int | None = None) -> None:
         self.rt = rt
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.batch = batch
+        self.batch = batch or rt.settings.outbox.concurrency
         self.wakeup = asyncio.Event()
 
     async def run_once(self) -> int:
@@ -269,24 +269,43 @@ class Worker:
         return checked
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """Loop until ``stop`` is set: jobs as they come, a sweep now and then."""
+        """Loop until ``stop`` is set: up to ``batch`` jobs in flight, a sweep now and then.
+
+        A slot freed by a finished job is filled at once (no waiting for the
+        slowest job of a batch), so the worker keeps BigCommerce busy at the
+        rate its limiter allows.
+        """
         cfg = self.rt.settings.outbox
         loop = asyncio.get_running_loop()
         next_sweep = loop.time()
+        running: set[asyncio.Task[None]] = set()
         while not stop.is_set():
+            claimed = 0
             try:
-                ran = await self.run_once()
+                free = self.batch - len(running)
+                if free > 0:
+                    jobs = await outbox.claim(
+                        self.rt.db, owner=self.owner, now=self.rt.now(),
+                        lease_seconds=cfg.lease_seconds, limit=free,
+                    )
+                    claimed = len(jobs)
+                    for job in jobs:
+                        task = asyncio.create_task(self._run(job))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
                 if loop.time() >= next_sweep:
-                    await self.sweep()
                     next_sweep = loop.time() + cfg.sweep_interval
+                    await self.sweep()
             except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
                 log.exception("worker loop error")
-                ran = 0
-            if ran:
-                continue
+            if claimed and len(running) < self.batch:
+                continue  # more may be due right now
             self.wakeup.clear()
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), timeout=cfg.poll_interval)
-            except TimeoutError:
-                pass
-
+            waiters: set[asyncio.Future[object]] = {asyncio.ensure_future(self.wakeup.wait())}
+            waiters.update(running)  # type: ignore[arg-type]
+            await asyncio.wait(waiters, timeout=cfg.poll_interval, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                if waiter not in running and not waiter.done():
+                    waiter.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)

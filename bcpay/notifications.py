@@ -10,6 +10,7 @@ deliver again; a crash after it loses nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -20,9 +21,11 @@ from bcpay.errors import InvalidInputError, NotFoundError, SignatureError
 from bcpay.runtime import Runtime
 from bcpay.signatures import verify_notification
 from bcpay.storage import queries as q
+from bcpay.storage.records import StoreRecord
 from bcpay.storage.schema import refunds
 
 MAX_BODY = 256 * 1024
+LAST_SEEN_RESOLUTION = timedelta(seconds=60)  # "last notification received" on the settings page
 
 
 @dataclass(frozen=True)
@@ -73,16 +76,21 @@ async def receive(
         if not fresh:
             rt.metrics.inc("bcpay_notifications_total", outcome="duplicate")
             return Received("duplicate", event.id)
-        outcome = await apply_event(rt, store_id=store.id, event=event, conn=conn)
+        outcome = await apply_event(rt, store_id=store.id, event=event, conn=conn, store=store)
         await q.set_event_outcome(conn, event.id, outcome)
-        await q.update_store(conn, store.id, rt.now(), last_notification_at=rt.now())
+        seen = store.last_notification_at
+        if seen is None or rt.now() - seen > LAST_SEEN_RESOLUTION:  # a hot row: write it rarely
+            await q.update_store(conn, store.id, rt.now(), last_notification_at=rt.now())
     rt.metrics.inc("bcpay_notifications_total", outcome=outcome)
     return Received(outcome, event.id)
 
 
-async def apply_event(rt: Runtime, *, store_id: int, event: Event, conn: AsyncConnection) -> str:
+async def apply_event(
+    rt: Runtime, *, store_id: int, event: Event, conn: AsyncConnection, store: StoreRecord | None = None
+) -> str:
     """Apply a verified event inside the caller's transaction (also used by replay)."""
-    store = await q.get_store_by_id(conn, store_id)
+    if store is None:
+        store = await q.get_store_by_id(conn, store_id)
     result = await payflow.apply_remote(rt, store, event.payment, source=f"event {event.id}", conn=conn)
     if event.refund is not None and result.payment is not None:
         await record_refund_event_for(rt, conn, store_id, result.payment.id, event.refund)

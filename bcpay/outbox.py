@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bcpay.storage.db import Database
@@ -53,12 +52,10 @@ async def enqueue(
     if dedupe_key is None:
         await conn.execute(insert(jobs).values(**values))
         return True
-    try:
-        async with conn.begin_nested():
-            await conn.execute(insert(jobs).values(**values))
-    except IntegrityError:
-        return False
-    return True
+    from bcpay.storage.queries import insert_ignore
+
+    result = await conn.execute(insert_ignore(conn, jobs, **values))
+    return bool(result.rowcount)
 
 
 async def claim(

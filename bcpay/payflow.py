@@ -315,15 +315,18 @@ async def apply_remote(
 async def _apply(
     conn: AsyncConnection, rt: Runtime, store: StoreRecord, remote: Payment, source: str
 ) -> Applied:
-    attempt = await q.find_payment(conn, celerypay_id=remote.id)
-    if attempt is None:
-        attempt = await q.find_payment(conn, merchant_order_no=remote.merchant_order_no)
-    if attempt is None or attempt.store_id != store.id:
+    found = await q.find_payment(conn, celerypay_id=remote.id) or await q.find_payment(
+        conn, merchant_order_no=remote.merchant_order_no
+    )
+    if found is None or found.store_id != store.id:
         return Applied("unknown", None)
-    if attempt.celerypay_id not in (None, remote.id):
-        return Applied("unknown", attempt)
-    await lock_order(conn, rt, store.id, attempt.order_id)
-    attempt = await q.get_payment(conn, attempt.id)
+    if found.celerypay_id not in (None, remote.id):
+        return Applied("unknown", found)
+    # The order's attempts, locked on PostgreSQL (SQLite's BEGIN IMMEDIATE already
+    # serialises writers): our attempt re-read under the lock, and its siblings
+    # for the double-payment check, in one statement.
+    siblings = await q.order_attempts(conn, store.id, found.order_id, lock=not rt.db.is_sqlite)
+    attempt = next(a for a in siblings if a.id == found.id)
     now = rt.now()
 
     base: dict[str, Any] = {"last_checked_at": now, "updated_at": now}
@@ -337,7 +340,16 @@ async def _apply(
             attempt = await q.update_payment(conn, attempt.id, **base)
         return Applied("stale", attempt)
 
-    was_paid = attempt.status in rules.PAID
+    outcome = "updated"
+    if remote.status in rules.PAID and attempt.status not in rules.PAID:
+        outcome = await _on_paid(conn, rt, store, attempt, remote, siblings)
+    elif remote.status == rules.EXPIRED and rt.policy(store).on_expired == "cancel":
+        await outbox.enqueue(
+            conn, "cancel_order", {"payment_id": attempt.id}, now=now, store_id=store.id,
+            dedupe_key=f"cancel_order:{attempt.id}",
+        )
+    if outcome != "updated":
+        base["outcome"] = outcome
     attempt = await q.update_payment(
         conn,
         attempt.id,
@@ -349,16 +361,6 @@ async def _apply(
         celerypay_updated_at=remote.updated_at,
         **base,
     )
-    outcome = "updated"
-    if remote.status in rules.PAID and not was_paid:
-        outcome = await _on_paid(conn, rt, store, attempt, remote)
-    elif remote.status == rules.EXPIRED and rt.policy(store).on_expired == "cancel":
-        await outbox.enqueue(
-            conn, "cancel_order", {"payment_id": attempt.id}, now=now, store_id=store.id,
-            dedupe_key=f"cancel_order:{attempt.id}",
-        )
-    if outcome != "updated":
-        attempt = await q.update_payment(conn, attempt.id, outcome=outcome)
     await q.audit(
         conn, store_id=store.id, order_id=attempt.order_id, payment_id=attempt.id, action=f"payment_{remote.status}",
         detail=f"{source}: {remote.id} is {remote.status}", now=now,
@@ -367,9 +369,10 @@ async def _apply(
 
 
 async def _on_paid(
-    conn: AsyncConnection, rt: Runtime, store: StoreRecord, attempt: PaymentRecord, remote: Payment
+    conn: AsyncConnection, rt: Runtime, store: StoreRecord, attempt: PaymentRecord, remote: Payment,
+    siblings: list[PaymentRecord],
 ) -> str:
-    """Decide what a newly seen capture means and queue its effect."""
+    """Decide what a newly seen capture means and queue its effect (before the attempt row changes)."""
     now = rt.now()
     check = rules.check_capture(attempt, remote, store.store_hash)
     if not check.ok:
@@ -382,12 +385,12 @@ async def _on_paid(
             amount=remote.paid_amount or 0, currency=remote.currency, detail=check.reason, now=now,
         )
         return "mismatch"
-    others = [
-        a for a in await q.order_attempts(conn, store.id, attempt.order_id)
-        if a.id != attempt.id and a.status in rules.PAID and a.outcome == "applied"
-    ]
+    others = [a for a in siblings if a.id != attempt.id and a.status in rules.PAID and a.outcome == "applied"]
     if others:
-        await record_duplicate(conn, rt, store, attempt, f"order already paid by {others[0].celerypay_id}")
+        await record_duplicate(
+            conn, rt, store, attempt, f"order already paid by {others[0].celerypay_id}",
+            amount=(remote.paid_amount or 0) - remote.refunded_amount,
+        )
         return "duplicate_payment"
     await outbox.enqueue(
         conn, "mark_paid", {"payment_id": attempt.id}, now=now, store_id=store.id,
@@ -398,11 +401,12 @@ async def _on_paid(
 
 async def record_duplicate(
     conn: AsyncConnection, rt: Runtime, store: StoreRecord, attempt: PaymentRecord, detail: str,
-    kind: str = "double_payment",
+    kind: str = "double_payment", amount: int | None = None,
 ) -> None:
     """Record money taken for an order that must not keep it; refund if configured."""
     now = rt.now()
-    amount = (attempt.paid_amount or 0) - attempt.refunded_amount
+    if amount is None:
+        amount = (attempt.paid_amount or 0) - attempt.refunded_amount
     created = await q.record_anomaly(
         conn, store_id=store.id, order_id=attempt.order_id, payment_id=attempt.id, kind=kind,
         amount=amount, currency=attempt.currency, detail=detail, now=now,

@@ -27,6 +27,21 @@ from bcpay.storage.schema import (
     webhook_receipts,
 )
 
+def insert_ignore(conn: AsyncConnection, table: Any, **values: Any) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect.
+
+    One statement instead of a savepoint, insert and release: the hot paths
+    (notifications, outbox) dedupe this way. ``rowcount`` is 0 on a conflict.
+    """
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).values(**values).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).values(**values).on_conflict_do_nothing()
+
+
 # --- stores ------------------------------------------------------------------
 
 
@@ -112,13 +127,18 @@ async def find_payment(
     return PaymentRecord.from_row(row) if row else None
 
 
-async def order_attempts(conn: AsyncConnection, store_id: int, order_id: int) -> list[PaymentRecord]:
-    """Every attempt of one order, oldest first."""
-    rows = await conn.execute(
+async def order_attempts(
+    conn: AsyncConnection, store_id: int, order_id: int, *, lock: bool = False
+) -> list[PaymentRecord]:
+    """Every attempt of one order, oldest first; ``lock`` takes their rows FOR UPDATE."""
+    query = (
         select(payments)
         .where(payments.c.store_id == store_id, payments.c.order_id == order_id)
         .order_by(payments.c.attempt_no)
     )
+    if lock:
+        query = query.with_for_update()
+    rows = await conn.execute(query)
     return [PaymentRecord.from_row(r) for r in rows.mappings()]
 
 
@@ -134,9 +154,11 @@ async def insert_payment(conn: AsyncConnection, **values: Any) -> PaymentRecord 
 
 
 async def update_payment(conn: AsyncConnection, payment_id: int, **values: Any) -> PaymentRecord:
-    """Update columns of one attempt and return it."""
-    await conn.execute(update(payments).where(payments.c.id == payment_id).values(**values))
-    return await get_payment(conn, payment_id)
+    """Update columns of one attempt and return it (one statement, RETURNING)."""
+    result = await conn.execute(
+        update(payments).where(payments.c.id == payment_id).values(**values).returning(*payments.c)
+    )
+    return PaymentRecord.from_row(result.mappings().one())
 
 
 async def list_payments(
@@ -181,22 +203,20 @@ async def record_event(
     now: datetime,
 ) -> bool:
     """Store a notification once; False when this event id was already stored."""
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                insert(events).values(
-                    event_id=event_id,
-                    store_id=store_id,
-                    type=type_,
-                    celerypay_payment_id=celerypay_payment_id,
-                    raw_body=raw_body,
-                    outcome=outcome,
-                    received_at=now,
-                )
-            )
-    except IntegrityError:
-        return False
-    return True
+    result = await conn.execute(
+        insert_ignore(
+            conn,
+            events,
+            event_id=event_id,
+            store_id=store_id,
+            type=type_,
+            celerypay_payment_id=celerypay_payment_id,
+            raw_body=raw_body,
+            outcome=outcome,
+            received_at=now,
+        )
+    )
+    return bool(result.rowcount)
 
 
 async def set_event_outcome(conn: AsyncConnection, event_id: str, outcome: str) -> None:
