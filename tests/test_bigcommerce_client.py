@@ -301,7 +301,10 @@ async def test_upsert_metafield_creates_when_absent(client: BigCommerceClient) -
 
 @respx.mock
 async def test_upsert_metafield_updates_when_present(client: BigCommerceClient) -> None:
-    """An existing (namespace, key) is PUT by its id, not created again."""
+    """An existing (namespace, key): the create answers 409, then it is PUT by its id."""
+    create = respx.post(f"{BASE}/v3/orders/100/metafields").mock(
+        return_value=httpx.Response(409, json={"title": "duplicate"})
+    )
     listing = respx.get(f"{BASE}/v3/orders/100/metafields").mock(return_value=v3([metafield(5)]))
     put = respx.put(f"{BASE}/v3/orders/100/metafields/5").mock(
         return_value=v3(metafield(5, value="pay_2"))
@@ -309,7 +312,7 @@ async def test_upsert_metafield_updates_when_present(client: BigCommerceClient) 
     result = await client.upsert_order_metafield(
         100, namespace="bcpay", key="payment_id", value="pay_2"
     )
-    assert result.value == "pay_2" and put.call_count == 1
+    assert result.value == "pay_2" and put.call_count == 1 and create.call_count == 1
     assert listing.calls.last.request.url.params["namespace"] == "bcpay"
 
 
@@ -318,7 +321,7 @@ async def test_upsert_metafield_recovers_from_a_concurrent_create(
     client: BigCommerceClient,
 ) -> None:
     """409 on create (someone else made it): re-read and PUT."""
-    respx.get(f"{BASE}/v3/orders/100/metafields").mock(side_effect=[v3([]), v3([metafield(7)])])
+    respx.get(f"{BASE}/v3/orders/100/metafields").mock(return_value=v3([metafield(7)]))
     respx.post(f"{BASE}/v3/orders/100/metafields").mock(
         return_value=httpx.Response(409, json={"title": "dup"})
     )

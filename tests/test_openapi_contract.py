@@ -221,8 +221,10 @@ async def test_metafield_create_and_update_bodies_match_the_openapi_schema(
     client: BigCommerceClient,
 ) -> None:
     """Metafield POST (create) and PUT (update) bodies validate against orders.v3.yml."""
-    respx.get(f"{BASE}/v3/orders/100/metafields").mock(side_effect=[wrap([]), wrap([META])])
-    post = respx.post(f"{BASE}/v3/orders/100/metafields").mock(return_value=wrap(META))
+    respx.get(f"{BASE}/v3/orders/100/metafields").mock(return_value=wrap([META]))
+    post = respx.post(f"{BASE}/v3/orders/100/metafields").mock(
+        side_effect=[wrap(META), httpx.Response(409, json={"title": "duplicate"})]
+    )
     put = respx.put(f"{BASE}/v3/orders/100/metafields/9").mock(return_value=wrap(META))
     await client.upsert_order_metafield(
         100, namespace="bcpay", key="payment_id", value="pay_1", description="CeleryPay payment"

@@ -367,28 +367,20 @@ class BigCommerceClient:
         }
         if description is not None:
             body["description"] = description
-        for attempt in range(2):
-            existing = [
-                m
-                for m in await self.list_order_metafields(order_id, namespace=namespace, key=key)
-                if m.namespace == namespace and m.key == key
-            ]
-            if existing:
-                data, response = await self._v3(
-                    "PUT", f"/orders/{order_id}/metafields/{existing[0].id}", json_body=body
-                )
-                return _parse(Metafield.from_json, data, response)
-            try:
-                data, response = await self._v3(
-                    "POST", f"/orders/{order_id}/metafields", json_body=body
-                )
-            except UpstreamConflict:
-                # Created concurrently (409 on a duplicate namespace+key): update it instead.
-                if attempt:
-                    raise
-                continue
+        # Create first: the common case (a new order) costs one call. A 409 means it
+        # exists (a rerun, or created concurrently): find it and PUT the value.
+        try:
+            data, response = await self._v3("POST", f"/orders/{order_id}/metafields", json_body=body)
             return _parse(Metafield.from_json, data, response)
-        raise AssertionError("unreachable")  # pragma: no cover
+        except UpstreamConflict:
+            pass
+        for m in await self.list_order_metafields(order_id, namespace=namespace, key=key):
+            if m.namespace == namespace and m.key == key:
+                data, response = await self._v3("PUT", f"/orders/{order_id}/metafields/{m.id}", json_body=body)
+                return _parse(Metafield.from_json, data, response)
+        raise UpstreamConflict(
+            "BigCommerce reported a duplicate metafield it then did not list", service=SERVICE, status=409
+        )
 
     # --- scripts (v3) ---------------------------------------------------------------------
 
