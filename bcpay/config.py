@@ -375,16 +375,16 @@ def _validate(s: Settings) -> None:
 
 
 __all__ = [
-    "Secret",
-    "Settings",
     "AppSettings",
-    "ServerSettings",
-    "DatabaseSettings",
     "BigCommerceSettings",
     "CeleryPaySettings",
-    "PaymentSettings",
+    "DatabaseSettings",
     "OutboxSettings",
+    "PaymentSettings",
+    "Secret",
+    "ServerSettings",
+    "Settings",
+    "config_path",
     "load_settings",
     "replace",
-    "config_path",
 ]

@@ -67,7 +67,9 @@ async def _write_order(
         )
 
 
-async def _audit(rt: Runtime, store: StoreRecord, payment: PaymentRecord, order: Order, action: str, detail: str) -> None:
+async def _audit(
+    rt: Runtime, store: StoreRecord, payment: PaymentRecord, order: Order, action: str, detail: str
+) -> None:
     async with rt.db.transaction() as conn:
         await q.audit(
             conn, store_id=store.id, order_id=order.id, payment_id=payment.id, action=action,
@@ -237,7 +239,7 @@ class Worker:
             await outbox.kill(rt.db, job, owner=self.owner, now=rt.now(), error=repr(exc))
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="dead")
             log.warning("job %s (%s) is dead: %r", job.id, job.kind, exc)
-        except Exception as exc:  # noqa: BLE001 - any failure is retried, then dead
+        except Exception as exc:
             delay = rules.backoff_seconds(job.attempts, base=cfg.backoff_base, cap=cfg.backoff_cap)
             state = await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=delay,
                                              error=repr(exc), max_attempts=cfg.max_attempts)
@@ -296,7 +298,7 @@ class Worker:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + cfg.sweep_interval
                     await self.sweep()
-            except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
+            except Exception:
                 log.exception("worker loop error")
             if claimed and len(running) < self.batch:
                 continue  # more may be due right now

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterable
+from typing import ClassVar
 
 import httpx
 
@@ -26,7 +27,7 @@ def _labels(pairs: Iterable[tuple[str, str]]) -> str:
 class Metrics:
     """Counters keyed by (metric name, label pairs)."""
 
-    HELP = {
+    HELP: ClassVar[dict[str, str]] = {
         "bcpay_http_requests_total": "HTTP requests answered, by route and status.",
         "bcpay_notifications_total": "CeleryPay notifications received, by outcome.",
         "bcpay_bigcommerce_calls_total": "Calls to the BigCommerce API, by status class.",

@@ -46,7 +46,7 @@ def exponent(currency: str) -> int:
 
 def to_minor(amount: str | Decimal | int, currency: str) -> int:
     """Convert ``"19.9900"`` USD to ``1999``; refuse anything inexact or unsafe."""
-    if isinstance(amount, bool) or isinstance(amount, float):
+    if isinstance(amount, (bool, float)):
         raise InvalidInputError("amounts must be decimal strings or Decimal, never float", code="invalid_amount")
     try:
         value = Decimal(amount.strip() if isinstance(amount, str) else amount)

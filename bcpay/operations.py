@@ -93,7 +93,7 @@ def missing_scopes(scopes: tuple[str, ...]) -> list[str]:
     """The scopes bcpay needs that ``scopes`` does not give (a modify scope covers read-only)."""
     def has(needed: str) -> bool:
         base = needed.removesuffix("_read_only")
-        return any(s == needed or s == base for s in scopes)
+        return any(s in (needed, base) for s in scopes)
 
     return [s for s in stores.REQUIRED_SCOPES if not has(s)]
 

@@ -8,6 +8,7 @@ outbox jobs written in that same transaction (see ``bcpay.effects``).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -467,10 +468,9 @@ async def payment_status(rt: Runtime, token: str) -> PaymentView:
             raise NotFoundError("no such payment", code="payment_not_found")
         store = await q.get_store_by_id(conn, attempt.store_id)
     if attempt.status in rules.OPEN and store.has_credentials:
-        try:
+        # If CeleryPay cannot answer now, answer with what we know; the next poll asks again.
+        with contextlib.suppress(UpstreamUnavailable, RateLimited):
             attempt = await refresh(rt, store, attempt)
-        except (UpstreamUnavailable, RateLimited):
-            pass  # answer with what we know; the next poll asks again
     return view(rt, store, attempt)
 
 

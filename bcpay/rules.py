@@ -208,7 +208,7 @@ def paid_effect(order_status_id: int, *, paid_status_id: int) -> str:
     a crash); ``cancelled``: the merchant cancelled it meanwhile (anomaly);
     ``other``: someone moved the order on by hand; record and leave it.
     """
-    if order_status_id == STATUS_AWAITING_PAYMENT or order_status_id == STATUS_PENDING:
+    if order_status_id in (STATUS_AWAITING_PAYMENT, STATUS_PENDING):
         return "apply"
     if order_status_id == paid_status_id:
         return "done"

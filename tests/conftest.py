@@ -51,7 +51,7 @@ def pg_database() -> Iterator[str]:
     name = f"bcpay_test_{secrets.token_hex(4)}"
     try:
         _pg_admin(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # noqa: BLE001 - report why below
+    except Exception as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL is required in CI and unreachable: {exc!r}")
         pytest.skip(f"PostgreSQL unreachable: {exc!r}")

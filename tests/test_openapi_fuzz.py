@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from bcpay.sandbox.runner import Sandbox, SandboxOptions, SandboxThread

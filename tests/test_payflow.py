@@ -122,7 +122,7 @@ async def test_double_clicks_reuse_one_pending_attempt(world: World) -> None:
 
 
 async def test_already_paid_order_never_gets_a_new_cashier_url(world: World) -> None:
-    order, body = await paid_order(world)
+    order, _body = await paid_order(world)
     await world.cp.deliver_due()
     await world.run_jobs()
     again = await world.start(order)
@@ -210,7 +210,7 @@ async def test_rotated_secret_keeps_old_signatures_valid_for_the_window(world: W
     new_secret = "n" * 40
     world.cp.add_merchant(MERCHANT_ID, new_secret, old_secret=MERCHANT_SECRET)
     await stores.configure_merchant(world.rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=new_secret)
-    order, body = await paid_order(world)
+    _order, body = await paid_order(world)
     [event] = world.events_of(payment_id_of(body))
     assert (await world.notify(event, secret=MERCHANT_SECRET)).status_code == 200
     other = {**event, "id": "evt_newsecret00001"}
@@ -271,7 +271,7 @@ async def test_bigcommerce_down_during_notification_then_recovers_once(world: Wo
     """The notification is acknowledged; the job retries; one PUT once BigCommerce is back."""
     from datetime import timedelta
 
-    order, body = await paid_order(world)
+    order, _body = await paid_order(world)
     world.bc.chaos.error_rate = 1.0
     assert await world.cp.deliver_due() == 1
     assert world.cp.deliveries[-1].status_code == 200

@@ -62,7 +62,7 @@ async def test_partial_then_second_partial_up_to_the_total(world: World) -> None
 
 
 async def test_over_refund_is_rejected_before_calling_celerypay(world: World) -> None:
-    order, pid = await paid(world, "20.00")
+    order, _pid = await paid(world, "20.00")
     await refund(world, order["id"], 1500)  # type: ignore[arg-type]
     calls_before = len(world.cp.refunds)
     with pytest.raises(InvalidInputError, match=r"refund of 600 exceeds what can be refunded \(500"):
@@ -71,7 +71,7 @@ async def test_over_refund_is_rejected_before_calling_celerypay(world: World) ->
 
 
 async def test_refund_notifications_duplicated_and_reordered_apply_once(world: World) -> None:
-    order, pid = await paid(world, "20.00")
+    order, _pid = await paid(world, "20.00")
     await refund(world, order["id"], 500)  # type: ignore[arg-type]
     await world.cp.settle_refunds()
     await refund(world, order["id"], 1500)  # type: ignore[arg-type]

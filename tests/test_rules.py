@@ -72,7 +72,7 @@ def test_capture_mismatches_say_why(remote: Remote, reason: str) -> None:
 
 
 @dataclass
-class O:
+class Ord:
     status_id: int = 7
     payment_method: str = "OKCloud Pay"
     cart_id: str | None = "cart-1"
@@ -82,23 +82,23 @@ class O:
 NOW = datetime(2026, 11, 25, 13, tzinfo=UTC)
 
 
-def eligible(order: O) -> rules.Refusal | None:
+def eligible(order: Ord) -> rules.Refusal | None:
     return rules.check_order_eligible(order, accepted_methods=("OKCloud Pay",), max_age=timedelta(days=1), now=NOW)
 
 
 def test_cart_match_is_exact() -> None:
-    assert rules.cart_matches(O(), "cart-1")
-    assert not rules.cart_matches(O(), "cart-2")
-    assert not rules.cart_matches(O(cart_id=None), "cart-1")
+    assert rules.cart_matches(Ord(), "cart-1")
+    assert not rules.cart_matches(Ord(), "cart-2")
+    assert not rules.cart_matches(Ord(cart_id=None), "cart-1")
 
 
 def test_eligibility_refusals() -> None:
-    assert eligible(O()) is None
-    refusal = eligible(O(payment_method="Cash"))
+    assert eligible(Ord()) is None
+    refusal = eligible(Ord(payment_method="Cash"))
     assert refusal is not None and refusal.code == "wrong_payment_method"
-    refusal = eligible(O(status_id=11))
+    refusal = eligible(Ord(status_id=11))
     assert refusal is not None and refusal.code == "order_not_awaiting_payment"
-    refusal = eligible(O(date_created=NOW - timedelta(days=2)))
+    refusal = eligible(Ord(date_created=NOW - timedelta(days=2)))
     assert refusal is not None and refusal.code == "order_too_old"
 
 

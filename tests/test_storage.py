@@ -24,11 +24,11 @@ async def make_store(db: Database, store_hash: str = "abc123") -> int:
 
 
 def attempt(store_id: int, order_id: int, n: int, status: str = "pending") -> dict[str, object]:
-    return dict(
-        token=f"tok-{order_id}-{n}", store_id=store_id, order_id=order_id, attempt_no=n,
-        merchant_order_no=f"abc123-{order_id}-{n}", idempotency_key=f"k{order_id}{n}", amount=1999,
-        currency="USD", status=status, created_at=NOW, updated_at=NOW,
-    )
+    return {
+        "token": f"tok-{order_id}-{n}", "store_id": store_id, "order_id": order_id, "attempt_no": n,
+        "merchant_order_no": f"abc123-{order_id}-{n}", "idempotency_key": f"k{order_id}{n}", "amount": 1999,
+        "currency": "USD", "status": status, "created_at": NOW, "updated_at": NOW,
+    }
 
 
 @pytest.fixture
@@ -75,8 +75,8 @@ async def test_concurrent_inserts_leave_exactly_one_open_attempt(db: Database) -
 async def test_event_ids_are_stored_once(db: Database) -> None:
     store_id = await make_store(db)
     async with db.transaction() as conn:
-        kwargs = dict(event_id="evt_1", store_id=store_id, type_="payment.succeeded",
-                      celerypay_payment_id="pay_1", raw_body="{}", outcome="received", now=NOW)
+        kwargs = {"event_id": "evt_1", "store_id": store_id, "type_": "payment.succeeded",
+                      "celerypay_payment_id": "pay_1", "raw_body": "{}", "outcome": "received", "now": NOW}
         assert await q.record_event(conn, **kwargs) is True  # type: ignore[arg-type]
         assert await q.record_event(conn, **kwargs) is False  # type: ignore[arg-type]
     async with db.engine.connect() as conn:

@@ -233,7 +233,7 @@ def validate_hook(body: object, current: JSON | None, *, strict: bool) -> JSON:
     """Check a hook POST (``current`` None) or PUT body; the merged hook fields."""
     if not isinstance(body, dict) or (current is not None and not body):
         raise FakeApiError(400, "Input is invalid.", {"body": "a JSON object with at least one field"})
-    errors = {key: "unknown field" for key in body.keys() - _HOOK_FIELDS}
+    errors = dict.fromkeys(body.keys() - _HOOK_FIELDS, "unknown field")
     hook = {"is_active": True, "headers": None, **(current or {}), **{
         k: v for k, v in body.items() if k in _HOOK_FIELDS}}
     scope = hook.get("scope")

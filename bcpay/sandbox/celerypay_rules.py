@@ -52,11 +52,11 @@ _EXPONENT_2 = (
     "TWD TZS UAH USD USN UYU UZS VED VES WST XCD XCG YER ZAR ZMW ZWG ZWL"
 )
 ISO_4217: dict[str, int | None] = {
-    **{code: 2 for code in _EXPONENT_2.split()},
-    **{code: 0 for code in _EXPONENT_0.split()},
-    **{code: 3 for code in _EXPONENT_3.split()},
-    **{code: 4 for code in _EXPONENT_4.split()},
-    **{code: None for code in _NO_MINOR_UNIT.split()},
+    **dict.fromkeys(_EXPONENT_2.split(), 2),
+    **dict.fromkeys(_EXPONENT_0.split(), 0),
+    **dict.fromkeys(_EXPONENT_3.split(), 3),
+    **dict.fromkeys(_EXPONENT_4.split(), 4),
+    **dict.fromkeys(_NO_MINOR_UNIT.split()),
 }
 
 CREATE_FIELDS = frozenset(

@@ -317,7 +317,9 @@ class SandboxThread:
         if not self._thread.is_alive():
             self._loop.close()
 
-    def call(self, factory: Callable[[], Coroutine[Any, Any, T]] | Callable[[], Awaitable[T]], timeout: float = 60) -> T:
+    def call(
+        self, factory: Callable[[], Coroutine[Any, Any, T]] | Callable[[], Awaitable[T]], timeout: float = 60
+    ) -> T:
         """Run a coroutine on the sandbox's loop and wait for its result."""
 
         async def runner() -> T:

@@ -20,7 +20,9 @@ from bcpay.metrics import Metrics
 log = logging.getLogger("bcpay.access")
 
 
-async def send_json_error(send: Send, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+async def send_json_error(
+    send: Send, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> None:
     """Answer a JSON error directly from middleware."""
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -72,7 +74,10 @@ class RequestContext:
                     scope["method"],
                     route,
                     status,
-                    extra={"fields": {"request_id": request_id, "ms": round((time.perf_counter() - started) * 1000, 1)}},
+                    extra={"fields": {
+                        "request_id": request_id,
+                        "ms": round((time.perf_counter() - started) * 1000, 1),
+                    }},
                 )
 
 
@@ -88,10 +93,9 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > self.max_bytes:
-                await send_json_error(send, 413, "body_too_large", f"request body over {self.max_bytes} bytes")
-                return
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await send_json_error(send, 413, "body_too_large", f"request body over {self.max_bytes} bytes")
+            return
         seen = 0
         started = False
 

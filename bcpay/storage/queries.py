@@ -27,6 +27,7 @@ from bcpay.storage.schema import (
     webhook_receipts,
 )
 
+
 def insert_ignore(conn: AsyncConnection, table: Any, **values: Any) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect.
 
