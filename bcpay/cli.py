@@ -4,26 +4,24 @@ Command names are part of the product (README, runbooks). This module holds
 the root app, the global options and the process commands (serve, worker,
 db, keys, sandbox); the store commands are in :mod:`bcpay.cli_stores`, the
 day-to-day operations in :mod:`bcpay.cli_ops`, shared plumbing in
-:mod:`bcpay.cli_common`.
+:mod:`bcpay.cli_common`. The library is imported inside the commands, so
+``bcpay --help`` stays fast (see :mod:`bcpay.cli_common`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bcpay import cli_ops, cli_stores, keys, operations
+from bcpay import cli_ops, cli_stores
 from bcpay.cli_common import CliState, failures, load, out, run, state
-from bcpay.crypto import SANDBOX_KEY, generate_key
-from bcpay.effects import Worker
 from bcpay.errors import ConfigError
-from bcpay.runtime import Runtime
-from bcpay.storage import migrate
+
+if TYPE_CHECKING:
+    from bcpay.runtime import Runtime
 
 app = typer.Typer(
     name="bcpay",
@@ -40,7 +38,8 @@ app.add_typer(db_app, name="db")
 @app.callback()
 def root(
     ctx: typer.Context,
-    config: Annotated[Path | None, typer.Option("--config", help="bcpay.toml to read (default: $BCPAY_CONFIG, ./bcpay.toml).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="bcpay.toml to read (default: $BCPAY_CONFIG, ./bcpay.toml).")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     """OKCloud Pay (CeleryPay) payments for BigCommerce stores.
@@ -96,6 +95,12 @@ def worker(ctx: typer.Context) -> None:
 
     Example: bcpay worker
     """
+    import asyncio
+    import signal
+
+    from bcpay import operations
+    from bcpay.effects import Worker
+
     with failures(ctx):
         load(ctx).require_secret_key()
 
@@ -120,6 +125,8 @@ def db_upgrade(ctx: typer.Context) -> None:
 
     Example: bcpay db upgrade
     """
+    from bcpay.storage import migrate
+
     async def work(rt: Runtime) -> tuple[str | None, str, str]:
         before, after = await migrate.upgrade(rt.db)
         return before, after, repr(rt.db)
@@ -134,6 +141,8 @@ def keygen() -> None:
 
     Example: bcpay keygen
     """
+    from bcpay.crypto import generate_key
+
     typer.echo(generate_key())
 
 
@@ -141,7 +150,8 @@ def keygen() -> None:
 def rotate_key(
     ctx: typer.Context,
     new_key_env: Annotated[str | None, typer.Option(
-        "--new-key-env", metavar="VAR", help="Environment variable holding the new key (else a hidden prompt).")] = None,
+        "--new-key-env", metavar="VAR",
+        help="Environment variable holding the new key (else a hidden prompt).")] = None,
 ) -> None:
     """Re-encrypt every stored secret under a new key, in one transaction.
 
@@ -151,6 +161,9 @@ def rotate_key(
 
     Example: BCPAY_NEW_KEY=$(bcpay keygen) bcpay rotate-key --new-key-env BCPAY_NEW_KEY
     """
+    from bcpay import keys
+    from bcpay.crypto import SANDBOX_KEY
+
     with failures(ctx):
         settings = load(ctx)
         settings.require_secret_key()
@@ -173,7 +186,8 @@ def sandbox(
     port_base: Annotated[int, typer.Option(help="First of the consecutive ports the sandbox uses.")] = 8700,
     db: Annotated[Path | None, typer.Option(help="SQLite file to keep (default: a temporary one).")] = None,
     notify_delay: Annotated[float, typer.Option(help="Seconds before CeleryPay's first notification.")] = 0.0,
-    chaos: Annotated[bool, typer.Option(help="Duplicate and reorder notifications; BigCommerce 5xx/429 bursts.")] = False,
+    chaos: Annotated[bool, typer.Option(
+        help="Duplicate and reorder notifications; BigCommerce 5xx/429 bursts.")] = False,
     open_browser: Annotated[bool, typer.Option("--open", help="Print the storefront URL to open.")] = False,
 ) -> None:
     """Run bcpay with fake BigCommerce and CeleryPay on this machine, provisioned and ready to pay.

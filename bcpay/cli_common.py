@@ -4,11 +4,16 @@ Errors are translated once, here: a :class:`~bcpay.errors.BcpayError` becomes
 one red ``Error: <message>`` line on stderr and exit code 1 (with the
 traceback only under ``--debug``); usage errors stay Typer's (exit 2).
 Humans get Rich; ``--json`` prints plain JSON on stdout for scripts.
+
+The ``bcpay/cli*.py`` modules import only Typer, the standard library and
+bcpay modules that import nothing heavy at module level: ``bcpay --help``
+must not pay for SQLAlchemy, Alembic, httpx or Rich (over a second
+together). The library and Rich are imported in the functions that use
+them; tests/test_cli_imports.py keeps it that way.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import traceback
@@ -16,18 +21,18 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from bcpay.config import Settings, load_settings
 from bcpay.errors import BcpayError
-from bcpay.money import format_amount
-from bcpay.provisioning import Check
-from bcpay.runtime import Runtime, open_runtime
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from bcpay.config import Settings
+    from bcpay.provisioning import Check
+    from bcpay.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -48,16 +53,22 @@ def state(ctx: typer.Context) -> CliState:
 
 def out() -> Console:
     """Console for results (stdout); never wraps, so lines stay greppable."""
+    from rich.console import Console
+
     return Console(soft_wrap=True, highlight=False)
 
 
 def err() -> Console:
     """Console for errors and progress (stderr)."""
+    from rich.console import Console
+
     return Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def load(ctx: typer.Context, **overrides: dict[str, Any]) -> Settings:
     """Settings: command line > environment > config file > defaults."""
+    from bcpay.config import load_settings
+
     return load_settings(state(ctx).config, overrides={k: v for k, v in overrides.items() if v})
 
 
@@ -67,6 +78,8 @@ def failures(ctx: typer.Context) -> Iterator[None]:
     try:
         yield
     except BcpayError as exc:
+        from rich.markup import escape
+
         if state(ctx).debug:
             err().print(escape(traceback.format_exc()), style="dim")
         err().print(f"Error: {escape(exc.message)}", style="red")
@@ -75,6 +88,10 @@ def failures(ctx: typer.Context) -> Iterator[None]:
 
 def run(ctx: typer.Context, work: Callable[[Runtime], Awaitable[T]], *, settings: Settings | None = None) -> T:
     """Open a runtime for this command, run ``work`` in it, translate errors."""
+    import asyncio
+
+    from bcpay.runtime import open_runtime
+
     with failures(ctx):
         chosen = settings or load(ctx)
 
@@ -101,6 +118,9 @@ def print_json(data: Any) -> None:
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None) -> None:
     """A Rich table on stdout (``-`` for empty cells)."""
+    from rich.markup import escape
+    from rich.table import Table
+
     grid = Table(*columns, title=title, show_lines=False, expand=False)
     for row in rows:
         grid.add_row(*("-" if v is None or v == "" else escape(str(v)) for v in row))
@@ -109,6 +129,8 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str |
 
 def money(amount: int | None, currency: str | None) -> str:
     """``19.99 USD`` for minor units (``-`` when unknown)."""
+    from bcpay.money import format_amount
+
     if amount is None or not currency:
         return "-"
     try:
@@ -119,6 +141,8 @@ def money(amount: int | None, currency: str | None) -> str:
 
 def print_checks(checks: Sequence[Check], *, section: str | None = None) -> bool:
     """A checklist with the steps to fix each failed line; True when all passed."""
+    from rich.markup import escape
+
     console = out()
     if section:
         console.print(f"[bold]{escape(section)}[/bold]")

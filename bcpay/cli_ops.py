@@ -1,31 +1,25 @@
-"""Day-to-day commands: notifications, reconcile, payments, events, jobs, refunds, anomalies."""
+"""Day-to-day commands: notifications, reconcile, payments, events, jobs, refunds, anomalies.
+
+The library and Rich are imported inside the commands, so ``bcpay --help``
+stays fast (see :mod:`bcpay.cli_common`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
-from bcpay import operations, outbox, payflow, reconcile, refunds
 from bcpay.cli_common import err, failures, money, out, print_json, run, table
 from bcpay.errors import NotFoundError
-from bcpay.money import to_minor
-from bcpay.reconcile import Progress as OnProgress
-from bcpay.reconcile import Report
-from bcpay.refunds import RefundResult
-from bcpay.runtime import Runtime
+
+if TYPE_CHECKING:
+    from bcpay.reconcile import Progress as OnProgress
+    from bcpay.reconcile import Report
+    from bcpay.refunds import RefundResult
+    from bcpay.runtime import Runtime
 
 payments_app = typer.Typer(help="Inspect payment attempts.", no_args_is_help=True)
 events_app = typer.Typer(help="Raw CeleryPay notifications: inspect, replay, prune.", no_args_is_help=True)
@@ -40,14 +34,18 @@ Limit = Annotated[int, typer.Option(help="How many to show, newest first.")]
 
 def simulate_notify(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(metavar="ORDER_OR_PAYMENT", help="Order id, CeleryPay payment id (pay_...) or pay token.")],
+    ref: Annotated[str, typer.Argument(
+        metavar="ORDER_OR_PAYMENT", help="Order id, CeleryPay payment id (pay_...) or pay token.")],
     store: StoreOpt = None,
     status: Annotated[str, typer.Option(help="succeeded, failed, expired or cancelled.")] = "succeeded",
-    amount: Annotated[str | None, typer.Option(help="Claim this paid amount (e.g. 12.50) instead of the attempt's.")] = None,
+    amount: Annotated[str | None, typer.Option(
+        help="Claim this paid amount (e.g. 12.50) instead of the attempt's.")] = None,
     currency: Annotated[str | None, typer.Option(help="Claim this currency instead of the attempt's.")] = None,
-    url: Annotated[str | None, typer.Option(help="Where to POST (default {public_url}/notify/celerypay/{store}).")] = None,
+    url: Annotated[str | None, typer.Option(
+        help="Where to POST (default {public_url}/notify/celerypay/{store}).")] = None,
     repeat: Annotated[int, typer.Option(help="Deliver the same event N times (dedupe check).")] = 1,
-    bad_signature: Annotated[bool, typer.Option("--bad-signature", help="Sign with a wrong secret (expect 401).")] = False,
+    bad_signature: Annotated[bool, typer.Option(
+        "--bad-signature", help="Sign with a wrong secret (expect 401).")] = False,
 ) -> None:
     """Post a correctly signed CeleryPay notification for a real payment attempt, and show the answers.
 
@@ -56,6 +54,8 @@ def simulate_notify(
 
     Example: bcpay simulate-notify 101 --store abc123 --status succeeded --repeat 3
     """
+    from bcpay import operations
+
     note, answers = run(ctx, lambda rt: operations.simulate_notify(
         rt, ref, store_hash=store, status=status, amount=amount, currency=currency, url=url, repeat=repeat,
         bad_signature=bad_signature))
@@ -68,17 +68,28 @@ def simulate_notify(
         raise typer.Exit(1)
 
 
-class _Rate(ProgressColumn):
-    """Orders per second."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.0f} orders/s" if speed else "- orders/s")
-
-
 @contextmanager
 def _progress(enabled: bool, store_hash: str) -> Iterator[OnProgress]:
     """A Rich progress bar on stderr; the total grows while pages are listed."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    # Defined here, not at module level, so Rich is imported only when a bar is drawn.
+    class _Rate(ProgressColumn):
+        """Orders per second."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:.0f} orders/s" if speed else "- orders/s")
+
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(),
                    TimeRemainingColumn(), console=err(), disable=not enabled, transient=False)
     task = bar.add_task(f"{store_hash} (listing)", total=None)
@@ -105,9 +116,12 @@ def reconcile_cmd(
     store_hash: Annotated[str | None, typer.Argument(help="The store to reconcile (or --all).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every installed, configured store.")] = False,
     since: Annotated[str, typer.Option(help="Orders created in this past period (e.g. 7d, 48h).")] = "7d",
-    fix: Annotated[bool, typer.Option("--fix", help="Apply CeleryPay's state (same idempotent path as notifications).")] = False,
-    run_jobs: Annotated[bool, typer.Option("--run-jobs", help="With --fix: run the resulting order updates now (no server running).")] = False,
-    concurrency: Annotated[int, typer.Option(help="Orders checked at once (BigCommerce's quota is never exceeded).")] = 8,
+    fix: Annotated[bool, typer.Option(
+        "--fix", help="Apply CeleryPay's state (same idempotent path as notifications).")] = False,
+    run_jobs: Annotated[bool, typer.Option(
+        "--run-jobs", help="With --fix: run the resulting order updates now (no server running).")] = False,
+    concurrency: Annotated[int, typer.Option(
+        help="Orders checked at once (BigCommerce's quota is never exceeded).")] = 8,
     json_: JsonFlag = False,
 ) -> None:
     """Find orders whose BigCommerce status, bcpay attempts and CeleryPay truth disagree.
@@ -123,6 +137,8 @@ def reconcile_cmd(
         raise typer.BadParameter("give a STORE_HASH or --all (not both)")
     if run_jobs and not fix:
         raise typer.BadParameter("--run-jobs needs --fix")
+    from bcpay import operations, reconcile
+
     with failures(ctx):
         period = operations.parse_duration(since)
 
@@ -160,6 +176,8 @@ def payments_list(
 
     Example: bcpay payments list --store abc123 --status pending
     """
+    from bcpay import operations
+
     found = run(ctx, lambda rt: operations.list_attempts(rt, store_hash=store, status=status, limit=limit))
     if json_:
         print_json(found)
@@ -172,13 +190,16 @@ def payments_list(
 @payments_app.command("show")
 def payments_show(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(metavar="ORDER_OR_PAYMENT", help="Order id, CeleryPay payment id or pay token.")],
+    ref: Annotated[str, typer.Argument(
+        metavar="ORDER_OR_PAYMENT", help="Order id, CeleryPay payment id or pay token.")],
     store: StoreOpt = None, json_: JsonFlag = False,
 ) -> None:
     """Show one attempt with its refunds, notifications and the order's audit log.
 
     Example: bcpay payments show pay_A1b2C3d4E5f6G7h8I9j0K1l2
     """
+    from bcpay import operations
+
     detail = run(ctx, lambda rt: operations.payment_detail(rt, ref, store))
     if json_:
         print_json(detail)
@@ -198,6 +219,8 @@ def events_list(ctx: typer.Context, store: StoreOpt = None, limit: Limit = 50, j
 
     Example: bcpay events list --store abc123 --limit 20
     """
+    from bcpay import operations
+
     found = run(ctx, lambda rt: operations.list_events(rt, store_hash=store, limit=limit))
     if json_:
         print_json(found)
@@ -214,6 +237,8 @@ def events_show(ctx: typer.Context, event_id: Annotated[str, typer.Argument(help
 
     Example: bcpay events show evt_0123456789abcdef
     """
+    from bcpay import operations
+
     print_json(run(ctx, lambda rt: operations.get_event(rt, event_id)))
 
 
@@ -223,6 +248,8 @@ def events_replay(ctx: typer.Context, event_id: Annotated[str, typer.Argument(he
 
     Example: bcpay events replay evt_0123456789abcdef
     """
+    from bcpay import operations
+
     outcome = run(ctx, lambda rt: operations.replay_event(rt, event_id))
     out().print(f"{event_id}: {outcome}", markup=False)
 
@@ -230,12 +257,15 @@ def events_replay(ctx: typer.Context, event_id: Annotated[str, typer.Argument(he
 @events_app.command("prune")
 def events_prune(
     ctx: typer.Context,
-    older_than: Annotated[str, typer.Option(help="Delete events received longer ago than this (at least 30d).")] = "90d",
+    older_than: Annotated[str, typer.Option(
+        help="Delete events received longer ago than this (at least 30d).")] = "90d",
 ) -> None:
     """Delete raw notifications older than a period (never less than 30 days: dedupe needs them).
 
     Example: bcpay events prune --older-than 90d
     """
+    from bcpay import operations
+
     with failures(ctx):
         period = operations.parse_duration(older_than)
     count = run(ctx, lambda rt: operations.prune_events(rt, period))
@@ -252,8 +282,11 @@ def jobs_list(
 
     Example: bcpay jobs list --state dead
     """
+    from bcpay import operations, outbox
+
     async def work(rt: Runtime) -> list[dict[str, Any]]:
-        found = await outbox.list_jobs(rt.db, state=state, store_id=await operations.store_id_of(rt, store), limit=limit)
+        store_id = await operations.store_id_of(rt, store)
+        found = await outbox.list_jobs(rt.db, state=state, store_id=store_id, limit=limit)
         return [{"id": j.id, "kind": j.kind, "state": j.state, "attempts": j.attempts, "payload": j.payload,
                  "run_after": operations.iso(j.run_after), "last_error": j.last_error} for j in found]
 
@@ -278,6 +311,8 @@ def jobs_retry(
     """
     if (job_id is None) == (not all_):
         raise typer.BadParameter("give a JOB_ID or --all (not both)")
+    from bcpay import outbox
+
     count = run(ctx, lambda rt: outbox.retry_dead(rt.db, now=rt.now(), job_id=job_id))
     if job_id is not None and count == 0:
         with failures(ctx):
@@ -294,6 +329,8 @@ def pay_link(
 
     Example: bcpay pay-link 101 --store abc123
     """
+    from bcpay import payflow
+
     typer.echo(run(ctx, lambda rt: payflow.pay_link(rt, store, order_id)))
 
 
@@ -301,7 +338,8 @@ def refund(
     ctx: typer.Context,
     order_id: Annotated[int, typer.Argument(help="The BigCommerce order id.")],
     store: Annotated[str, typer.Option("--store", help="The store hash.")],
-    amount: Annotated[str | None, typer.Option(help="Amount in the payment's currency, e.g. 12.50 (default: all that is left).")] = None,
+    amount: Annotated[str | None, typer.Option(
+        help="Amount in the payment's currency, e.g. 12.50 (default: all that is left).")] = None,
     reason: Annotated[str, typer.Option(help="Why (kept with the refund, sent to CeleryPay).")] = "",
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
@@ -311,6 +349,8 @@ def refund(
     """
     if not yes:
         typer.confirm(f"Refund {amount or 'the rest of'} order {order_id} on {store}?", abort=True)
+    from bcpay import operations, refunds
+    from bcpay.money import to_minor
 
     async def work(rt: Runtime) -> RefundResult:
         shop = await operations.get_store(rt, store)
@@ -333,6 +373,8 @@ def anomalies_list(
 
     Example: bcpay anomalies list --store abc123
     """
+    from bcpay import operations
+
     found = run(ctx, lambda rt: operations.list_anomalies(rt, store_hash=store, include_resolved=all_))
     if json_:
         print_json(found)
@@ -351,6 +393,8 @@ def anomalies_resolve(
 
     Example: bcpay anomalies resolve 3 --note "refunded by hand in the CeleryPay dashboard"
     """
+    from bcpay import operations
+
     run(ctx, lambda rt: operations.resolve_anomaly(rt, anomaly_id, note))
     out().print(f"anomaly {anomaly_id} resolved")
 

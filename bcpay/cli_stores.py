@@ -1,12 +1,15 @@
-"""Store commands: ``stores``, ``provision``, ``install-script``, ``webhooks``, ``doctor``."""
+"""Store commands: ``stores``, ``provision``, ``install-script``, ``webhooks``, ``doctor``.
+
+The library is imported inside the commands, so ``bcpay --help`` stays fast
+(see :mod:`bcpay.cli_common`).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bcpay import operations, provisioning, stores
 from bcpay.cli_common import (
     fail_unless,
     failures,
@@ -18,9 +21,12 @@ from bcpay.cli_common import (
     table,
 )
 from bcpay.errors import InvalidInputError
-from bcpay.provisioning import Check
-from bcpay.runtime import Runtime
-from bcpay.storage.records import StoreRecord
+from bcpay.scopes import REQUIRED_SCOPES
+
+if TYPE_CHECKING:
+    from bcpay.provisioning import Check
+    from bcpay.runtime import Runtime
+    from bcpay.storage.records import StoreRecord
 
 stores_app = typer.Typer(help="Register, configure and remove stores.", no_args_is_help=True)
 webhooks_app = typer.Typer(help="The BigCommerce webhooks the server handles.", no_args_is_help=True)
@@ -28,9 +34,16 @@ webhooks_app = typer.Typer(help="The BigCommerce webhooks the server handles.", 
 StoreHash = Annotated[str, typer.Argument(help="The store hash (from the store's API path, e.g. abc123).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
+# bcpay.stores.REQUIRED_SCOPES, spelled out because Typer needs the default at
+# import and bcpay.stores pulls in SQLAlchemy and httpx; tests/test_cli_imports.py
+# checks that the two stay equal.
+DEFAULT_SCOPES = " ".join(REQUIRED_SCOPES)
+
 
 def _store_json(s: StoreRecord) -> dict[str, Any]:
     """A store as shown to operators: secrets only as set / not set."""
+    from bcpay import operations
+
     return {
         "store_hash": s.store_hash, "name": s.name, "store_url": s.store_url, "currency": s.currency,
         "source": s.source, "installed": s.installed, "scopes": list(s.scopes),
@@ -51,7 +64,7 @@ def stores_add(
     scopes: Annotated[str, typer.Option(help=(
         "The API account's OAuth scopes, space or comma separated, as the API account page lists them "
         "(a store-level token cannot list its own scopes through the API). Default: the scopes bcpay needs."))]
-    = " ".join(stores.REQUIRED_SCOPES),
+    = DEFAULT_SCOPES,
 ) -> None:
     """Register a store that uses a store-level API account (Advanced Settings > API Accounts).
 
@@ -59,8 +72,10 @@ def stores_add(
     from the command line; it is checked against the store's API and stored
     encrypted.
 
-    Example: BCPAY_ACCESS_TOKEN=... bcpay stores add abc123 --scopes "store_v2_orders store_v2_content store_v2_information_read_only"
-    """
+    Example: BCPAY_ACCESS_TOKEN=... bcpay stores add abc123 --scopes "store_v2_orders store_v2_content store_v2_information_read_only store_payments_methods_read"
+    """  # noqa: E501 (an example is one line to copy)
+    from bcpay import operations, stores
+
     with failures(ctx):
         stores.check_store_hash(store_hash)
         wanted = operations.parse_scopes(scopes)
@@ -79,6 +94,8 @@ def stores_list(ctx: typer.Context, json_: JsonFlag = False) -> None:
 
     Example: bcpay stores list --json
     """
+    from bcpay import operations
+
     found = [_store_json(s) for s in run(ctx, operations.list_stores)]
     if json_:
         print_json(found)
@@ -94,6 +111,8 @@ def stores_show(ctx: typer.Context, store_hash: StoreHash, json_: JsonFlag = Fal
 
     Example: bcpay stores show abc123
     """
+    from bcpay import operations
+
     shown = _store_json(run(ctx, lambda rt: operations.get_store(rt, store_hash)))
     if json_:
         print_json(shown)
@@ -106,16 +125,22 @@ def stores_show(ctx: typer.Context, store_hash: StoreHash, json_: JsonFlag = Fal
 def stores_configure(
     ctx: typer.Context,
     store_hash: StoreHash,
-    merchant_id: Annotated[str | None, typer.Option(help="CeleryPay merchant id (mch_...); the secret is read from $BCPAY_CELERYPAY_SECRET or a hidden prompt.")] = None,
-    keep_secret: Annotated[bool, typer.Option(help="Keep the stored CeleryPay secret (change only the merchant id or environment).")] = False,
+    merchant_id: Annotated[str | None, typer.Option(
+        help="CeleryPay merchant id (mch_...); the secret is read from $BCPAY_CELERYPAY_SECRET "
+             "or a hidden prompt.")] = None,
+    keep_secret: Annotated[bool, typer.Option(
+        help="Keep the stored CeleryPay secret (change only the merchant id or environment).")] = False,
     environment: Annotated[str | None, typer.Option(help="CeleryPay environment: sandbox or production.")] = None,
     method_name: Annotated[str | None, typer.Option(help="The offline payment method's display name.")] = None,
     on_expired: Annotated[str | None, typer.Option(help="keep or cancel orders whose payment expired.")] = None,
     paid_status_id: Annotated[int | None, typer.Option(help="Order status for paid orders (default 11).")] = None,
-    mismatch_status_id: Annotated[int | None, typer.Option(help="Order status for amount mismatches (default 12).")] = None,
+    mismatch_status_id: Annotated[int | None, typer.Option(
+        help="Order status for amount mismatches (default 12).")] = None,
     expires_in: Annotated[int | None, typer.Option(help="Seconds a cashier page stays payable (300-86400).")] = None,
     return_to: Annotated[str | None, typer.Option(help="Where shoppers return: confirmation or bcpay.")] = None,
-    refund_on_status: Annotated[bool | None, typer.Option("--refund-on-status/--no-refund-on-status", help="Refund at CeleryPay when an order is set to Refunded.")] = None,
+    refund_on_status: Annotated[bool | None, typer.Option(
+        "--refund-on-status/--no-refund-on-status",
+        help="Refund at CeleryPay when an order is set to Refunded.")] = None,
     refund_duplicates: Annotated[str | None, typer.Option(help="manual or auto refund of double payments.")] = None,
 ) -> None:
     """Set a store's CeleryPay merchant and payment settings.
@@ -124,7 +149,7 @@ def stores_configure(
     (rotation). Settings not given are left as they are.
 
     Example: BCPAY_CELERYPAY_SECRET=... bcpay stores configure abc123 --merchant-id mch_0123456789abcdef --environment production
-    """
+    """  # noqa: E501 (an example is one line to copy)
     changes = {k: v for k, v in {
         "method_name": method_name, "on_expired": on_expired, "paid_status_id": paid_status_id,
         "mismatch_status_id": mismatch_status_id, "expires_in": expires_in, "return_to": return_to,
@@ -132,6 +157,8 @@ def stores_configure(
     }.items() if v is not None}
     if merchant_id is None and environment is None and not changes:
         raise typer.BadParameter("nothing to change: give --merchant-id and/or settings")
+    from bcpay import operations, stores
+
     with failures(ctx):
         stores.check_store_hash(store_hash)
         if merchant_id is not None:
@@ -166,6 +193,8 @@ def stores_remove(
 
     Example: bcpay stores remove abc123 --yes
     """
+    from bcpay import operations, stores
+
     with failures(ctx):
         stores.check_store_hash(store_hash)
     if not yes:
@@ -176,6 +205,8 @@ def stores_remove(
 
 
 def _with_store(ctx: typer.Context, store_hash: str, work: Any) -> Any:
+    from bcpay import operations
+
     async def go(rt: Runtime) -> Any:
         return await work(rt, await operations.get_store(rt, store_hash))
 
@@ -191,6 +222,8 @@ def provision(ctx: typer.Context, store_hash: StoreHash) -> None:
 
     Example: bcpay provision abc123
     """
+    from bcpay import provisioning
+
     checks: list[Check] = _with_store(ctx, store_hash, provisioning.provision)
     fail_unless(print_checks(checks, section=f"Provisioning {store_hash}"))
 
@@ -206,6 +239,8 @@ def install_script(
     """
     if print_ and remove:
         raise typer.BadParameter("--print and --remove exclude each other")
+    from bcpay import provisioning
+
     if print_:
         spec = _with_store(ctx, store_hash, _desired)
         typer.echo(spec.html)
@@ -215,6 +250,8 @@ def install_script(
 
 
 async def _desired(rt: Runtime, store: StoreRecord) -> Any:
+    from bcpay import provisioning
+
     return provisioning.desired_script(rt, store)
 
 
@@ -224,6 +261,8 @@ def webhooks_register(ctx: typer.Context, store_hash: StoreHash) -> None:
 
     Example: bcpay webhooks register abc123
     """
+    from bcpay import provisioning
+
     done = _with_store(ctx, store_hash, provisioning.register_webhooks)
     for scope, action in done.items():
         out().print(f"{scope}: {action}")
@@ -235,6 +274,8 @@ def webhooks_list(ctx: typer.Context, store_hash: StoreHash, json_: JsonFlag = F
 
     Example: bcpay webhooks list abc123 --json
     """
+    from bcpay import provisioning
+
     hooks = [{"id": h.id, "scope": h.scope, "destination": h.destination, "is_active": h.is_active}
              for h in _with_store(ctx, store_hash, provisioning.our_hooks)]
     if json_:
@@ -250,13 +291,16 @@ def webhooks_remove(ctx: typer.Context, store_hash: StoreHash) -> None:
 
     Example: bcpay webhooks remove abc123
     """
+    from bcpay import provisioning
+
     count = _with_store(ctx, store_hash, provisioning.remove_webhooks)
     out().print(f"removed {count} webhook(s) from {store_hash}")
 
 
 def doctor(
     ctx: typer.Context,
-    store_hash: Annotated[str | None, typer.Argument(help="Check only this store (default: every installed store).")] = None,
+    store_hash: Annotated[str | None, typer.Argument(
+        help="Check only this store (default: every installed store).")] = None,
     json_: JsonFlag = False,
 ) -> None:
     """One screen of what works and what to fix; exits 0 only when everything passes.
@@ -267,6 +311,8 @@ def doctor(
 
     Example: bcpay doctor abc123
     """
+    from bcpay import operations
+
     report: list[tuple[str, Check]] = run(ctx, lambda rt: operations.doctor(rt, store_hash))
     ok = all(c.ok for _, c in report)
     if json_:

@@ -16,6 +16,7 @@ from bcpay import outbox
 from bcpay.clients.bigcommerce import BigCommerceClient, StoreInfo
 from bcpay.errors import InvalidInputError, NotFoundError
 from bcpay.runtime import STORE_OVERRIDES, Runtime
+from bcpay.scopes import REQUIRED_SCOPES as REQUIRED_SCOPES  # re-exported for callers
 from bcpay.storage import queries as q
 from bcpay.storage.records import StoreRecord
 
@@ -23,15 +24,6 @@ MERCHANT_ID = re.compile(r"mch_[A-Za-z0-9]{16,32}")
 STORE_HASH = re.compile(r"[a-z0-9]{1,32}")
 ROTATION_WINDOW = timedelta(hours=24)  # CeleryPay signs with both secrets for at most 24 h
 
-# Scopes bcpay needs from a token (reference section 2 and the payment-methods
-# OpenAPI file): orders and their metafields, scripts, store information, and
-# reading payment methods (to check the offline method's display name).
-REQUIRED_SCOPES = (
-    "store_v2_orders",
-    "store_v2_content",
-    "store_v2_information_read_only",
-    "store_payments_methods_read",
-)
 
 
 def check_store_hash(value: str) -> str:

@@ -1,0 +1,16 @@
+"""The BigCommerce OAuth scopes bcpay needs (reference section 2, payment-methods OpenAPI).
+
+A module of its own, importing nothing, so the CLI can show the list without
+loading the library.
+"""
+
+from __future__ import annotations
+
+# Orders and their metafields, scripts, store information, and reading payment
+# methods (to check the offline method's display name).
+REQUIRED_SCOPES: tuple[str, ...] = (
+    "store_v2_orders",
+    "store_v2_content",
+    "store_v2_information_read_only",
+    "store_payments_methods_read",
+)
