@@ -300,23 +300,21 @@ async def record_anomaly(
     now: datetime,
 ) -> bool:
     """Record an anomaly once per (payment, kind); False if it was already there."""
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                insert(anomalies).values(
-                    store_id=store_id,
-                    order_id=order_id,
-                    payment_id=payment_id,
-                    kind=kind,
-                    amount=amount,
-                    currency=currency,
-                    detail=detail,
-                    created_at=now,
-                )
-            )
-    except IntegrityError:
-        return False
-    return True
+    result = await conn.execute(
+        insert_ignore(
+            conn,
+            anomalies,
+            store_id=store_id,
+            order_id=order_id,
+            payment_id=payment_id,
+            kind=kind,
+            amount=amount,
+            currency=currency,
+            detail=detail,
+            created_at=now,
+        )
+    )
+    return bool(result.rowcount)
 
 
 async def list_anomalies(
@@ -346,14 +344,10 @@ async def resolve_anomaly(conn: AsyncConnection, anomaly_id: int, now: datetime,
 
 async def record_webhook(conn: AsyncConnection, *, hash_: str, store_id: int, scope: str, now: datetime) -> bool:
     """Store a webhook delivery hash once; False for a duplicate delivery."""
-    try:
-        async with conn.begin_nested():
-            await conn.execute(
-                insert(webhook_receipts).values(hash=hash_, store_id=store_id, scope=scope, received_at=now)
-            )
-    except IntegrityError:
-        return False
-    return True
+    result = await conn.execute(
+        insert_ignore(conn, webhook_receipts, hash=hash_, store_id=store_id, scope=scope, received_at=now)
+    )
+    return bool(result.rowcount)
 
 
 async def count(conn: AsyncConnection, table: Any, *conds: Any) -> int:
