@@ -9,6 +9,7 @@ outbox jobs written in that same transaction (see ``bcpay.effects``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +37,8 @@ from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import payments
+
+log = logging.getLogger("bcpay.payments")
 
 # A pending attempt this close to expiry is not handed out again.
 REUSE_MARGIN = timedelta(seconds=60)
@@ -365,6 +368,11 @@ async def _apply(
     await q.audit(
         conn, store_id=store.id, order_id=attempt.order_id, payment_id=attempt.id, action=f"payment_{remote.status}",
         detail=f"{source}: {remote.id} is {remote.status}", now=now,
+    )
+    log.info(
+        "payment %s of order %s/%s: %s -> %s (%s)", remote.id, store.store_hash, attempt.order_id,
+        found.status, remote.status, outcome,
+        extra={"fields": {"source": source.split(" ")[0], "outcome": outcome}},
     )
     return Applied(outcome, attempt)
 
