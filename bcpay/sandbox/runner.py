@@ -279,8 +279,8 @@ def main(
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+            # signal.signal works on every platform (add_signal_handler is Unix-only).
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
         started = time.perf_counter()
         async with Sandbox(options, settings) as sandbox:
             print_(sandbox.banner())
