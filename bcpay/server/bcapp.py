@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -32,7 +31,7 @@ from bcpay.crypto import SANDBOX_KEY
 from bcpay.errors import BcpayError, InvalidInputError, NotFoundError, SignatureError
 from bcpay.install import AppUser
 from bcpay.runtime import Runtime
-from bcpay.server.pages import templates
+from bcpay.server.pages import render_page
 from bcpay.server.sessions import COOKIE_NAME, Session, SessionSigner, cookie_header
 from bcpay.signatures import BcClaims, verify_bc_jwt
 from bcpay.storage.records import StoreRecord
@@ -88,23 +87,8 @@ def bc_page(
     **context: object,
 ) -> HTMLResponse:
     """Render a template for the control-panel iframe (no scripts at all)."""
-    nonce = secrets.token_urlsafe(16)
-    body = templates.get_template(name).render(nonce=nonce, **context)
     ancestors = frame_ancestors(runtime_of(request).settings.app.control_panel_origins, store_hash)
-    csp = (
-        f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self' data:; form-action 'self'; "
-        f"frame-ancestors {ancestors}; base-uri 'none'"
-    )
-    return HTMLResponse(
-        body,
-        status_code=status,
-        headers={
-            "Content-Security-Policy": csp,
-            "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",
-            "X-Content-Type-Options": "nosniff",
-        },
-    )
+    return render_page(name, status, form_action="'self'", frame_ancestors=ancestors, scripts=False, **context)
 
 
 def error_page(

@@ -26,13 +26,22 @@ templates = Environment(
 )
 
 
-def html_page(name: str, status: int = 200, **context: object) -> HTMLResponse:
-    """Render a template with a nonce-based CSP."""
+def render_page(
+    name: str,
+    status: int = 200,
+    *,
+    form_action: str,
+    frame_ancestors: str,
+    scripts: bool,
+    **context: object,
+) -> HTMLResponse:
+    """Render a template with a nonce-based CSP and the no-store, no-referrer headers every page gets."""
     nonce = secrets.token_urlsafe(16)
     body = templates.get_template(name).render(nonce=nonce, **context)
+    script_src = f" script-src 'nonce-{nonce}';" if scripts else ""
     csp = (
-        f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; img-src 'self' data:; "
-        "form-action 'self' https: http://127.0.0.1:* http://localhost:*; frame-ancestors 'none'; base-uri 'none'"
+        f"default-src 'none'; style-src 'nonce-{nonce}';{script_src} img-src 'self' data:; "
+        f"form-action {form_action}; frame-ancestors {frame_ancestors}; base-uri 'none'"
     )
     return HTMLResponse(
         body,
@@ -43,6 +52,14 @@ def html_page(name: str, status: int = 200, **context: object) -> HTMLResponse:
             "Referrer-Policy": "no-referrer",
             "X-Content-Type-Options": "nosniff",
         },
+    )
+
+
+def html_page(name: str, status: int = 200, **context: object) -> HTMLResponse:
+    """A shopper page: never framed; its forms may lead on to the (https or local sandbox) cashier."""
+    return render_page(
+        name, status, form_action="'self' https: http://127.0.0.1:* http://localhost:*",
+        frame_ancestors="'none'", scripts=True, **context,
     )
 
 
