@@ -141,30 +141,6 @@ def verify_notification(
         raise SignatureError("no signature matches")
 
 
-def verify_request(
-    body: bytes,
-    *,
-    method: str,
-    path_with_query: str,
-    signature: str | None,
-    timestamp: str | None,
-    secrets: Sequence[str],
-    now: float,
-    tolerance: int = TOLERANCE,
-) -> None:
-    """The CeleryPay side of request signing (used by local fakes of CeleryPay)."""
-    keys = [s for s in secrets if s]
-    if not keys:
-        raise SignatureError("no merchant secret configured", code="secret_missing")
-    if signature is None or signature.strip() == "":
-        raise SignatureError("missing CeleryPay-Signature header")
-    ts = _check_timestamp(timestamp, now, tolerance, "CeleryPay-Timestamp")
-    candidates = parse_signature_header(signature)
-    expected = [sign_request(k, ts, method, path_with_query, body)[3:] for k in keys]
-    if not _match_any(expected, candidates):
-        raise SignatureError("no signature matches")
-
-
 # --- BigCommerce app callbacks -------------------------------------------------
 
 
