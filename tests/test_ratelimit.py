@@ -148,6 +148,28 @@ async def test_a_new_window_replaces_the_count(limiter: RateLimiter, ft: FakeTim
     assert limiter.left == 149 and limiter.reset_at == pytest.approx(1000.2 + 29.9)
 
 
+async def test_a_changed_quota_replaces_a_long_window_at_once(limiter: RateLimiter, ft: FakeTime) -> None:
+    """The store's quota changes to a short window: no waiting out the old 30 s window."""
+    await limiter.acquire()
+    limiter.record(answer(left=140, reset_ms=29000))
+    for left in (39, 38, 3):
+        await limiter.acquire()
+        limiter.record(answer(left=left, reset_ms=380, quota=40, window_ms=400))
+    assert limiter.left == 3 and limiter.reset_at == pytest.approx(1000.38)
+    await limiter.acquire()  # 3 left, 2 in reserve: this one goes; the next waits for the short reset
+    await limiter.acquire()
+    assert ft.now == pytest.approx(1000.38)
+
+
+async def test_an_earlier_reset_in_the_same_window_size_starts_over(limiter: RateLimiter, ft: FakeTime) -> None:
+    """A reset far earlier than the one known (same window size) is the newer truth."""
+    await limiter.acquire()
+    limiter.record(answer(left=100, reset_ms=29000))
+    await limiter.acquire()
+    limiter.record(answer(left=148, reset_ms=1000))
+    assert limiter.left == 148 and limiter.reset_at == pytest.approx(1001.0)
+
+
 async def test_a_transport_error_frees_the_slot(limiter: RateLimiter) -> None:
     """record(None) after a failed request releases the in-flight slot."""
     await limiter.acquire()

@@ -126,13 +126,16 @@ class RateLimiter:
         if left is None or reset is None:
             return
         window = _header_int(response, WINDOW_MS)
+        resized = bool(window) and window != round(self.window * 1000)
         if window:
             self.window = window / 1000.0
         new_reset = now + reset + self.margin
         # Answers arrive out of order. Within one window every answer implies
-        # about the same reset time, so keep the lowest count; an implied reset
-        # half a window later means a new window began.
-        if self.left is None or now >= self.reset_at or new_reset > self.reset_at + self.window / 2:
+        # about the same reset time, so keep the lowest count. An implied reset
+        # half a window away (later: a new window began; earlier, or a new
+        # window size: the store's quota was changed) replaces what we knew.
+        if (self.left is None or now >= self.reset_at or resized
+                or abs(new_reset - self.reset_at) > self.window / 2):
             self.left = left
             self.reset_at = new_reset
         else:
