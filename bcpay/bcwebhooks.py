@@ -30,7 +30,7 @@ async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[st
     """Handle one webhook delivery; returns what happened (for logs and tests)."""
     if len(body) > MAX_BODY:
         raise InvalidInputError("webhook body too large", code="body_too_large")
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.get_store(conn, store_hash)
     if store is None or not store.webhook_secret_enc:
         raise SignatureError("unknown store or no webhook secret")
@@ -78,7 +78,7 @@ async def order_status_changed(rt: Runtime, store_id: int, order_id: int) -> str
     """Re-read the order; cancel its open payment if cancelled, refund if refunded (opt-in)."""
     from bcpay import payflow, refunds
 
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.get_store_by_id(conn, store_id)
         attempts = await q.order_attempts(conn, store_id, order_id)
     if not attempts:
@@ -94,7 +94,7 @@ async def order_status_changed(rt: Runtime, store_id: int, order_id: int) -> str
         return "cancelled payment" if open_ else "nothing open"
     if order.status_id == rules.STATUS_REFUNDED and rt.policy(store).refund_on_status:
         paid = await refunds.paid_attempt(rt, store, order_id)
-        async with rt.db.engine.connect() as conn:
+        async with rt.db.read() as conn:
             left = await refunds.refundable(conn, paid)
         if left > 0:
             await refunds.request_refund(rt, store, paid, amount=left, reason="order set to Refunded in BigCommerce",

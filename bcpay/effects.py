@@ -45,7 +45,7 @@ def append_note(existing: str | None, line: str) -> str:
 
 
 async def _context(rt: Runtime, job: JobRecord) -> tuple[StoreRecord, PaymentRecord, BigCommerceClient, Order]:
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         payment = await q.get_payment(conn, int(job.payload["payment_id"]))
         store = await q.get_store_by_id(conn, payment.store_id)
     bc = rt.bigcommerce(store)
@@ -126,7 +126,7 @@ async def mark_mismatch(rt: Runtime, job: JobRecord) -> str:
 async def cancel_order(rt: Runtime, job: JobRecord) -> str:
     """Cancel an order whose payment expired, if still unpaid and awaiting payment."""
     store, payment, _bc, order = await _context(rt, job)
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         attempts = await q.order_attempts(conn, store.id, order.id)
     if any(a.status in rules.PAID or a.status in rules.OPEN for a in attempts):
         return "skipped"
@@ -157,7 +157,7 @@ async def refund_status(rt: Runtime, job: JobRecord) -> str:
 
 async def cancel_remote(rt: Runtime, job: JobRecord) -> str:
     """The merchant cancelled the order: cancel its open CeleryPay attempt."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.get_store_by_id(conn, int(job.store_id or 0))
         attempts = await q.order_attempts(conn, store.id, int(job.payload["order_id"]))
     open_ = [a for a in attempts if a.status in rules.OPEN]
@@ -170,7 +170,7 @@ async def refund(rt: Runtime, job: JobRecord) -> str:
     """Refund money bcpay must return (duplicate or late payments with auto refund)."""
     from bcpay import refunds
 
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         payment = await q.get_payment(conn, int(job.payload["payment_id"]))
         store = await q.get_store_by_id(conn, payment.store_id)
     await refunds.request_refund(
@@ -255,11 +255,11 @@ class Worker:
         """Check pending attempts past their expiry at CeleryPay (lost expiry notifications)."""
         rt = self.rt
         grace = rt.now() - timedelta(seconds=30)
-        async with rt.db.engine.connect() as conn:
+        async with rt.db.read() as conn:
             stale = await q.list_payments(conn, status=[rules.PENDING, rules.CREATING], expires_before=grace, limit=200)
         checked = 0
         for attempt in stale:
-            async with rt.db.engine.connect() as conn:
+            async with rt.db.read() as conn:
                 store = await q.get_store_by_id(conn, attempt.store_id)
             if not store.has_credentials:
                 continue

@@ -22,7 +22,6 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bcpay import provisioning, stores
 from bcpay.clients.bigcommerce import exchange_oauth_code
@@ -36,6 +35,7 @@ from bcpay.errors import (
 from bcpay.runtime import Runtime
 from bcpay.signatures import BcClaims
 from bcpay.storage import queries as q
+from bcpay.storage.db import Conn
 from bcpay.storage.records import StoreRecord
 from bcpay.storage.schema import store_users
 from bcpay.storage.schema import stores as stores_table
@@ -128,7 +128,7 @@ async def install_from_oauth(rt: Runtime, *, code: str, scope: str, context: str
         raise InstallFailed(
             step, InvalidInputError("BigCommerce answered for another store", code="wrong_store")
         )
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         before = await _row(conn, store_hash)
     try:
         step = "reading the store's information"
@@ -149,7 +149,7 @@ async def install_from_oauth(rt: Runtime, *, code: str, scope: str, context: str
         user = await remember_user(
             rt, store, user_id=token.user_id, email=token.user_email, is_owner=is_owner
         )
-        async with rt.db.engine.connect() as conn:
+        async with rt.db.read() as conn:
             store = await q.require_store(conn, store_hash)
     except Exception as exc:
         await _roll_back(rt, store_hash, before)
@@ -160,7 +160,7 @@ async def install_from_oauth(rt: Runtime, *, code: str, scope: str, context: str
     return Installation(store, user)
 
 
-async def _row(conn: AsyncConnection, store_hash: str) -> dict[str, Any] | None:
+async def _row(conn: Conn, store_hash: str) -> dict[str, Any] | None:
     row = (
         (await conn.execute(select(stores_table).where(stores_table.c.store_hash == store_hash)))
         .mappings()
@@ -171,7 +171,7 @@ async def _row(conn: AsyncConnection, store_hash: str) -> dict[str, Any] | None:
 
 async def _roll_back(rt: Runtime, store_hash: str, before: dict[str, Any] | None) -> None:
     """Undo a failed install: BigCommerce side first (needs the new token), then the row."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         now_store = await q.get_store(conn, store_hash)
     if now_store is None:
         return
@@ -214,7 +214,7 @@ async def open_app(rt: Runtime, claims: BcClaims) -> tuple[StoreRecord, AppUser]
 
 async def installed_store(rt: Runtime, store_hash: str) -> StoreRecord:
     """The store if the app is installed on it, else :class:`NotFoundError`."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.get_store(conn, store_hash)
     if store is None or not store.installed:
         raise NotFoundError(
@@ -228,7 +228,7 @@ async def uninstall_app(rt: Runtime, store_hash: str) -> bool:
 
     Unknown stores raise :class:`NotFoundError`. Payments history stays.
     """
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.get_store(conn, store_hash)
     if store is None:
         raise NotFoundError(f"unknown store {store_hash!r}", code="unknown_store")
@@ -252,7 +252,7 @@ async def remember_user(
         updated = await conn.execute(update(store_users).where(*where).values(**values))
         if not updated.rowcount:
             try:
-                async with conn.begin_nested():
+                async with conn.savepoint():
                     await conn.execute(
                         store_users.insert().values(store_id=store.id, user_id=user_id, **values)
                     )
@@ -263,7 +263,7 @@ async def remember_user(
 
 async def find_user(rt: Runtime, store: StoreRecord, user_id: int) -> AppUser | None:
     """The user if BigCommerce sent them here and did not remove them since."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         row = (
             (
                 await conn.execute(

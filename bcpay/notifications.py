@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bcpay import outbox, payflow
 from bcpay.clients.celerypay import Event, Refund, parse_event
@@ -21,6 +20,7 @@ from bcpay.errors import InvalidInputError, NotFoundError, SignatureError
 from bcpay.runtime import Runtime
 from bcpay.signatures import verify_notification
 from bcpay.storage import queries as q
+from bcpay.storage.db import Conn
 from bcpay.storage.records import StoreRecord
 from bcpay.storage.schema import refunds
 
@@ -48,7 +48,7 @@ async def receive(
     """Verify and apply one notification; raises SignatureError/InvalidInputError/NotFoundError."""
     if len(body) > MAX_BODY:
         raise InvalidInputError("notification body too large", code="body_too_large")
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.get_store(conn, store_hash)
     if store is None:
         raise NotFoundError("unknown store", code="unknown_store")
@@ -86,7 +86,7 @@ async def receive(
 
 
 async def apply_event(
-    rt: Runtime, *, store_id: int, event: Event, conn: AsyncConnection, store: StoreRecord | None = None
+    rt: Runtime, *, store_id: int, event: Event, conn: Conn, store: StoreRecord | None = None
 ) -> str:
     """Apply a verified event inside the caller's transaction (also used by replay)."""
     if store is None:
@@ -98,7 +98,7 @@ async def apply_event(
 
 
 async def record_refund_event_for(
-    rt: Runtime, conn: AsyncConnection, store_id: int, payment_id: int, refund: Refund
+    rt: Runtime, conn: Conn, store_id: int, payment_id: int, refund: Refund
 ) -> None:
     """Keep the refund's state and queue the order update for a succeeded refund."""
     now = rt.now()

@@ -74,13 +74,13 @@ def iso(moment: datetime | None) -> str | None:
 async def get_store(rt: Runtime, store_hash: str) -> StoreRecord:
     """The registered store, after checking the hash's shape (NotFoundError if unknown)."""
     stores.check_store_hash(store_hash)
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         return await q.require_store(conn, store_hash)
 
 
 async def list_stores(rt: Runtime) -> list[StoreRecord]:
     """Every store bcpay knows, installed or not."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         return await q.list_stores(conn)
 
 
@@ -145,7 +145,7 @@ async def ensure_schema(rt: Runtime) -> None:
 async def find_attempt(rt: Runtime, ref: str, store_hash: str | None = None) -> tuple[StoreRecord, PaymentRecord]:
     """The attempt named by a CeleryPay payment id, an order id (latest attempt) or a pay token."""
     ref = (ref or "").strip()
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.require_store(conn, stores.check_store_hash(store_hash)) if store_hash else None
         attempt: PaymentRecord | None = None
         if ref.startswith("pay_"):
@@ -180,7 +180,7 @@ async def list_attempts(
     rt: Runtime, *, store_hash: str | None = None, status: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Recent attempts, newest first, as JSON-ready dicts."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.require_store(conn, store_hash) if store_hash else None
         found = await q.list_payments(
             conn, store_id=store.id if store else None, status=[status] if status else None, limit=limit
@@ -192,7 +192,7 @@ async def list_attempts(
 async def payment_detail(rt: Runtime, ref: str, store_hash: str | None = None) -> dict[str, Any]:
     """One attempt with its refunds, stored events and the order's audit log."""
     store, attempt = await find_attempt(rt, ref, store_hash)
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         refund_rows = (await conn.execute(
             select(refunds).where(refunds.c.payment_id == attempt.id).order_by(refunds.c.id)
         )).mappings().all()
@@ -336,7 +336,7 @@ def event_json(row: dict[str, Any], store_hash: str, *, body: bool = False) -> d
 
 async def list_events(rt: Runtime, *, store_hash: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Recent raw notifications, newest first."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.require_store(conn, store_hash) if store_hash else None
         rows = await q.list_events(conn, store_id=store.id if store else None, limit=limit)
         by_id = {s.id: s.store_hash for s in await q.list_stores(conn)}
@@ -345,7 +345,7 @@ async def list_events(rt: Runtime, *, store_hash: str | None = None, limit: int 
 
 async def get_event(rt: Runtime, event_id: str) -> dict[str, Any]:
     """One stored event with its raw body."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         row = await q.get_event(conn, event_id)
         if row is None:
             raise NotFoundError(f"no stored event {event_id!r}", code="event_not_found")
@@ -387,7 +387,7 @@ async def list_anomalies(
     rt: Runtime, *, store_hash: str | None = None, include_resolved: bool = False
 ) -> list[dict[str, Any]]:
     """Money taken that the order must not keep (double or late payments, mismatches)."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.require_store(conn, store_hash) if store_hash else None
         rows = await q.list_anomalies(conn, store_id=store.id if store else None,
                                       state=None if include_resolved else "open")
@@ -446,7 +446,7 @@ async def check_public_url(rt: Runtime, timeout: float = 3.0) -> Check:
 
 
 async def _count(rt: Runtime, table: Any, *conds: Any) -> int:
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         return await q.count(conn, table, *conds)
 
 

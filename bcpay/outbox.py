@@ -15,9 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from bcpay.storage.db import Database
+from bcpay.storage.db import Conn, Database
 from bcpay.storage.records import JobRecord
 from bcpay.storage.schema import jobs
 
@@ -28,7 +27,7 @@ CANCELLED = "cancelled"
 
 
 async def enqueue(
-    conn: AsyncConnection,
+    conn: Conn,
     kind: str,
     payload: dict[str, Any],
     *,
@@ -139,7 +138,7 @@ async def retry_dead(db: Database, *, now: datetime, job_id: int | None = None) 
         return int(result.rowcount or 0)
 
 
-async def cancel_store_jobs(conn: AsyncConnection, store_id: int, now: datetime) -> int:
+async def cancel_store_jobs(conn: Conn, store_id: int, now: datetime) -> int:
     """Stop every queued job of a store (uninstall)."""
     result = await conn.execute(
         update(jobs)
@@ -158,13 +157,13 @@ async def list_jobs(
         query = query.where(jobs.c.state == state)
     if store_id is not None:
         query = query.where(jobs.c.store_id == store_id)
-    async with db.engine.connect() as conn:
+    async with db.read() as conn:
         return [JobRecord.from_row(r) for r in (await conn.execute(query)).mappings()]
 
 
 async def stats(db: Database, now: datetime) -> dict[str, float]:
     """Queue depth, oldest queued age in seconds and dead count."""
-    async with db.engine.connect() as conn:
+    async with db.read() as conn:
         depth, oldest = (
             await conn.execute(
                 select(func.count(), func.min(jobs.c.created_at)).where(jobs.c.state == QUEUED)
@@ -175,7 +174,7 @@ async def stats(db: Database, now: datetime) -> dict[str, float]:
     if oldest is not None:
         from bcpay.storage.schema import UTCDateTime
 
-        oldest_aware = UTCDateTime().process_result_value(oldest, db.engine.dialect)
+        oldest_aware = UTCDateTime().process_result_value(oldest, db.sqlalchemy_dialect)
         assert oldest_aware is not None
         age = max(0.0, (now - oldest_aware).total_seconds())
     return {"depth": float(depth), "oldest_age": age, "dead": float(dead)}

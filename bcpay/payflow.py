@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bcpay import outbox, rules
 from bcpay.clients.bigcommerce import Order
@@ -35,6 +34,7 @@ from bcpay.errors import (
 from bcpay.money import format_amount, to_minor
 from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
+from bcpay.storage.db import Conn
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import payments
 
@@ -129,7 +129,7 @@ def view(rt: Runtime, store: StoreRecord, p: PaymentRecord) -> PaymentView:
 
 
 async def _load_store(rt: Runtime, store_hash: str) -> StoreRecord:
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.get_store(conn, store_hash)
     if store is None or not store.installed:
         raise NotFoundError("unknown store", code="unknown_store")
@@ -184,7 +184,7 @@ async def start_payment(rt: Runtime, store_hash: str, order_id: int, cart_id: st
 
 
 async def _raise_if_paid(rt: Runtime, store: StoreRecord, order_id: int) -> None:
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         attempts = await q.order_attempts(conn, store.id, order_id)
     paid = [a for a in attempts if a.status in rules.PAID]
     if paid:
@@ -281,7 +281,7 @@ async def _create_remote(
         raise Refused("the payment could not be created: " + exc.code, code=code) from exc
     rt.metrics.inc("bcpay_payments_started_total", result="created")
     await apply_remote(rt, store, remote, source="create")
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         return await q.get_payment(conn, attempt.id)
 
 
@@ -296,7 +296,7 @@ class Applied:
     payment: PaymentRecord | None
 
 
-async def lock_order(conn: AsyncConnection, rt: Runtime, store_id: int, order_id: int) -> None:
+async def lock_order(conn: Conn, rt: Runtime, store_id: int, order_id: int) -> None:
     """Serialise every change to one order's attempts (SQLite: BEGIN IMMEDIATE does)."""
     if not rt.db.is_sqlite:
         await conn.execute(
@@ -307,7 +307,7 @@ async def lock_order(conn: AsyncConnection, rt: Runtime, store_id: int, order_id
 
 
 async def apply_remote(
-    rt: Runtime, store: StoreRecord, remote: Payment, *, source: str, conn: AsyncConnection | None = None
+    rt: Runtime, store: StoreRecord, remote: Payment, *, source: str, conn: Conn | None = None
 ) -> Applied:
     """Apply CeleryPay's view of a payment (own transaction unless ``conn`` is given)."""
     if conn is not None:
@@ -317,7 +317,7 @@ async def apply_remote(
 
 
 async def _apply(
-    conn: AsyncConnection, rt: Runtime, store: StoreRecord, remote: Payment, source: str
+    conn: Conn, rt: Runtime, store: StoreRecord, remote: Payment, source: str
 ) -> Applied:
     found = await q.find_payment(conn, celerypay_id=remote.id) or await q.find_payment(
         conn, merchant_order_no=remote.merchant_order_no
@@ -378,7 +378,7 @@ async def _apply(
 
 
 async def _on_paid(
-    conn: AsyncConnection, rt: Runtime, store: StoreRecord, attempt: PaymentRecord, remote: Payment,
+    conn: Conn, rt: Runtime, store: StoreRecord, attempt: PaymentRecord, remote: Payment,
     siblings: list[PaymentRecord],
 ) -> str:
     """Decide what a newly seen capture means and queue its effect (before the attempt row changes)."""
@@ -409,7 +409,7 @@ async def _on_paid(
 
 
 async def record_duplicate(
-    conn: AsyncConnection, rt: Runtime, store: StoreRecord, attempt: PaymentRecord, detail: str,
+    conn: Conn, rt: Runtime, store: StoreRecord, attempt: PaymentRecord, detail: str,
     kind: str = "double_payment", amount: int | None = None,
 ) -> None:
     """Record money taken for an order that must not keep it; refund if configured."""
@@ -459,7 +459,7 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
             async with rt.db.transaction() as conn:  # CeleryPay never saw it: free the slot
                 await q.update_payment(conn, attempt.id, status=rules.FAILED, failure_code="not_created",
                                        failure_message="the payment was never created", updated_at=now)
-        async with rt.db.engine.connect() as conn:
+        async with rt.db.read() as conn:
             return await q.get_payment(conn, attempt.id)
     result = await apply_remote(rt, store, remote, source="poll")
     assert result.payment is not None
@@ -470,7 +470,7 @@ async def payment_status(rt: Runtime, token: str) -> PaymentView:
     """The real status of an attempt for the snippet's polling."""
     if not token or len(token) > 64:
         raise NotFoundError("no such payment", code="payment_not_found")
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         attempt = await q.get_payment_by_token(conn, token)
         if attempt is None:
             raise NotFoundError("no such payment", code="payment_not_found")
@@ -508,7 +508,7 @@ async def pay_link(rt: Runtime, store_hash: str, order_id: int) -> str:
     the shopper's "Pay now" does that, after the same checks as the snippet.
     """
     store = await _load_store(rt, store_hash)
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         attempts = await q.order_attempts(conn, store.id, order_id)
     if attempts:
         return rt.public_url(f"/pay/{attempts[-1].token}")
@@ -526,7 +526,7 @@ async def pay_link(rt: Runtime, store_hash: str, order_id: int) -> str:
 
 async def resume_by_token(rt: Runtime, token: str) -> PaymentView:
     """Start or resume payment for the order of an attempt (the pay page's button)."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         attempt = await q.get_payment_by_token(conn, token) if 0 < len(token) <= 64 else None
         if attempt is None:
             raise NotFoundError("no such payment", code="payment_not_found")

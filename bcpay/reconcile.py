@@ -170,7 +170,7 @@ async def attempts_of(rt: Runtime, store: StoreRecord, order_ids: list[int]) -> 
         .where(payments.c.store_id == store.id, payments.c.order_id.in_(order_ids))
         .order_by(payments.c.order_id, payments.c.attempt_no)
     )
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         for row in (await conn.execute(query)).mappings():
             found[row["order_id"]].append(PaymentRecord.from_row(row))
     return found

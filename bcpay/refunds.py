@@ -11,7 +11,6 @@ import secrets
 from dataclasses import dataclass
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bcpay import payflow, rules
 from bcpay.clients.celerypay import Refund
@@ -19,6 +18,7 @@ from bcpay.errors import ConflictError, InvalidInputError, NotFoundError, Upstre
 from bcpay.notifications import record_refund_event_for
 from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
+from bcpay.storage.db import Conn
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import refunds
 
@@ -34,7 +34,7 @@ class RefundResult:
     status: str
 
 
-async def refundable(conn: AsyncConnection, payment: PaymentRecord) -> int:
+async def refundable(conn: Conn, payment: PaymentRecord) -> int:
     """Paid minus refunded minus refunds still in flight, in minor units."""
     in_flight: int = (
         await conn.execute(
@@ -48,7 +48,7 @@ async def refundable(conn: AsyncConnection, payment: PaymentRecord) -> int:
 
 async def paid_attempt(rt: Runtime, store: StoreRecord, order_id: int) -> PaymentRecord:
     """The attempt that paid an order (the one applied to it), for refunds by order id."""
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         attempts = await q.order_attempts(conn, store.id, order_id)
     paid = [a for a in attempts if a.status in rules.PAID]
     applied = [a for a in paid if a.outcome == "applied"] or paid

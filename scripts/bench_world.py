@@ -169,7 +169,7 @@ async def _provision(config: Path, seed_orders: list[int]) -> list[Seeded]:
                               scopes=" ".join(stores.REQUIRED_SCOPES))
         await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=MERCHANT_SECRET,
                                         environment="sandbox")
-        async with rt.db.engine.connect() as conn:
+        async with rt.db.read() as conn:
             store = await q.get_store(conn, STORE_HASH)
         assert store is not None
         now = datetime.now(UTC)
@@ -195,7 +195,7 @@ def query(config: Path, sql: str) -> list[tuple[Any, ...]]:
         from sqlalchemy import text
 
         settings = load_settings(config, environ={})
-        async with open_runtime(settings) as rt, rt.db.engine.connect() as conn:
+        async with open_runtime(settings) as rt, rt.db.read() as conn:
             return [tuple(r) for r in (await conn.execute(text(sql))).all()]
     return asyncio.run(run())
 

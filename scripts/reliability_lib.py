@@ -446,7 +446,7 @@ class Run:
     async def _job_states(self) -> dict[str, int]:
         db = Database(self.db_url)
         try:
-            async with db.engine.connect() as conn:
+            async with db.read() as conn:
                 rows = await conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state))
                 return {str(row[0]): int(row[1]) for row in rows}
         finally:
@@ -495,7 +495,7 @@ class Run:
         r.faults_429 = bc.rate_limited
         db = Database(self.db_url)
         try:
-            async with db.engine.connect() as conn:
+            async with db.read() as conn:
                 r.anomalies = int((await conn.execute(select(func.count()).select_from(anomalies))).scalar_one())
                 applied = {int(row.order_id) for row in await conn.execute(
                     select(payments.c.order_id).where(payments.c.outcome == "applied"))}

@@ -101,7 +101,7 @@ def csrf_of(html: str) -> str:
 
 
 async def rows(world: World, table: Any) -> list[dict[str, Any]]:
-    async with world.rt.db.engine.connect() as conn:
+    async with world.rt.db.read() as conn:
         return [
             dict(r) for r in (await conn.execute(select(table).order_by(table.c.id))).mappings()
         ]

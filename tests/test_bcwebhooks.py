@@ -22,7 +22,7 @@ async def world(db_url: str, secret_key: str) -> AsyncIterator[World]:
 
 
 async def secret(world: World) -> str:
-    async with world.rt.db.engine.connect() as conn:
+    async with world.rt.db.read() as conn:
         store = await q.require_store(conn, STORE_HASH)
     assert store.webhook_secret_enc
     return world.rt.vault.open(store.webhook_secret_enc)
@@ -47,7 +47,7 @@ async def test_calls_without_or_with_a_wrong_secret_are_refused(world: World) ->
     body = payload("store/order/statusUpdated", 1)
     assert await post(world, body, None) == 401
     assert await post(world, body, "wrong") == 401
-    async with world.rt.db.engine.connect() as conn:
+    async with world.rt.db.read() as conn:
         assert await q.count(conn, jobs) == 0
 
 
@@ -99,7 +99,7 @@ async def test_refunded_status_refunds_only_when_enabled(db_url: str, secret_key
 async def test_app_uninstalled_webhook_forgets_the_store_secrets(world: World) -> None:
     value = await secret(world)
     assert await post(world, payload("store/app/uninstalled", hash_="u1"), value) == 200
-    async with world.rt.db.engine.connect() as conn:
+    async with world.rt.db.read() as conn:
         store = await q.require_store(conn, STORE_HASH)
     assert not store.installed and store.access_token_enc is None and store.celerypay_secret_enc is None
     assert await post(world, payload("store/app/uninstalled", hash_="u2"), value) == 401

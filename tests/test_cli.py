@@ -105,7 +105,7 @@ class Env:
         async def go() -> list[dict[str, Any]]:
             db = Database(self.db_url)
             try:
-                async with db.engine.connect() as conn:
+                async with db.read() as conn:
                     return [dict(r) for r in (await conn.execute(statement)).mappings()]
             finally:
                 await db.dispose()
@@ -131,7 +131,7 @@ class Env:
 
         async def go() -> None:
             async with open_runtime(self.settings) as rt:
-                async with rt.db.engine.connect() as conn:
+                async with rt.db.read() as conn:
                     store = await q.require_store(conn, STORE_HASH)
                     [attempt] = await q.order_attempts(conn, store.id, order["id"])
                 await payflow.refresh(rt, store, attempt, force=True)

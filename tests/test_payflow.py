@@ -237,7 +237,7 @@ async def test_paid_after_the_merchant_cancelled_is_an_anomaly_not_a_status_chan
     await world.run_jobs()
     assert world.order(order["id"])["status_id"] == 5
     assert world.status_puts(order["id"]) == []
-    async with world.rt.db.engine.connect() as conn:
+    async with world.rt.db.read() as conn:
         anomalies = await q.list_anomalies(conn)
     assert [(a["kind"], a["amount"]) for a in anomalies] == [("paid_after_cancel", 1999)]
 
@@ -262,7 +262,7 @@ async def test_second_capture_for_a_paid_order_is_a_double_payment_anomaly(world
     await world.cp.deliver_due()
     await world.run_jobs()
     assert len(world.status_puts(order["id"])) == 1
-    async with world.rt.db.engine.connect() as conn:
+    async with world.rt.db.read() as conn:
         anomalies = await q.list_anomalies(conn)
     assert [(a["kind"], a["amount"]) for a in anomalies] == [("double_payment", 1999)]
 

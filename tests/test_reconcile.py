@@ -26,7 +26,7 @@ async def world(db_url: str, secret_key: str) -> AsyncIterator[World]:
 
 
 async def store_of(w: World) -> StoreRecord:
-    async with w.rt.db.engine.connect() as conn:
+    async with w.rt.db.read() as conn:
         return await q.require_store(conn, STORE_HASH)
 
 
@@ -109,7 +109,7 @@ async def test_fix_applies_celerypay_truth_once_and_jobs_update_the_order(world:
     second = await run(w, fix=True)
     assert [(f.kind, f.fixed) for f in second.findings] == [("paid_not_applied", False)]
     assert "outbox" in second.findings[0].detail
-    async with w.rt.db.engine.connect() as conn:
+    async with w.rt.db.read() as conn:
         assert [r.kind for r in (await conn.execute(select(jobs.c.kind))).all()] == ["mark_paid"]
     assert await run_jobs(w.rt) == 1
     assert [b["status_id"] for b in w.status_puts(paid_order["id"])] == [11]
@@ -133,7 +133,7 @@ async def test_amount_mismatch_and_double_payment_are_reported_and_fixed_as_anom
     kinds = sorted((f.kind, f.order_id) for f in report.findings)
     assert kinds == sorted([("amount_mismatch", short_order["id"]), ("double_payment", double_order["id"]),
                             ("paid_not_applied", double_order["id"]), ("paid_not_applied", double_order["id"])])
-    async with w.rt.db.engine.connect() as conn:
+    async with w.rt.db.read() as conn:
         found = sorted((r.kind, r.order_id) for r in (await conn.execute(select(anomalies))).all())
     assert found == sorted([("amount_mismatch", short_order["id"]), ("double_payment", double_order["id"])])
     await run_jobs(w.rt)

@@ -38,7 +38,7 @@ async def refund(world: World, order_id: int, amount: int | None) -> refunds.Ref
 
 
 async def world_store(world: World):  # type: ignore[no-untyped-def]
-    async with world.rt.db.engine.connect() as conn:
+    async with world.rt.db.read() as conn:
         return await q.require_store(conn, STORE_HASH)
 
 

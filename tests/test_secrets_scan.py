@@ -59,7 +59,7 @@ async def database_texts(url: str) -> Texts:
     db = Database(url)
     texts: Texts = []
     try:
-        async with db.engine.connect() as conn:
+        async with db.read() as conn:
             for table in metadata.sorted_tables:
                 for row in (await conn.execute(select(table))).mappings():
                     texts += [(f"db {table.name}.{column}", str(value)) for column, value in row.items()]
@@ -72,7 +72,7 @@ async def webhook_secret(url: str, key: str) -> str:
     """The store's webhook secret, opened from its encrypted column."""
     db = Database(url)
     try:
-        async with db.engine.connect() as conn:
+        async with db.read() as conn:
             sealed = (await conn.execute(select(stores.c.webhook_secret_enc))).scalar_one()
     finally:
         await db.dispose()

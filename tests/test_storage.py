@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from bcpay import outbox
 from bcpay.crypto import Vault, generate_key
 from bcpay.errors import ConfigError
+from bcpay.storage import db as db_module
 from bcpay.storage import migrate
 from bcpay.storage import queries as q
-from bcpay.storage.db import Database, async_url, safe_url
+from bcpay.storage.db import Database, driver_url, safe_url
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -68,7 +71,7 @@ async def test_concurrent_inserts_leave_exactly_one_open_attempt(db: Database) -
 
     results = await asyncio.gather(*(try_insert(n) for n in range(1, 9)))
     assert results.count(True) == 1
-    async with db.engine.connect() as conn:
+    async with db.read() as conn:
         assert len(await q.order_attempts(conn, store_id, 9)) == 1
 
 
@@ -79,7 +82,7 @@ async def test_event_ids_are_stored_once(db: Database) -> None:
                       "celerypay_payment_id": "pay_1", "raw_body": "{}", "outcome": "received", "now": NOW}
         assert await q.record_event(conn, **kwargs) is True  # type: ignore[arg-type]
         assert await q.record_event(conn, **kwargs) is False  # type: ignore[arg-type]
-    async with db.engine.connect() as conn:
+    async with db.read() as conn:
         assert len(await q.list_events(conn)) == 1
 
 
@@ -129,10 +132,10 @@ async def test_outbox_complete_retry_and_dead(db: Database) -> None:
 
 
 def test_database_urls_map_to_async_drivers_and_hide_passwords() -> None:
-    assert async_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
-    assert async_url("postgresql://u:p@h/db") == "postgresql+asyncpg://u:p@h/db"
+    assert driver_url("sqlite:///x.db") == "sqlite+pysqlite:///x.db"
+    assert driver_url("postgresql://u:p@h/db") == "postgresql+asyncpg://u:p@h/db"
     with pytest.raises(ConfigError):
-        async_url("mysql://x")
+        driver_url("mysql://x")
     assert "secretpw" not in safe_url("postgresql://u:secretpw@h/db")
     assert "secretpw" not in repr(Database("postgresql://u:secretpw@127.0.0.1/db"))
 
@@ -145,3 +148,54 @@ def test_vault_rotation_reencrypts_under_the_new_key() -> None:
     assert Vault(new).open(rotated) == "token-value"
     with pytest.raises(ConfigError, match="cannot be decrypted"):
         Vault(new).open(sealed)
+
+
+async def test_a_sqlite_writer_waits_for_another_process_without_blocking_the_loop(sqlite_url: str) -> None:
+    """Another process holds the write lock: our writer sleeps on the loop, then commits."""
+    path = sqlite_url.removeprefix("sqlite:///")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    db = Database(sqlite_url)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    async def write() -> int:
+        return await make_store(db)
+
+    clock = asyncio.create_task(ticker())
+    writer = asyncio.create_task(write())
+    await asyncio.sleep(0.3)
+    assert not writer.done()
+    assert ticks >= 10, "the loop must keep running while the writer waits"
+    other.execute("COMMIT")
+    other.close()
+    store_id = await asyncio.wait_for(writer, 5)
+    clock.cancel()
+    async with db.read() as conn:
+        assert (await q.get_store_by_id(conn, store_id)).store_hash == "abc123"
+    await db.dispose()
+
+
+async def test_a_sqlite_writer_gives_up_after_the_busy_wait(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write lock held past BUSY_WAIT is a clear error, and nothing was written."""
+    monkeypatch.setattr(db_module, "BUSY_WAIT", 0.2)
+    path = sqlite_url.removeprefix("sqlite:///")
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    db = Database(sqlite_url)
+    try:
+        with pytest.raises(OperationalError, match="locked"):
+            await make_store(db)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with db.read() as conn:
+        assert await q.get_store(conn, "abc123") is None
+    await db.dispose()

@@ -57,7 +57,7 @@ class OriginCache:
         """Reload the origins from the database."""
         if self.runtime is None:
             return
-        async with self.runtime.db.engine.connect() as conn:
+        async with self.runtime.db.read() as conn:
             stores = await q.list_stores(conn, installed_only=True)
         found: set[str] = set()
         for store in stores:

@@ -70,7 +70,7 @@ def _rt(request: Request) -> Runtime:
 
 async def _load(rt: Runtime, token: str) -> tuple[payflow.PaymentView, str, str]:
     view = await payflow.payment_status(rt, token)
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         store = await q.require_store(conn, view.store_hash)
     return view, store.name or store.store_hash, store.store_url
 
@@ -119,7 +119,7 @@ async def pay_return(request: Request) -> Response:
     """
     rt = _rt(request)
     token = request.path_params["token"]
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         attempt = await q.get_payment_by_token(conn, token) if len(token) <= 64 else None
         store = await q.get_store_by_id(conn, attempt.store_id) if attempt else None
     if attempt is None or store is None:

@@ -120,7 +120,7 @@ async def health(rt: Runtime, store: StoreRecord) -> list[Check]:
 
 async def _payment_rows(rt: Runtime, store: StoreRecord) -> list[PaymentRow]:
     rows = []
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         for p in await q.list_payments(conn, store_id=store.id, limit=25):
             left = await refunds.refundable(conn, p) if p.status in rules.PAID else 0
             rows.append(
@@ -150,7 +150,7 @@ async def render_settings(
     policy = rt.policy(store)
     checks = await health(rt, store)
     payments = await _payment_rows(rt, store)
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         anomalies = await q.list_anomalies(conn, store_id=store.id)
     dead = await outbox.list_jobs(rt.db, state=outbox.DEAD, store_id=store.id, limit=20)
     values: dict[str, Any] = {
@@ -279,7 +279,7 @@ async def _store_payment(rt: Runtime, store: StoreRecord, text: str) -> PaymentR
     if not text.isdigit() or int(text) > MAX_ROW_ID:
         raise InvalidInputError("Choose a payment to refund.", code="invalid_payment")
     query = select(payments).where(payments.c.id == int(text), payments.c.store_id == store.id)
-    async with rt.db.engine.connect() as conn:
+    async with rt.db.read() as conn:
         row = (await conn.execute(query)).mappings().first()
     if row is None:
         raise NotFoundError("That payment does not belong to this store.", code="unknown_payment")
@@ -298,7 +298,7 @@ async def refund(request: Request) -> Response:
                 f"Order #{payment.order_id} has no captured payment to refund.",
                 code="not_refundable",
             )
-        async with rt.db.engine.connect() as conn:
+        async with rt.db.read() as conn:
             left = await refunds.refundable(conn, payment)
         text = field(form, "amount", 32)
         amount = to_minor(text, payment.currency) if text else left

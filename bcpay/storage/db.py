@@ -1,37 +1,58 @@
-"""Engine creation and transactions for SQLite and PostgreSQL.
+"""Engine creation, connections and transactions for SQLite and PostgreSQL.
 
-``database.url`` is ``sqlite:///path`` or ``postgresql://...``; we pick the
-async drivers (aiosqlite, asyncpg). SQLite runs in WAL mode with a busy
-timeout, and every write transaction (:meth:`Database.transaction`) starts
-with ``BEGIN IMMEDIATE`` so that two processes never deadlock upgrading a read
-lock to a write lock: SQLite thus serialises writers, which is also our
-per-payment lock there. Reads (``engine.connect()`` blocks, which never
-commit) start a deferred ``BEGIN``: a WAL snapshot that waits for nobody.
-Within one process, write transactions queue on an asyncio lock before they
-reach SQLite, because SQLite's busy handler makes a waiting writer sleep and
-poll (up to 100 ms a turn) while the lock wakes the next one at once. On
-PostgreSQL the per-payment lock is ``SELECT ... FOR UPDATE``.
+``database.url`` is ``sqlite:///path`` or ``postgresql://...``. Everything
+outside this module sees one small connection type, :class:`Conn` (``execute``,
+``savepoint``, ``dialect_name``), from :meth:`Database.read` or
+:meth:`Database.transaction`, whatever the database.
+
+PostgreSQL goes through asyncpg; the per-payment lock there is
+``SELECT ... FOR UPDATE``.
+
+SQLite runs on the event loop's own thread, through the standard ``sqlite3``
+module. A statement takes microseconds, far less than handing it to a driver
+thread and waking the loop when it is done (aiosqlite's way, which the hot-path
+profiles showed costing more than the queries). What could block is waiting
+for a lock, and that never happens on the loop: in WAL mode readers wait for
+nobody (short of WAL recovery, allowed ``READ_BUSY_MS``), and a write
+transaction starts with ``BEGIN IMMEDIATE`` under ``busy_timeout=0``: when
+another process holds the write lock the attempt fails at once and is retried
+after an asyncio sleep (backing off to 50 ms, for up to ``BUSY_WAIT``
+seconds). Within one process write transactions queue on an asyncio lock
+first, which wakes the next writer at once; SQLite's single writer is also our
+per-payment lock there. ``synchronous=NORMAL``: a commit survives a crash of
+the process, and WAL checkpoints are fsynced.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple, overload
 
-from sqlalchemy import event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import Connection, CursorResult, create_engine, event, text
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.selectable import TypedReturnsRows
+from sqlalchemy.util.typing import TupleAny
 
 from bcpay.errors import ConfigError
 
+T = TypeVar("T")
+_Ts = TypeVarTuple("_Ts")
 
-def async_url(url: str) -> str:
-    """Map the configured URL to its async driver URL."""
+BUSY_WAIT = 30.0  # seconds a SQLite writer waits for another process's write lock
+READ_BUSY_MS = 100  # the rare SQLITE_BUSY a WAL reader can meet (recovery) may block the loop this long
+
+
+def driver_url(url: str) -> str:
+    """Map the configured URL to the URL of the driver bcpay uses."""
     if url.startswith("sqlite:///"):
-        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+        return "sqlite+pysqlite:///" + url.removeprefix("sqlite:///")
     if url.startswith("sqlite://"):
         raise ConfigError("database.url: use sqlite:///relative/path or sqlite:////absolute/path")
     for prefix in ("postgresql://", "postgres://"):
@@ -50,24 +71,74 @@ def safe_url(url: str) -> str:
         return "<unparseable URL>"
 
 
+class Conn:
+    """An open connection inside a transaction: what the query functions take.
+
+    It wraps a synchronous SQLAlchemy connection (SQLite, run on the loop) or
+    an async one (PostgreSQL); callers cannot tell which.
+    """
+
+    def __init__(self, conn: Connection | AsyncConnection) -> None:
+        self._conn = conn
+        self.dialect: Dialect = conn.dialect
+
+    @property
+    def dialect_name(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.dialect.name
+
+    @overload
+    async def execute(
+        self, statement: TypedReturnsRows[*_Ts], parameters: Any = None
+    ) -> CursorResult[*_Ts]: ...
+
+    @overload
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[*TupleAny]: ...
+
+    async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[*TupleAny]:
+        """Run one statement."""
+        if isinstance(self._conn, AsyncConnection):
+            return await self._conn.execute(statement, parameters)
+        return self._conn.execute(statement, parameters)
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A nested transaction: rolled back alone if its block raises."""
+        if isinstance(self._conn, AsyncConnection):
+            async with self._conn.begin_nested():
+                yield
+        else:
+            with self._conn.begin_nested():
+                yield
+
+    async def run_sync(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn`` with the underlying synchronous SQLAlchemy connection (Alembic)."""
+        if isinstance(self._conn, AsyncConnection):
+            return await self._conn.run_sync(fn)
+        return fn(self._conn)
+
+
 class Database:
-    """One async engine and the transaction helper everything uses."""
+    """One engine and the two ways in: :meth:`read` and :meth:`transaction`."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
-        driver_url = async_url(url)
-        self.is_sqlite = driver_url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo}
-        if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
-        else:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
-        self.engine: AsyncEngine = create_async_engine(driver_url, **kwargs)
+        target = driver_url(url)
+        self.is_sqlite = target.startswith("sqlite")
         self._writer: asyncio.Lock | None = None
         self._writer_loop: asyncio.AbstractEventLoop | None = None
         self._writer_task: asyncio.Task[object] | None = None
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            # Never waits for a connection (no limit): a coroutine holding one may be the one to free it.
+            # Connections move between the threads of tests and the sandbox, one user at a time.
+            self._sqlite = create_engine(target, echo=echo, pool_size=8, max_overflow=-1,
+                                         connect_args={"check_same_thread": False})
+            _configure_sqlite(self._sqlite)
+            self.sqlalchemy_dialect: Dialect = self._sqlite.dialect
+        else:
+            self._pg = create_async_engine(target, echo=echo, pool_size=10, max_overflow=10,
+                                           pool_pre_ping=True)
+            self.sqlalchemy_dialect = self._pg.dialect
 
     def __repr__(self) -> str:
         return f"Database({safe_url(self.url)!r})"
@@ -78,23 +149,33 @@ class Database:
         return "sqlite" if self.is_sqlite else "postgresql"
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def read(self) -> AsyncIterator[Conn]:
+        """A connection for reading: one consistent snapshot, never committed."""
+        if not self.is_sqlite:
+            async with self._pg.connect() as conn:
+                yield Conn(conn)
+            return
+        with self._sqlite.connect() as sync_conn:
+            yield Conn(sync_conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
         """A connection inside one transaction, committed on success."""
         if not self.is_sqlite:
-            async with self.engine.begin() as conn:
-                yield conn
+            async with self._pg.begin() as conn:
+                yield Conn(conn)
             return
         task = asyncio.current_task()
         if task is not None and task is self._writer_task:
-            # It would wait for itself forever; SQLite used to fail after busy_timeout.
+            # It would wait for itself forever.
             raise RuntimeError("a SQLite write transaction was opened inside another one in the same task")
         async with self._sqlite_writer():
             self._writer_task = task
             try:
-                async with self.engine.connect() as conn:
-                    conn.sync_connection.info[_IMMEDIATE] = True  # type: ignore[union-attr]
-                    async with conn.begin():
-                        yield conn
+                with self._sqlite.connect() as sync_conn:
+                    await _begin_immediate(sync_conn)
+                    with sync_conn.begin():
+                        yield Conn(sync_conn)
             finally:
                 self._writer_task = None
 
@@ -108,7 +189,7 @@ class Database:
     async def ping(self) -> bool:
         """True when the database answers a trivial query."""
         try:
-            async with self.engine.connect() as conn:
+            async with self.read() as conn:
                 await conn.execute(text("SELECT 1"))
             return True
         except (SQLAlchemyError, OSError):
@@ -116,32 +197,59 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
-        await self.engine.dispose()
+        if self.is_sqlite:
+            self._sqlite.dispose()
+        else:
+            await self._pg.dispose()
 
 
-_IMMEDIATE = "bcpay_begin_immediate"
+_BEGUN = "bcpay_begun"
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    """WAL, busy timeout, foreign keys; BEGIN IMMEDIATE for write transactions, BEGIN for reads.
+async def _begin_immediate(conn: Connection) -> None:
+    """``BEGIN IMMEDIATE`` without blocking the loop: retried after a sleep while another process writes."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    deadline = time.monotonic() + BUSY_WAIT
+    delay = 0.001
+    raw.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                continue
+            conn.info[_BEGUN] = True  # the "begin" listener below must not emit a second BEGIN
+            return
+    finally:
+        raw.execute(f"PRAGMA busy_timeout={READ_BUSY_MS}")
+
+
+def _configure_sqlite(engine: Any) -> None:
+    """WAL, no busy wait on the loop, foreign keys; BEGIN for reads.
 
     pysqlite's own transaction handling is switched off (isolation_level=None)
     so that SQLAlchemy's ``begin`` event can emit the BEGIN we want; see the
     SQLAlchemy "Serializable isolation / Savepoints / Transactional DDL" notes
-    for the pysqlite driver.
+    for the pysqlite driver. Write transactions have already sent
+    ``BEGIN IMMEDIATE`` (:func:`_begin_immediate`).
     """
-    sync_engine = engine.sync_engine
 
-    @event.listens_for(sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={READ_BUSY_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    @event.listens_for(sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop(_IMMEDIATE, False) else "BEGIN")
+        if not conn.info.pop(_BEGUN, False):
+            conn.exec_driver_sql("BEGIN")

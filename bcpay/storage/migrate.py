@@ -40,7 +40,7 @@ async def current_revision(db: Database) -> str | None:
     def _read(conn: Any) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
-    async with db.engine.connect() as conn:
+    async with db.read() as conn:
         return await conn.run_sync(_read)
 
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bcpay.errors import NotFoundError
+from bcpay.storage.db import Conn
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import (
     OPEN_STATUSES,
@@ -28,13 +28,13 @@ from bcpay.storage.schema import (
 )
 
 
-def insert_ignore(conn: AsyncConnection, table: Any, **values: Any) -> Any:
+def insert_ignore(conn: Conn, table: Any, **values: Any) -> Any:
     """``INSERT ... ON CONFLICT DO NOTHING`` for the connection's dialect.
 
     One statement instead of a savepoint, insert and release: the hot paths
     (notifications, outbox) dedupe this way. ``rowcount`` is 0 on a conflict.
     """
-    if conn.dialect.name == "postgresql":
+    if conn.dialect_name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         return pg_insert(table).values(**values).on_conflict_do_nothing()
@@ -46,13 +46,13 @@ def insert_ignore(conn: AsyncConnection, table: Any, **values: Any) -> Any:
 # --- stores ------------------------------------------------------------------
 
 
-async def get_store(conn: AsyncConnection, store_hash: str) -> StoreRecord | None:
+async def get_store(conn: Conn, store_hash: str) -> StoreRecord | None:
     """The store with this hash, or None."""
     row = (await conn.execute(select(stores).where(stores.c.store_hash == store_hash))).mappings().first()
     return StoreRecord.from_row(row) if row else None
 
 
-async def require_store(conn: AsyncConnection, store_hash: str) -> StoreRecord:
+async def require_store(conn: Conn, store_hash: str) -> StoreRecord:
     """The store with this hash, or NotFoundError."""
     store = await get_store(conn, store_hash)
     if store is None:
@@ -60,13 +60,13 @@ async def require_store(conn: AsyncConnection, store_hash: str) -> StoreRecord:
     return store
 
 
-async def get_store_by_id(conn: AsyncConnection, store_id: int) -> StoreRecord:
+async def get_store_by_id(conn: Conn, store_id: int) -> StoreRecord:
     """The store with this primary key."""
     row = (await conn.execute(select(stores).where(stores.c.id == store_id))).mappings().one()
     return StoreRecord.from_row(row)
 
 
-async def list_stores(conn: AsyncConnection, *, installed_only: bool = False) -> list[StoreRecord]:
+async def list_stores(conn: Conn, *, installed_only: bool = False) -> list[StoreRecord]:
     """Every store, by hash."""
     query = select(stores).order_by(stores.c.store_hash)
     if installed_only:
@@ -74,7 +74,7 @@ async def list_stores(conn: AsyncConnection, *, installed_only: bool = False) ->
     return [StoreRecord.from_row(r) for r in (await conn.execute(query)).mappings()]
 
 
-async def upsert_store(conn: AsyncConnection, store_hash: str, now: datetime, **values: Any) -> StoreRecord:
+async def upsert_store(conn: Conn, store_hash: str, now: datetime, **values: Any) -> StoreRecord:
     """Create the store or update the given columns."""
     existing = await get_store(conn, store_hash)
     if existing is None:
@@ -89,7 +89,7 @@ async def upsert_store(conn: AsyncConnection, store_hash: str, now: datetime, **
     return await require_store(conn, store_hash)
 
 
-async def update_store(conn: AsyncConnection, store_id: int, now: datetime, **values: Any) -> None:
+async def update_store(conn: Conn, store_id: int, now: datetime, **values: Any) -> None:
     """Update some columns of one store."""
     await conn.execute(update(stores).where(stores.c.id == store_id).values(updated_at=now, **values))
 
@@ -97,13 +97,13 @@ async def update_store(conn: AsyncConnection, store_id: int, now: datetime, **va
 # --- payments ------------------------------------------------------------------
 
 
-async def get_payment_by_token(conn: AsyncConnection, token: str) -> PaymentRecord | None:
+async def get_payment_by_token(conn: Conn, token: str) -> PaymentRecord | None:
     """The attempt with this public token."""
     row = (await conn.execute(select(payments).where(payments.c.token == token))).mappings().first()
     return PaymentRecord.from_row(row) if row else None
 
 
-async def get_payment(conn: AsyncConnection, payment_id: int, *, lock: bool = False) -> PaymentRecord:
+async def get_payment(conn: Conn, payment_id: int, *, lock: bool = False) -> PaymentRecord:
     """The attempt with this primary key, optionally locked for update (PostgreSQL)."""
     query = select(payments).where(payments.c.id == payment_id)
     if lock:
@@ -112,7 +112,7 @@ async def get_payment(conn: AsyncConnection, payment_id: int, *, lock: bool = Fa
 
 
 async def find_payment(
-    conn: AsyncConnection,
+    conn: Conn,
     *,
     celerypay_id: str | None = None,
     merchant_order_no: str | None = None,
@@ -129,7 +129,7 @@ async def find_payment(
 
 
 async def order_attempts(
-    conn: AsyncConnection, store_id: int, order_id: int, *, lock: bool = False
+    conn: Conn, store_id: int, order_id: int, *, lock: bool = False
 ) -> list[PaymentRecord]:
     """Every attempt of one order, oldest first; ``lock`` takes their rows FOR UPDATE."""
     query = (
@@ -143,10 +143,10 @@ async def order_attempts(
     return [PaymentRecord.from_row(r) for r in rows.mappings()]
 
 
-async def insert_payment(conn: AsyncConnection, **values: Any) -> PaymentRecord | None:
+async def insert_payment(conn: Conn, **values: Any) -> PaymentRecord | None:
     """Insert an attempt; None when a constraint (one open attempt per order) refuses it."""
     try:
-        async with conn.begin_nested():
+        async with conn.savepoint():
             result = await conn.execute(insert(payments).values(**values).returning(payments.c.id))
             new_id = result.scalar_one()
     except IntegrityError:
@@ -154,7 +154,7 @@ async def insert_payment(conn: AsyncConnection, **values: Any) -> PaymentRecord 
     return await get_payment(conn, new_id)
 
 
-async def update_payment(conn: AsyncConnection, payment_id: int, **values: Any) -> PaymentRecord:
+async def update_payment(conn: Conn, payment_id: int, **values: Any) -> PaymentRecord:
     """Update columns of one attempt and return it (one statement, RETURNING)."""
     result = await conn.execute(
         update(payments).where(payments.c.id == payment_id).values(**values).returning(*payments.c)
@@ -163,7 +163,7 @@ async def update_payment(conn: AsyncConnection, payment_id: int, **values: Any) 
 
 
 async def list_payments(
-    conn: AsyncConnection,
+    conn: Conn,
     *,
     store_id: int | None = None,
     status: Sequence[str] | None = None,
@@ -193,7 +193,7 @@ def open_statuses() -> tuple[str, ...]:
 
 
 async def record_event(
-    conn: AsyncConnection,
+    conn: Conn,
     *,
     event_id: str,
     store_id: int,
@@ -220,19 +220,19 @@ async def record_event(
     return bool(result.rowcount)
 
 
-async def set_event_outcome(conn: AsyncConnection, event_id: str, outcome: str) -> None:
+async def set_event_outcome(conn: Conn, event_id: str, outcome: str) -> None:
     """Record what applying an event did."""
     await conn.execute(update(events).where(events.c.event_id == event_id).values(outcome=outcome))
 
 
-async def get_event(conn: AsyncConnection, event_id: str) -> dict[str, Any] | None:
+async def get_event(conn: Conn, event_id: str) -> dict[str, Any] | None:
     """One stored event row as a dict."""
     row = (await conn.execute(select(events).where(events.c.event_id == event_id))).mappings().first()
     return dict(row) if row else None
 
 
 async def list_events(
-    conn: AsyncConnection, *, store_id: int | None = None, limit: int = 50
+    conn: Conn, *, store_id: int | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
     """Recent events, newest first."""
     query = select(events).order_by(events.c.id.desc()).limit(limit)
@@ -241,7 +241,7 @@ async def list_events(
     return [dict(r) for r in (await conn.execute(query)).mappings()]
 
 
-async def prune_events(conn: AsyncConnection, before: datetime) -> int:
+async def prune_events(conn: Conn, before: datetime) -> int:
     """Delete events received before ``before``; returns how many."""
     result = await conn.execute(events.delete().where(events.c.received_at < before))
     return int(result.rowcount or 0)
@@ -251,7 +251,7 @@ async def prune_events(conn: AsyncConnection, before: datetime) -> int:
 
 
 async def audit(
-    conn: AsyncConnection,
+    conn: Conn,
     *,
     store_id: int,
     order_id: int,
@@ -277,7 +277,7 @@ async def audit(
     )
 
 
-async def audit_entries(conn: AsyncConnection, store_id: int, order_id: int) -> list[dict[str, Any]]:
+async def audit_entries(conn: Conn, store_id: int, order_id: int) -> list[dict[str, Any]]:
     """The audit log of one order, oldest first."""
     rows = await conn.execute(
         select(audit_log)
@@ -288,7 +288,7 @@ async def audit_entries(conn: AsyncConnection, store_id: int, order_id: int) -> 
 
 
 async def record_anomaly(
-    conn: AsyncConnection,
+    conn: Conn,
     *,
     store_id: int,
     order_id: int,
@@ -318,7 +318,7 @@ async def record_anomaly(
 
 
 async def list_anomalies(
-    conn: AsyncConnection, *, store_id: int | None = None, state: str | None = "open"
+    conn: Conn, *, store_id: int | None = None, state: str | None = "open"
 ) -> list[dict[str, Any]]:
     """Anomalies, newest first."""
     query = select(anomalies).order_by(anomalies.c.id.desc())
@@ -329,7 +329,7 @@ async def list_anomalies(
     return [dict(r) for r in (await conn.execute(query)).mappings()]
 
 
-async def resolve_anomaly(conn: AsyncConnection, anomaly_id: int, now: datetime, note: str) -> bool:
+async def resolve_anomaly(conn: Conn, anomaly_id: int, now: datetime, note: str) -> bool:
     """Mark an anomaly resolved; False when it does not exist or was resolved."""
     result = await conn.execute(
         update(anomalies)
@@ -342,7 +342,7 @@ async def resolve_anomaly(conn: AsyncConnection, anomaly_id: int, now: datetime,
 # --- BigCommerce webhook receipts -------------------------------------------------
 
 
-async def record_webhook(conn: AsyncConnection, *, hash_: str, store_id: int, scope: str, now: datetime) -> bool:
+async def record_webhook(conn: Conn, *, hash_: str, store_id: int, scope: str, now: datetime) -> bool:
     """Store a webhook delivery hash once; False for a duplicate delivery."""
     result = await conn.execute(
         insert_ignore(conn, webhook_receipts, hash=hash_, store_id=store_id, scope=scope, received_at=now)
@@ -350,7 +350,7 @@ async def record_webhook(conn: AsyncConnection, *, hash_: str, store_id: int, sc
     return bool(result.rowcount)
 
 
-async def count(conn: AsyncConnection, table: Any, *conds: Any) -> int:
+async def count(conn: Conn, table: Any, *conds: Any) -> int:
     """Row count of a table with optional conditions (for health and metrics)."""
     query = select(func.count()).select_from(table)
     if conds:
