@@ -6,6 +6,7 @@ stays fast (see :mod:`bcpay.cli_common`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,8 +17,8 @@ from bcpay.cli_common import err, failures, money, out, print_json, run, table
 from bcpay.errors import NotFoundError
 
 if TYPE_CHECKING:
+    from bcpay.reconcile import Finding, Report
     from bcpay.reconcile import Progress as OnProgress
-    from bcpay.reconcile import Report
     from bcpay.refunds import RefundResult
     from bcpay.runtime import Runtime
 
@@ -102,13 +103,35 @@ def _progress(enabled: bool, store_hash: str) -> Iterator[OnProgress]:
         yield update
 
 
+TABLE_LIMIT = 200  # findings shown as a table; more are printed as plain lines, streamed
+
+
 def _print_report(report: Report) -> None:
-    rows = [[f.kind, f.order_id, money(f.amount, f.currency), f.celerypay_id, f.pay_link or f.detail,
-             "fixed" if f.fixed else ""] for f in report.findings]
-    if rows:
-        table(["kind", "order", "amount", "payment", "detail / pay link", ""], rows, title=report.store_hash)
+    def cells(f: Finding) -> list[Any]:
+        return [f.kind, f.order_id, money(f.amount, f.currency), f.celerypay_id, f.pay_link or f.detail,
+                "fixed" if f.fixed else ""]
+
+    total = sum(report.counts.values())
+    if 0 < total <= TABLE_LIMIT:
+        table(["kind", "order", "amount", "payment", "detail / pay link", ""],
+              [cells(f) for f in report.iter_findings()], title=report.store_hash)
+    elif total:
+        for f in report.iter_findings():
+            typer.echo("  ".join("-" if c in (None, "") else str(c) for c in cells(f)))
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items()) or "nothing to report"
     out().print(f"{report.store_hash}: checked {report.checked} orders: {counts}; fixed {report.fixed}.", markup=False)
+
+
+def _print_reports_json(reports: list[Report], jobs_run: int) -> None:
+    """The same document as ``print_json`` would write, streamed: findings never all in memory."""
+    typer.echo('{"reports": [', nl=False)
+    for i, report in enumerate(reports):
+        head = json.dumps(report.json_head(), default=str)
+        typer.echo(("," if i else "") + head[:-1] + ', "findings": [', nl=False)
+        for j, finding in enumerate(report.iter_findings()):
+            typer.echo(("," if j else "") + "\n  " + json.dumps(finding.to_json(), default=str), nl=False)
+        typer.echo("]}", nl=False)
+    typer.echo(f'], "jobs_run": {jobs_run}}}')
 
 
 def reconcile_cmd(
@@ -155,11 +178,15 @@ def reconcile_cmd(
         return reports, (await reconcile.run_jobs(rt) if run_jobs else 0)
 
     reports, ran = run(ctx, work)
-    if json_:
-        print_json({"reports": [r.to_json() for r in reports], "jobs_run": ran})
-        return
-    for report in reports:
-        _print_report(report)
+    try:
+        if json_:
+            _print_reports_json(reports, ran)
+            return
+        for report in reports:
+            _print_report(report)
+    finally:
+        for report in reports:
+            report.close()
     if fix and not run_jobs and any(r.fixed for r in reports):
         out().print("The order updates are queued: the worker (`bcpay serve` or `bcpay worker`) applies them.")
     if run_jobs:

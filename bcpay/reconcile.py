@@ -13,8 +13,9 @@ idempotent path notifications take, so running it while the server runs, or
 twice, changes nothing more; the order updates themselves are outbox jobs
 that the worker (``bcpay serve`` / ``bcpay worker``, or :func:`run_jobs`) runs.
 
-Memory stays flat: orders pass through a bounded queue and only findings are
-kept. BigCommerce calls share the store's :class:`~bcpay.clients.ratelimit.RateLimiter`
+Memory stays flat: orders pass through a bounded queue, and findings go to
+temporary files as they are found (:class:`Spool`); only their counts stay in
+memory. BigCommerce calls share the store's :class:`~bcpay.clients.ratelimit.RateLimiter`
 (``rt.limiters``), so any concurrency runs at the quota without 429s;
 CeleryPay calls go through a :class:`Pacer` below its 100 requests/s per merchant.
 """
@@ -22,12 +23,15 @@ CeleryPay calls go through a :class:`Pacer` below its 100 requests/s per merchan
 from __future__ import annotations
 
 import asyncio
+import json
+import tempfile
 import time
+import weakref
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy import select
 
@@ -82,32 +86,93 @@ class Finding:
         }
 
 
+class Spool:
+    """Findings kept in unnamed temporary files, one per kind, instead of in memory.
+
+    A reconcile over tens of thousands of orders may find as many; keeping
+    them in lists made memory grow with the store. Read back by kind, each
+    kind in the order found.
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, IO[str]] = {}
+        # A report nobody closes (a library caller) still frees its files when collected.
+        self._finalizer = weakref.finalize(self, _close_all, self._files)
+
+    def add(self, finding: Finding) -> None:
+        """Append one finding."""
+        spool = self._files.get(finding.kind)
+        if spool is None:
+            spool = self._files[finding.kind] = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        spool.write(json.dumps(finding.to_json(), separators=(",", ":")) + "\n")
+
+    def __iter__(self) -> Iterator[Finding]:
+        for kind in KINDS:
+            spool = self._files.get(kind)
+            if spool is None:
+                continue
+            spool.flush()
+            spool.seek(0)
+            for line in spool:
+                yield Finding(**json.loads(line))
+            spool.seek(0, 2)  # back to the end: more may be added
+
+    def close(self) -> None:
+        """Delete the files (they have no name; closing frees the space)."""
+        self._finalizer()
+
+
+def _close_all(files: dict[str, IO[str]]) -> None:
+    for spool in files.values():
+        spool.close()
+    files.clear()
+
+
 @dataclass
 class Report:
-    """What one store's reconcile found."""
+    """What one store's reconcile found: counts in memory, the findings themselves spooled."""
 
     store_hash: str
     since: datetime
     checked: int = 0
-    findings: list[Finding] = field(default_factory=list)
+    fixed: int = 0  # findings whose CeleryPay state was applied in this run
+    _counts: Counter[str] = field(default_factory=Counter, repr=False)
+    _spool: Spool = field(default_factory=Spool, repr=False)
+
+    def add(self, finding: Finding) -> None:
+        """Record one finding."""
+        self._counts[finding.kind] += 1
+        self.fixed += finding.fixed
+        self._spool.add(finding)
 
     @property
     def counts(self) -> dict[str, int]:
-        """Findings per kind."""
-        return dict(Counter(f.kind for f in self.findings))
+        """Findings per kind, in :data:`KINDS` order."""
+        return {kind: self._counts[kind] for kind in KINDS if self._counts[kind]}
+
+    def iter_findings(self) -> Iterator[Finding]:
+        """Every finding, by kind (:data:`KINDS` order), each kind in the order found; streamed from disk."""
+        return iter(self._spool)
 
     @property
-    def fixed(self) -> int:
-        """Findings whose CeleryPay state was applied in this run."""
-        return sum(1 for f in self.findings if f.fixed)
+    def findings(self) -> list[Finding]:
+        """Every finding as a list (small reports; the CLI streams with :meth:`iter_findings`)."""
+        return list(self._spool)
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON for ``bcpay reconcile --json``."""
+    def close(self) -> None:
+        """Free the spooled findings."""
+        self._spool.close()
+
+    def json_head(self) -> dict[str, Any]:
+        """The report without its findings."""
         return {
             "store_hash": self.store_hash, "since": self.since.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "checked": self.checked, "fixed": self.fixed, "counts": self.counts,
-            "findings": [f.to_json() for f in self.findings],
         }
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON for ``bcpay reconcile --json`` (in memory; the CLI writes it streamed)."""
+        return {**self.json_head(), "findings": [f.to_json() for f in self.iter_findings()]}
 
 
 class Pacer:
@@ -312,7 +377,8 @@ async def reconcile(
                 found = await (check_awaiting if kind == "awaiting" else check_paid)(ctx, order, attempts)
             except BcpayError as exc:
                 found = [ctx.finding("error", order, exc.message)]
-            report.findings.extend(found)
+            for finding in found:
+                report.add(finding)
             report.checked += 1
             progress()
 
@@ -322,8 +388,8 @@ async def reconcile(
             for _ in range(concurrency):
                 group.create_task(consume())
     except BaseExceptionGroup as failed:
+        report.close()
         raise failed.exceptions[0] from None
-    report.findings.sort(key=lambda f: (KINDS.index(f.kind), f.order_id))
     return report
 
 

@@ -356,7 +356,7 @@ def test_refund_partial_then_up_to_the_total_then_over_refund_rejected(env: Env)
     one_error_line(env.cli("refund", "999", "--store", STORE_HASH, "--yes"), "no OKCloud Pay payment to refund")
 
 
-def test_reconcile_fix_applies_a_lost_payment_exactly_once(env: Env) -> None:
+def test_reconcile_fix_applies_a_lost_payment_exactly_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     env.add_store()
     order, pid = env.start_payment("19.99")
     asyncio.run(env.cp.pay(pid))  # the notification is never delivered
@@ -366,6 +366,10 @@ def test_reconcile_fix_applies_a_lost_payment_exactly_once(env: Env) -> None:
     second = json.loads(env.ok("reconcile", STORE_HASH, "--fix", "--json").stdout)
     assert [f["fixed"] for f in second["reports"][0]["findings"]] == [False]
     assert [j["kind"] for j in env.query(select(jobs))] == ["mark_paid"]
+    monkeypatch.setattr("bcpay.cli_ops.TABLE_LIMIT", 0)  # past the table: one plain line per finding
+    lines = env.ok("reconcile", STORE_HASH).stdout.splitlines()
+    assert lines[0].split("  ")[:4] == ["paid_not_applied", str(order["id"]), "19.99 USD", pid]
+    assert lines[1] == f"{STORE_HASH}: checked 1 orders: 1 paid_not_applied; fixed 0."
     third = env.ok("reconcile", "--all", "--fix", "--run-jobs")
     assert "ran 1 outbox job(s)" in third.stdout
     assert env.ok("reconcile", STORE_HASH).stdout.strip().endswith("nothing to report; fixed 0.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import select, update
 
 from bcpay.errors import ConflictError, InvalidInputError
-from bcpay.reconcile import Pacer, Report, reconcile, run_jobs
+from bcpay.reconcile import Finding, Pacer, Report, reconcile, run_jobs
 from bcpay.sandbox.bc_state import Quota
 from bcpay.storage import queries as q
 from bcpay.storage.records import StoreRecord
@@ -181,3 +182,27 @@ async def test_orders_with_another_payment_method_are_ignored(world: World) -> N
     world.place_order("10.00", payment_method="Cash on Delivery", status_id=11)
     report = await run(world)
     assert report.checked == 0 and report.findings == []
+
+
+def test_a_report_keeps_its_findings_on_disk_in_kind_order() -> None:
+    """Counts in memory, findings spooled: 20,000 of them cost next to nothing, and read back whole."""
+    report = Report(STORE_HASH, datetime(2026, 11, 1, tzinfo=UTC))
+    tracemalloc.start()
+    try:
+        for n in range(20_000):
+            kind = ("pending", "never_started", "paid_not_applied")[n % 3]
+            report.add(Finding(kind, STORE_HASH, n, f"order {n} detail " * 4, amount=1000 + n, currency="USD",
+                               pay_link=f"https://bcpay.example/pay/tok{n}", fixed=kind == "paid_not_applied"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, f"findings must not pile up in memory (peak {peak} bytes)"
+    assert report.counts == {"paid_not_applied": 6666, "never_started": 6667, "pending": 6667}
+    assert report.fixed == 6666
+    found = list(report.iter_findings())
+    assert [f.kind for f in found] == ["paid_not_applied"] * 6666 + ["never_started"] * 6667 + ["pending"] * 6667
+    assert [f.order_id for f in found[:3]] == [2, 5, 8]
+    assert found[-1] == Finding("pending", STORE_HASH, 19998, "order 19998 detail " * 4, amount=20998,
+                                currency="USD", pay_link="https://bcpay.example/pay/tok19998")
+    report.close()
+    assert report.findings == []
