@@ -53,8 +53,7 @@ async def enqueue(
         return True
     from bcpay.storage.queries import insert_ignore
 
-    result = await conn.execute(insert_ignore(conn, jobs, **values))
-    return bool(result.rowcount)
+    return await insert_ignore(conn, jobs, **values)
 
 
 async def claim(
