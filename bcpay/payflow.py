@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -461,6 +461,10 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
                                        failure_message="the payment was never created", updated_at=now)
         async with rt.db.read() as conn:
             return await q.get_payment(conn, attempt.id)
+    if not force and remote.id == attempt.celerypay_id and remote.status == attempt.status == rules.PENDING:
+        # Still pending: the claim above already recorded the check, apply_remote would change
+        # nothing more. Most polls end here, so they skip a write transaction.
+        return replace(attempt, last_checked_at=now)
     result = await apply_remote(rt, store, remote, source="poll")
     assert result.payment is not None
     return result.payment

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -405,3 +406,42 @@ async def test_a_job_slower_than_its_lease_is_cut_short_and_retried(db_url: str,
         await w.run_jobs()
         assert w.order(order["id"])["status_id"] == 11
         assert len(w.status_puts(order["id"])) == 1
+
+
+async def test_a_poll_that_finds_it_still_pending_records_the_check_and_nothing_else(world: World) -> None:
+    """CeleryPay is asked (last_checked_at moves), the attempt row is otherwise untouched; a later poll sees it paid."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from bcpay.storage.schema import audit_log, payments
+
+    order = world.place_order()
+    body = (await world.start(order)).json()
+    long_ago = world.rt.now() - timedelta(minutes=5)
+
+    async def row() -> Any:
+        async with world.rt.db.read() as conn:
+            return (await conn.execute(select(payments).where(payments.c.token == body["token"]))).mappings().one()
+
+    async def backdate() -> None:
+        async with world.rt.db.transaction() as conn:
+            await conn.execute(update(payments).where(payments.c.token == body["token"]).values(
+                last_checked_at=long_ago))
+
+    async def audit_lines() -> int:
+        async with world.rt.db.read() as conn:
+            return len((await conn.execute(select(audit_log))).all())
+
+    await backdate()
+    before, lines = await row(), await audit_lines()
+    assert (await world.status(body["token"])).json()["state"] == "awaiting_payment"
+    after = await row()
+    assert after["last_checked_at"] > long_ago
+    assert (after["updated_at"], after["status"]) == (before["updated_at"], "pending")
+    assert await audit_lines() == lines
+
+    await world.cp.pay(payment_id_of(body))  # the notification is lost
+    await backdate()
+    assert (await world.status(body["token"])).json()["state"] == "paid"
+    assert (await row())["status"] == "succeeded"
