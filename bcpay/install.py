@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -29,6 +30,7 @@ from bcpay.errors import (
     BcpayError,
     InvalidInputError,
     NotFoundError,
+    SignatureError,
     UpstreamError,
     UpstreamRejected,
 )
@@ -200,8 +202,19 @@ async def _roll_back(rt: Runtime, store_hash: str, before: dict[str, Any] | None
 
 
 async def open_app(rt: Runtime, claims: BcClaims) -> tuple[StoreRecord, AppUser]:
-    """A verified ``/bc/load``: the installed store and its (remembered) user."""
+    """A verified ``/bc/load``: the installed store and its (remembered) user.
+
+    Each link opens the app once (BigCommerce signs a new one, with a new
+    ``jti``, every time the app is opened): a JWT copied from a URL, a log or
+    a browser history is refused, though its 24 hours have not passed.
+    """
     store = await installed_store(rt, claims.store_hash)
+    if claims.jti is None:
+        raise SignatureError("JWT has no jti")
+    expires_at = datetime.fromtimestamp(claims.expires, UTC)
+    async with rt.db.transaction() as conn:
+        if not await q.use_jwt_once(conn, claims.jti, expires_at, rt.now()):
+            raise SignatureError("this link was already used", code="jwt_replayed")
     user = await remember_user(
         rt,
         store,

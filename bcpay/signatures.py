@@ -156,6 +156,8 @@ class BcClaims:
     url: str
     channel_id: int | None
     locale: str | None
+    jti: str | None = None  # the JWT's unique id: /bc/load accepts each one once
+    expires: float = 0.0  # exp, Unix seconds
 
 
 def _int_field(value: Any, name: str) -> int:
@@ -253,6 +255,9 @@ def verify_bc_jwt(
         raise SignatureError("malformed JWT: url is not a string")
     if locale is not None and not isinstance(locale, str):
         raise SignatureError("malformed JWT: user.locale is not a string")
+    jti = claims.get("jti")
+    if jti is not None and (not isinstance(jti, str) or not 0 < len(jti) <= 64):
+        raise SignatureError("malformed JWT: jti is not a short string")
     return BcClaims(
         store_hash=match.group(1),
         user_id=user_id,
@@ -262,6 +267,8 @@ def verify_bc_jwt(
         url=url,
         channel_id=None if channel_id is None else _int_field(channel_id, "channel_id"),
         locale=locale,
+        jti=jti,
+        expires=_number_claim(claims, "exp"),
     )
 
 

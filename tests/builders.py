@@ -8,6 +8,7 @@ states only what differs from a good notification (stripe-python
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import jwt
@@ -149,7 +150,7 @@ def bc_jwt(
         "iat": now,
         "nbf": now,
         "exp": now + 86400,
-        "jti": "6f1d2a3b-0000-4000-8000-000000000001",
+        "jti": str(uuid.uuid4()),  # BigCommerce signs every link anew; /bc/load takes each once
         "sub": f"stores/{STORE_HASH}",
         "user": {"id": 42, "email": "clerk@example.com", "locale": "en-US"},
         "owner": {"id": 1, "email": "owner@example.com"},

@@ -28,8 +28,8 @@ from bcpay.server.bcapp import frame_ancestors
 from bcpay.server.sessions import COOKIE_NAME, SessionSigner
 from bcpay.snippet import SCRIPT_NAME
 from bcpay.storage import queries as q
-from bcpay.storage.schema import anomalies, jobs, payments, store_users, stores
-from tests.builders import bc_jwt
+from bcpay.storage.schema import anomalies, jobs, payments, store_users, stores, used_jwts
+from tests.builders import REMOVE, bc_jwt
 from tests.world import (
     ACCESS_TOKEN,
     MERCHANT_ID,
@@ -356,6 +356,24 @@ async def test_load_opens_the_settings_page_and_remembers_the_user(
     assert "clerk@example.com" in html
     users = {u["user_id"]: (u["email"], u["is_owner"]) for u in await rows(world, store_users)}
     assert users == {24654: ("merchant@example.com", True), 42: ("clerk@example.com", False)}
+
+
+async def test_a_load_link_opens_the_app_once(world: World, panel: httpx.AsyncClient) -> None:
+    """The same signed_payload_jwt again (from a history, a log, a proxy) is refused; a fresh one works."""
+    await install(world, panel)
+    panel.cookies.clear()
+    token = signed()
+    first = await panel.get("/bc/load", params={"signed_payload_jwt": token})
+    assert first.status_code == 303
+    panel.cookies.clear()
+    again = await panel.get("/bc/load", params={"signed_payload_jwt": token})
+    assert again.status_code == 401 and "already used" in again.text
+    assert "set-cookie" not in again.headers
+    without_jti = await panel.get("/bc/load", params={"signed_payload_jwt": signed(jti=REMOVE)})
+    assert without_jti.status_code == 401 and "no jti" in without_jti.text
+    assert "clerk@example.com" in await open_settings(panel)
+    async with world.rt.db.read() as conn:
+        assert len((await conn.execute(select(used_jwts))).all()) == 2
 
 
 def _tampered() -> str:

@@ -232,7 +232,7 @@ def verify(token: str, now: float = NOW + 60) -> BcClaims:
 
 def test_a_valid_jwt_gives_its_claims() -> None:
     """A good signed_payload_jwt yields store hash, user, owner, url, channel and locale."""
-    claims = verify(bc_jwt(channel_id=2, url="/orders"))
+    claims = verify(bc_jwt(channel_id=2, url="/orders", jti="6f1d2a3b-0000-4000-8000-000000000001"))
     assert claims == BcClaims(
         store_hash=STORE_HASH,
         user_id=42,
@@ -242,7 +242,15 @@ def test_a_valid_jwt_gives_its_claims() -> None:
         url="/orders",
         channel_id=2,
         locale="en-US",
+        jti="6f1d2a3b-0000-4000-8000-000000000001",
+        expires=NOW + 86400,
     )
+
+
+@pytest.mark.parametrize("jti", [17, "", "x" * 65, ["a"]])
+def test_a_jti_that_is_not_a_short_string_is_refused(jti: object) -> None:
+    with pytest.raises(SignatureError, match="^malformed JWT"):  # PyJWT refuses non-strings itself
+        verify(bc_jwt(jti=jti))
 
 
 def test_an_expired_jwt_is_rejected() -> None:

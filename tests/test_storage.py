@@ -199,3 +199,23 @@ async def test_a_sqlite_writer_gives_up_after_the_busy_wait(
     async with db.read() as conn:
         assert await q.get_store(conn, "abc123") is None
     await db.dispose()
+
+
+async def test_a_database_at_the_first_revision_upgrades_with_its_data(tmp_path: object) -> None:
+    """0001 -> head keeps the stores and adds the used-JWT table."""
+    from pathlib import Path
+
+    url = f"sqlite:///{Path(str(tmp_path)) / 'old.db'}"
+    db = Database(url)
+    try:
+        assert await migrate.upgrade(db, "0001") == (None, "0001")
+        await make_store(db)
+        assert await migrate.upgrade(db) == ("0001", migrate.head_revision())
+        async with db.transaction() as conn:
+            assert (await q.require_store(conn, "abc123")).name == "Shop"
+            assert await q.use_jwt_once(conn, "jti-1", NOW + timedelta(hours=24), NOW)
+            assert not await q.use_jwt_once(conn, "jti-1", NOW + timedelta(hours=24), NOW)
+            # Once expired it is forgotten (and could not be replayed anyway: the JWT is past its exp).
+            assert await q.use_jwt_once(conn, "jti-1", NOW + timedelta(hours=48), NOW + timedelta(hours=25))
+    finally:
+        await db.dispose()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, func, insert, select, update
+from sqlalchemy import Table, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.base import Executable
 
@@ -26,6 +26,7 @@ from bcpay.storage.schema import (
     events,
     payments,
     stores,
+    used_jwts,
     webhook_receipts,
 )
 
@@ -344,6 +345,12 @@ async def resolve_anomaly(conn: Conn, anomaly_id: int, now: datetime, note: str)
 
 
 # --- BigCommerce webhook receipts -------------------------------------------------
+
+
+async def use_jwt_once(conn: Conn, jti: str, expires_at: datetime, now: datetime) -> bool:
+    """Remember a JWT id until it expires; False when it was used before. Forgets expired ones."""
+    await conn.execute(delete(used_jwts).where(used_jwts.c.expires_at < now))
+    return await insert_ignore(conn, used_jwts, jti=jti, expires_at=expires_at)
 
 
 async def record_webhook(conn: Conn, *, hash_: str, store_id: int, scope: str, now: datetime) -> bool:

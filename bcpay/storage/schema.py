@@ -233,6 +233,15 @@ anomalies = Table(
     UniqueConstraint("payment_id", "kind"),
 )
 
+# /bc/load links are single use: a signed_payload_jwt's jti is kept until the JWT expires.
+used_jwts = Table(
+    "used_jwts",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index("ix_used_jwts_expires", "expires_at"),
+)
+
 webhook_receipts = Table(
     "webhook_receipts",
     metadata,
