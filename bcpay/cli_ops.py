@@ -6,7 +6,6 @@ stays fast (see :mod:`bcpay.cli_common`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
@@ -124,6 +123,7 @@ def _print_report(report: Report) -> None:
 
 def _print_reports_json(reports: list[Report], jobs_run: int) -> None:
     """The same document as ``print_json`` would write, streamed: findings never all in memory."""
+    import json
     typer.echo('{"reports": [', nl=False)
     for i, report in enumerate(reports):
         head = json.dumps(report.json_head(), default=str)
