@@ -16,7 +16,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,16 +95,20 @@ class Served:
 
 @dataclass
 class ControlPanel:
-    """The framing page: what BigCommerce's control panel does with the app's /load URL."""
+    """The framing page: what BigCommerce's control panel does with the app's /load URL.
 
-    src: str = ""
+    Like BigCommerce, it signs a new ``signed_payload_jwt`` (new ``jti``) every
+    time the page is rendered; ``src`` makes the iframe URL.
+    """
+
+    make_src: Callable[[], str] = lambda: ""
 
     async def page(self, request: Request) -> Response:
         return HTMLResponse(
             "<!doctype html><html><head><meta charset='utf-8'><title>Control panel</title></head>"
             "<body style='margin:0;font-family:sans-serif'><p style='padding:8px;background:#1d2939;color:#fff'>"
             "Fake BigCommerce control panel</p>"
-            f"<iframe id='app' title='OKCloud Pay' src='{self.src}' style='width:100%;height:1700px;border:0'>"
+            f"<iframe id='app' title='OKCloud Pay' src='{self.make_src()}' style='width:100%;height:1700px;border:0'>"
             "</iframe></body></html>"
         )
 
@@ -200,10 +204,12 @@ def test_settings_page_in_a_cross_site_iframe_saves_credentials_and_refuses_csrf
     stack: Stack, browser: Browser
 ) -> None:
     """Open via a signed /bc/load URL inside the control panel, save credentials, see them work."""
-    jwt = bc_jwt(
-        secret=CLIENT_SECRET, aud=CLIENT_ID, sub=f"stores/{STORE_HASH}", now=int(time.time())
-    )
-    stack.panel.src = f"{stack.bcpay}/bc/load?signed_payload_jwt={jwt}"
+
+    def load_url() -> str:
+        jwt = bc_jwt(secret=CLIENT_SECRET, aud=CLIENT_ID, sub=f"stores/{STORE_HASH}", now=int(time.time()))
+        return f"{stack.bcpay}/bc/load?signed_payload_jwt={jwt}"
+
+    stack.panel.make_src = load_url
     context = browser.new_context(viewport={"width": 1200, "height": 1750})
     context.set_default_timeout(10000)
     try:
