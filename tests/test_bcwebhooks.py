@@ -114,3 +114,26 @@ async def test_webhooks_for_another_store_are_refused(world: World) -> None:
     body = json.dumps({"scope": "store/order/statusUpdated", "producer": "stores/other", "hash": "x",
                        "data": {"id": 5}}).encode()
     assert await post(world, body, await secret(world)) == 400
+
+
+async def test_deliveries_signed_as_standard_webhooks_are_verified_with_the_app_secret(world: World) -> None:
+    """The fake signs like BigCommerce's newer docs say: the right app secret passes, another is a 401."""
+    async with world.rt.db.read() as conn:
+        store = await q.require_store(conn, STORE_HASH)
+    await provisioning.register_webhooks(world.rt, store)
+    order = world.place_order()
+    start = (await world.start(order)).json()
+    pid = start["cashier_url"].rsplit("/", 1)[1]
+    world.bc.set_order_status(STORE_HASH, order["id"], 5)
+    change = {"type": "order", "id": order["id"], "status": {"previous_status_id": 7, "new_status_id": 5}}
+
+    world.bc.webhook_signing_key = b"the-secret-of-another-app"
+    [refused] = await world.bc.fire_webhook(world.client, STORE_HASH, "store/order/statusUpdated", change)
+    assert refused.status == 401
+    assert await world.run_jobs() == 0 and world.cp.payments[pid]["status"] == "pending"
+
+    world.bc.webhook_signing_key = world.settings.app.client_secret.get().encode()
+    [accepted] = await world.bc.fire_webhook(world.client, STORE_HASH, "store/order/statusUpdated", change)
+    assert accepted.status == 200
+    assert await world.run_jobs() == 1
+    assert world.cp.payments[pid]["status"] == "cancelled"

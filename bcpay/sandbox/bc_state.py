@@ -12,8 +12,10 @@ follow ``shared/reference/openapi/*.yml`` and ``bigcommerce-api.md``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import hashlib
+import hmac
 import json
 import random
 import secrets
@@ -271,6 +273,8 @@ class FakeBigCommerce:
         self.requests: list[RecordedRequest] = []
         self.put_log: list[tuple[str, int, JSON]] = []
         self.webhook_deliveries: list[WebhookDelivery] = []
+        # An app's client secret: deliveries are then signed as Standard Webhooks (reference section 8).
+        self.webhook_signing_key: bytes | None = None
         self.rate_limited = 0
         self.oauth_codes: dict[str, OAuthCode] = {}
         self._next_order_id = 100
@@ -494,6 +498,15 @@ class FakeBigCommerce:
         return {"scope": scope, "store_id": store.store_id, "producer": f"stores/{store_hash}",
                 "hash": digest, "created_at": created_at, "data": data}
 
+    def _standard_webhook_headers(self, body: bytes) -> dict[str, str]:
+        """``webhook-id``, ``-timestamp`` and ``-signature`` (v1: base64 HMAC-SHA256 of id.timestamp.body)."""
+        assert self.webhook_signing_key is not None
+        msg_id = f"msg_{uuid.uuid4().hex}"
+        timestamp = str(int(self.clock().timestamp()))
+        mac = hmac.new(self.webhook_signing_key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
+        return {"webhook-id": msg_id, "webhook-timestamp": timestamp,
+                "webhook-signature": "v1," + base64.b64encode(mac.digest()).decode()}
+
     async def fire_webhook(self, http: httpx.AsyncClient, store_hash: str, scope: str,
                            data: JSON) -> list[WebhookDelivery]:
         """POST the event to every active hook of ``scope`` (or its ``/*`` wildcard)."""
@@ -504,8 +517,11 @@ class FakeBigCommerce:
             if not hook["is_active"] or hook["scope"] not in (scope, wildcard):
                 continue
             headers = {"Content-Type": "application/json", **(hook["headers"] or {})}
+            body = json.dumps(payload).encode()
+            if self.webhook_signing_key is not None:
+                headers.update(self._standard_webhook_headers(body))
             try:
-                response = await http.post(hook["destination"], json=payload, headers=headers)
+                response = await http.post(hook["destination"], content=body, headers=headers)
                 status = response.status_code
             except httpx.HTTPError:
                 status = 0  # BC counts timeouts and refused connections as failures too
