@@ -1,6 +1,7 @@
 """Benchmarks 2 and 3: notification to order updated, and reconcile at the rate limit.
 
-2. ``bcpay serve`` with its outbox worker, the fake BigCommerce answering
+2. ``bcpay serve`` with its outbox worker (then again with the jobs in a
+   separate ``bcpay worker`` process), the fake BigCommerce answering
    every call in 50 ms: notifications sent at a fixed rate by the paced load
    generator (which records each send time); the fake records when each status
    PUT finished. Latency = PUT finished - notification sent, both wall clock on
@@ -24,7 +25,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench_fakes import STORE_HASH
-from bench_lib import PYTHON, Row, bench_env, free_port, log, peak_rss_of, percentile, run_loadgen, write_pool
+from bench_lib import (
+    PYTHON,
+    Child,
+    Row,
+    bench_env,
+    free_port,
+    log,
+    peak_rss_of,
+    percentile,
+    run_loadgen,
+    spawn,
+    write_pool,
+)
 from bench_world import BenchDatabase, notification, provision, start_bcpay, start_fakes, write_config
 
 
@@ -42,31 +55,49 @@ class FlowConfig:
 
 
 def notify_to_put(cfg: FlowConfig, workdir: Path) -> tuple[list[Row], list[str]]:
-    """Benchmark 2 on SQLite; rows and notes."""
+    """Benchmark 2 on SQLite, jobs run inside ``serve`` and then by a separate ``bcpay worker``."""
+    rows: list[Row] = []
+    notes: list[str] = []
+    for separate in (False, True):
+        row, more = _notify_to_put(cfg, workdir, separate_worker=separate)
+        rows.append(row)
+        notes += more
+    return rows, notes
+
+
+def _notify_to_put(cfg: FlowConfig, workdir: Path, *, separate_worker: bool) -> tuple[Row, list[str]]:
+    name = "e2e-worker" if separate_worker else "e2e"
     count = math.floor(cfg.notify_rate * cfg.notify_seconds)
-    fakes = start_fakes(workdir, "fakes-e2e", orders=count, latency=cfg.bc_latency)
-    db = BenchDatabase("sqlite", workdir, "e2e")
+    fakes = start_fakes(workdir, f"fakes-{name}", orders=count, latency=cfg.bc_latency)
+    db = BenchDatabase("sqlite", workdir, name.replace("-", "_"))
     notes: list[str] = []
     try:
         port = free_port()
-        config = write_config(workdir / "bcpay-e2e.toml", db_url=db.url, fakes=fakes, port=port, run_worker=True)
+        config = write_config(workdir / f"bcpay-{name}.toml", db_url=db.url, fakes=fakes, port=port,
+                              run_worker=not separate_worker)
         seeded = provision(config, [oid for oid, _ in fakes.orders])
-        server = start_bcpay(workdir, config, "bcpay-e2e")
+        server = start_bcpay(workdir, config, f"bcpay-{name}")
+        worker: Child | None = None
         try:
+            if separate_worker:
+                worker = spawn(f"bcpay-{name}-worker", [PYTHON, "-m", "bcpay", "--config", str(config), "worker"],
+                               workdir)
             fakes.reset()
             public = f"http://127.0.0.1:{port}"
-            pool = workdir / "e2e.pool"
+            pool = workdir / f"{name}.pool"
             now = datetime.now(UTC)
             write_pool(pool, (notification(s, now=now, public_url=public) for s in seeded))
-            record = workdir / "e2e-sends.json"
+            record = workdir / f"{name}-sends.json"
             sent = run_loadgen(public, pool, seconds=cfg.notify_seconds, rate=cfg.notify_rate, connections=64,
                                record=record, workdir=workdir)
-            log(f"e2e notifications {sent.brief()}")
+            log(f"{name} notifications {sent.brief()}")
             sends = {seeded[i].order_id: due for i, due, _done, status in json.loads(record.read_text())
                      if 200 <= status < 300}
             puts = _wait_for_puts(fakes, set(sends), timeout=30 + cfg.notify_seconds)
         finally:
             server.stop()
+            if worker is not None:
+                worker.stop()
     finally:
         fakes.child.stop()
         db.drop()
@@ -79,7 +110,9 @@ def notify_to_put(cfg: FlowConfig, workdir: Path) -> tuple[list[Row], list[str]]
     figure = (f"p50 {p50:.0f} ms, p99 {p99:.0f} ms over {len(sends)} notifications at "
               f"{sent.rps:.0f}/s, BigCommerce 50 ms per call")
     ok = p99 < 250 and sent.errors == 0 and not missing
-    return [Row("2 notification -> order status PUT (SQLite)", figure, "p99 < 250 ms", p99 / 250, ok)], notes
+    where = "serve + 1 `bcpay worker` process" if separate_worker else "jobs inside serve"
+    return Row(f"2 notification -> order status PUT (SQLite, {where})", figure, "p99 < 250 ms", p99 / 250,
+               ok), notes
 
 
 def _wait_for_puts(fakes: object, orders: set[int], timeout: float) -> dict[int, float]:
