@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -168,12 +169,18 @@ def make_vault(settings: Settings) -> Vault:
 
 
 def make_http(settings: Settings, **kwargs: Any) -> httpx.AsyncClient:
-    """The process's HTTP client: explicit timeouts and pool limits."""
+    """The process's HTTP client: explicit timeouts and pool limits, aiohttp's pool underneath.
+
+    :mod:`bcpay.clients.transport` says why the transport is not httpx's own.
+    No cookies are kept: every store's API calls go to the same host, and a
+    cookie one answer sets must not ride along on another store's call.
+    """
+    from bcpay.clients.transport import AiohttpTransport
+
     timeout = httpx.Timeout(max(settings.bigcommerce.timeout, settings.celerypay.timeout), connect=5.0)
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
-    return httpx.AsyncClient(
-        timeout=timeout, limits=limits, headers={"User-Agent": USER_AGENT}, **kwargs
-    )
+    kwargs.setdefault("transport", AiohttpTransport(limits=httpx.Limits(max_connections=100)))
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(timeout=timeout, headers={"User-Agent": USER_AGENT}, cookies=no_cookies, **kwargs)
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from bcpay.cli_stores import DEFAULT_SCOPES
 
 # Together these cost over a second of start-up; Typer alone is about 0.1 s.
 # Rich is here too: help is printed without it (rich_markup_mode=None).
-HEAVY = ("sqlalchemy", "alembic", "jwt", "httpx", "cryptography", "starlette", "uvicorn", "rich")
+HEAVY = ("sqlalchemy", "alembic", "jwt", "httpx", "aiohttp", "cryptography", "starlette", "uvicorn", "rich")
 
 # Prints the heavy modules loaded after importing bcpay.cli (and running the code in {run}).
 PROBE = """
