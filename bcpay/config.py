@@ -143,8 +143,8 @@ class OutboxSettings:
     backoff_base: float = 2.0
     backoff_cap: float = 900.0
     lease_seconds: int = 60
-    concurrency: int = 16
-    poll_interval: float = 1.0
+    concurrency: int = 64
+    poll_interval: float = 0.2
     sweep_interval: int = 60
     event_retention_days: int = 90
 

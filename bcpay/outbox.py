@@ -65,6 +65,11 @@ async def claim(
         jobs.c.run_after <= now,
         or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now),
     )
+    # An idle worker polls often; asking first in a read keeps it from taking SQLite's write lock
+    # (or a PostgreSQL row lock) only to find nothing due.
+    async with db.read() as conn:
+        if (await conn.execute(select(jobs.c.id).where(due).limit(1))).first() is None:
+            return []
     async with db.transaction() as conn:
         query = select(jobs.c.id).where(due).order_by(jobs.c.run_after, jobs.c.id).limit(limit)
         if not db.is_sqlite:

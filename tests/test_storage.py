@@ -150,6 +150,32 @@ def test_vault_rotation_reencrypts_under_the_new_key() -> None:
         Vault(new).open(sealed)
 
 
+def test_vault_opens_a_value_again_and_still_refuses_a_tampered_one() -> None:
+    """Opened values are kept by their exact sealed text: a changed byte is still refused."""
+    vault = Vault(generate_key())
+    sealed = vault.seal("merchant-secret")
+    assert vault.open(sealed) == vault.open(sealed) == "merchant-secret"
+    tampered = sealed[:-6] + ("A" if sealed[-6] != "A" else "B") + sealed[-5:]
+    with pytest.raises(ConfigError, match="cannot be decrypted"):
+        vault.open(tampered)
+    assert "merchant-secret" not in repr(vault)
+
+
+async def test_an_idle_worker_poll_takes_no_write_lock(sqlite_url: str) -> None:
+    """Nothing due: claim answers at once even while another process holds SQLite's write lock."""
+    db = Database(sqlite_url)
+    await migrate.upgrade(db)
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        async with asyncio.timeout(2):
+            assert await outbox.claim(db, owner="idle", now=NOW, lease_seconds=60) == []
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        await db.dispose()
+
+
 async def test_a_sqlite_writer_waits_for_another_process_without_blocking_the_loop(sqlite_url: str) -> None:
     """Another process holds the write lock: our writer sleeps on the loop, then commits."""
     path = sqlite_url.removeprefix("sqlite:///")
