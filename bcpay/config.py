@@ -144,7 +144,7 @@ class OutboxSettings:
     backoff_cap: float = 900.0
     lease_seconds: int = 60
     concurrency: int = 64
-    poll_interval: float = 0.2
+    poll_interval: float = 0.05
     sweep_interval: int = 60
     event_retention_days: int = 90
 

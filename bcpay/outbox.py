@@ -14,7 +14,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import BindParameter, and_, bindparam, func, insert, or_, select, update
 
 from bcpay.storage.db import Conn, Database
 from bcpay.storage.records import JobRecord
@@ -49,7 +49,7 @@ async def enqueue(
         "updated_at": now,
     }
     if dedupe_key is None:
-        await conn.execute(insert(jobs).values(**values))
+        await conn.execute(_INSERT, values)
         return True
     from bcpay.storage.queries import insert_ignore
 
@@ -60,44 +60,45 @@ async def claim(
     db: Database, *, owner: str, now: datetime, lease_seconds: int, limit: int = 10
 ) -> list[JobRecord]:
     """Lease up to ``limit`` due jobs for ``owner``."""
-    due = and_(
-        jobs.c.state == QUEUED,
-        jobs.c.run_after <= now,
-        or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < now),
-    )
     # An idle worker polls often; asking first in a read keeps it from taking SQLite's write lock
     # (or a PostgreSQL row lock) only to find nothing due.
     async with db.read() as conn:
-        if (await conn.execute(select(jobs.c.id).where(due).limit(1))).first() is None:
+        if (await conn.execute(_ANY_DUE, {"now": now})).first() is None:
             return []
     async with db.transaction() as conn:
-        query = select(jobs.c.id).where(due).order_by(jobs.c.run_after, jobs.c.id).limit(limit)
-        if not db.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        ids: list[int] = list((await conn.execute(query)).scalars())
+        query = _DUE if db.is_sqlite else _DUE_SKIP_LOCKED
+        ids: list[int] = list((await conn.execute(query, {"now": now, "limit": limit})).scalars())
         if not ids:
             return []
-        await conn.execute(
-            update(jobs)
-            .where(jobs.c.id.in_(ids))
-            .values(
-                lease_owner=owner,
-                lease_until=now + timedelta(seconds=lease_seconds),
-                attempts=jobs.c.attempts + 1,
-                updated_at=now,
-            )
-        )
-        rows = await conn.execute(select(jobs).where(jobs.c.id.in_(ids)).order_by(jobs.c.id))
+        await conn.execute(_LEASE, {"ids": ids, "lease_owner": owner,
+                                    "lease_until": now + timedelta(seconds=lease_seconds), "updated_at": now})
+        rows = await conn.execute(_BY_IDS, {"ids": ids})
         return [JobRecord.from_row(r) for r in rows.mappings()]
+
+
+# Built once (statement construction costs more than running them; see bcpay.storage.queries).
+_INSERT = insert(jobs)
+_IS_DUE = and_(
+    jobs.c.state == QUEUED,
+    jobs.c.run_after <= bindparam("now"),
+    or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < bindparam("now")),
+)
+_ANY_DUE = select(jobs.c.id).where(_IS_DUE).limit(1)
+_DUE = select(jobs.c.id).where(_IS_DUE).order_by(jobs.c.run_after, jobs.c.id).limit(bindparam("limit"))
+_DUE_SKIP_LOCKED = _DUE.with_for_update(skip_locked=True)
+_IDS: BindParameter[int] = bindparam("ids", expanding=True)
+_LEASE = update(jobs).where(jobs.c.id.in_(_IDS)).values(attempts=jobs.c.attempts + 1)
+_BY_IDS = select(jobs).where(jobs.c.id.in_(_IDS)).order_by(jobs.c.id)
+_FINISH = update(jobs).where(
+    jobs.c.id == bindparam("_job_id"), jobs.c.lease_owner == bindparam("_owner"), jobs.c.state == QUEUED
+)
 
 
 async def _finish(db: Database, job: JobRecord, owner: str, **values: Any) -> bool:
     """Update a job only while ``owner`` still holds its lease."""
     async with db.transaction() as conn:
         result = await conn.execute(
-            update(jobs)
-            .where(jobs.c.id == job.id, jobs.c.lease_owner == owner, jobs.c.state == QUEUED)
-            .values(lease_owner=None, lease_until=None, **values)
+            _FINISH, {"_job_id": job.id, "_owner": owner, "lease_owner": None, "lease_until": None, **values}
         )
         return bool(result.rowcount)
 

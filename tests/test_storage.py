@@ -245,3 +245,16 @@ async def test_a_database_at_the_first_revision_upgrades_with_its_data(tmp_path:
             assert await q.use_jwt_once(conn, "jti-1", NOW + timedelta(hours=48), NOW + timedelta(hours=25))
     finally:
         await db.dispose()
+
+
+async def test_an_update_naming_no_column_is_refused_not_half_done(db: Database) -> None:
+    """A misspelt column fails loudly instead of the other columns changing alone."""
+    store_id = await make_store(db)
+    async with db.transaction() as conn:
+        row = await q.insert_payment(conn, **attempt(store_id, 4, 1))
+    assert row is not None
+    with pytest.raises(TypeError, match=r"not columns of payments: \['statuz'\]"):
+        async with db.transaction() as conn:
+            await q.update_payment(conn, row.id, status="paid", statuz="paid")
+    async with db.read() as conn:
+        assert (await q.get_payment(conn, row.id)).status == row.status

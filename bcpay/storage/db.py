@@ -16,8 +16,8 @@ for a lock, and that never happens on the loop: in WAL mode readers wait for
 nobody (short of WAL recovery, allowed ``READ_BUSY_MS``), and a write
 transaction starts with ``BEGIN IMMEDIATE`` under ``busy_timeout=0``: when
 another process holds the write lock the attempt fails at once and is retried
-after an asyncio sleep (backing off to 50 ms, for up to ``BUSY_WAIT``
-seconds). Within one process write transactions queue on an asyncio lock
+after an asyncio sleep (backing off to ``BUSY_POLL_MAX``, for up to
+``BUSY_WAIT`` seconds). Within one process write transactions queue on an asyncio lock
 first, which wakes the next writer at once; SQLite's single writer is also our
 per-payment lock there. ``synchronous=NORMAL``: a commit survives a crash of
 the process, and WAL checkpoints are fsynced.
@@ -46,6 +46,9 @@ T = TypeVar("T")
 _Ts = TypeVarTuple("_Ts")
 
 BUSY_WAIT = 30.0  # seconds a SQLite writer waits for another process's write lock
+# Another process's write transaction lasts about a millisecond (a separate `bcpay worker` beside
+# `serve`), so waiting up to 50 ms between tries added tens of ms to a notification's latency.
+BUSY_POLL_MAX = 0.005  # seconds between tries at most; a try costs microseconds
 READ_BUSY_MS = 100  # the rare SQLITE_BUSY a WAL reader can meet (recovery) may block the loop this long
 
 
@@ -211,7 +214,7 @@ async def _begin_immediate(conn: Connection) -> None:
     raw = conn.connection.driver_connection
     assert isinstance(raw, sqlite3.Connection)
     deadline = time.monotonic() + BUSY_WAIT
-    delay = 0.001
+    delay = 0.0005
     raw.execute("PRAGMA busy_timeout=0")
     try:
         while True:
@@ -221,7 +224,7 @@ async def _begin_immediate(conn: Connection) -> None:
                 if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
                     raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                delay = min(delay * 2, BUSY_POLL_MAX)
                 continue
             conn.info[_BEGUN] = True  # the "begin" listener below must not emit a second BEGIN
             return

@@ -2,6 +2,15 @@
 
 Callers own the transaction (``async with db.transaction() as conn``), so a
 state change and the outbox jobs it causes commit together or not at all.
+
+The statements of the hot paths (notifications, status polls, outbox jobs)
+are built once at import, with ``bindparam`` placeholders, and executed with
+their values as parameters. Building a statement and computing its cache key
+cost SQLAlchemy about 60 microseconds each time, twice what executing it
+costs, and the notification profile showed that construction as a fifth of
+the request. An ``UPDATE`` built without ``.values()`` sets the columns named
+by the parameters; its ``WHERE`` placeholders start with an underscore so that
+they never collide with a column.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.base import Executable
 
@@ -55,13 +64,25 @@ def _insert_ignore(dialect: str, table: Table) -> Executable:
     return sqlite_insert(table).on_conflict_do_nothing()
 
 
+def _only_columns(table: Table, values: dict[str, Any]) -> None:
+    """Refuse a name that is no column: a prebuilt UPDATE would otherwise just leave it out."""
+    unknown = values.keys() - table.c.keys()
+    if unknown:
+        raise TypeError(f"not columns of {table.name}: {sorted(unknown)}")
+
+
 # --- stores ------------------------------------------------------------------
 
 
 async def get_store(conn: Conn, store_hash: str) -> StoreRecord | None:
     """The store with this hash, or None."""
-    row = (await conn.execute(select(stores).where(stores.c.store_hash == store_hash))).mappings().first()
+    row = (await conn.execute(_STORE_BY_HASH, {"store_hash": store_hash})).mappings().first()
     return StoreRecord.from_row(row) if row else None
+
+
+_STORE_BY_HASH = select(stores).where(stores.c.store_hash == bindparam("store_hash"))
+_STORE_BY_ID = select(stores).where(stores.c.id == bindparam("store_id"))
+_UPDATE_STORE = update(stores).where(stores.c.id == bindparam("_store_id"))
 
 
 async def require_store(conn: Conn, store_hash: str) -> StoreRecord:
@@ -74,7 +95,7 @@ async def require_store(conn: Conn, store_hash: str) -> StoreRecord:
 
 async def get_store_by_id(conn: Conn, store_id: int) -> StoreRecord:
     """The store with this primary key."""
-    row = (await conn.execute(select(stores).where(stores.c.id == store_id))).mappings().one()
+    row = (await conn.execute(_STORE_BY_ID, {"store_id": store_id})).mappings().one()
     return StoreRecord.from_row(row)
 
 
@@ -103,7 +124,8 @@ async def upsert_store(conn: Conn, store_hash: str, now: datetime, **values: Any
 
 async def update_store(conn: Conn, store_id: int, now: datetime, **values: Any) -> None:
     """Update some columns of one store."""
-    await conn.execute(update(stores).where(stores.c.id == store_id).values(updated_at=now, **values))
+    _only_columns(stores, values)
+    await conn.execute(_UPDATE_STORE, {"_store_id": store_id, "updated_at": now, **values})
 
 
 # --- payments ------------------------------------------------------------------
@@ -111,16 +133,28 @@ async def update_store(conn: Conn, store_id: int, now: datetime, **values: Any) 
 
 async def get_payment_by_token(conn: Conn, token: str) -> PaymentRecord | None:
     """The attempt with this public token."""
-    row = (await conn.execute(select(payments).where(payments.c.token == token))).mappings().first()
+    row = (await conn.execute(_PAYMENT_BY_TOKEN, {"token": token})).mappings().first()
     return PaymentRecord.from_row(row) if row else None
+
+
+_PAYMENT_BY_TOKEN = select(payments).where(payments.c.token == bindparam("token"))
+_PAYMENT_BY_ID = select(payments).where(payments.c.id == bindparam("payment_id"))
+_PAYMENT_BY_ID_LOCKED = _PAYMENT_BY_ID.with_for_update()
+_PAYMENT_BY_CELERYPAY_ID = select(payments).where(payments.c.celerypay_id == bindparam("celerypay_id"))
+_PAYMENT_BY_ORDER_NO = select(payments).where(payments.c.merchant_order_no == bindparam("merchant_order_no"))
+_ORDER_ATTEMPTS = (
+    select(payments)
+    .where(payments.c.store_id == bindparam("store_id"), payments.c.order_id == bindparam("order_id"))
+    .order_by(payments.c.attempt_no)
+)
+_ORDER_ATTEMPTS_LOCKED = _ORDER_ATTEMPTS.with_for_update()
+_UPDATE_PAYMENT = update(payments).where(payments.c.id == bindparam("_payment_id")).returning(*payments.c)
 
 
 async def get_payment(conn: Conn, payment_id: int, *, lock: bool = False) -> PaymentRecord:
     """The attempt with this primary key, optionally locked for update (PostgreSQL)."""
-    query = select(payments).where(payments.c.id == payment_id)
-    if lock:
-        query = query.with_for_update()
-    return PaymentRecord.from_row((await conn.execute(query)).mappings().one())
+    query = _PAYMENT_BY_ID_LOCKED if lock else _PAYMENT_BY_ID
+    return PaymentRecord.from_row((await conn.execute(query, {"payment_id": payment_id})).mappings().one())
 
 
 async def find_payment(
@@ -131,12 +165,12 @@ async def find_payment(
 ) -> PaymentRecord | None:
     """The attempt with this CeleryPay id or merchant order number."""
     if celerypay_id is not None:
-        where = payments.c.celerypay_id == celerypay_id
+        result = await conn.execute(_PAYMENT_BY_CELERYPAY_ID, {"celerypay_id": celerypay_id})
     elif merchant_order_no is not None:
-        where = payments.c.merchant_order_no == merchant_order_no
+        result = await conn.execute(_PAYMENT_BY_ORDER_NO, {"merchant_order_no": merchant_order_no})
     else:  # pragma: no cover - programming error
         raise TypeError("give celerypay_id or merchant_order_no")
-    row = (await conn.execute(select(payments).where(where))).mappings().first()
+    row = result.mappings().first()
     return PaymentRecord.from_row(row) if row else None
 
 
@@ -144,14 +178,8 @@ async def order_attempts(
     conn: Conn, store_id: int, order_id: int, *, lock: bool = False
 ) -> list[PaymentRecord]:
     """Every attempt of one order, oldest first; ``lock`` takes their rows FOR UPDATE."""
-    query = (
-        select(payments)
-        .where(payments.c.store_id == store_id, payments.c.order_id == order_id)
-        .order_by(payments.c.attempt_no)
-    )
-    if lock:
-        query = query.with_for_update()
-    rows = await conn.execute(query)
+    query = _ORDER_ATTEMPTS_LOCKED if lock else _ORDER_ATTEMPTS
+    rows = await conn.execute(query, {"store_id": store_id, "order_id": order_id})
     return [PaymentRecord.from_row(r) for r in rows.mappings()]
 
 
@@ -168,9 +196,8 @@ async def insert_payment(conn: Conn, **values: Any) -> PaymentRecord | None:
 
 async def update_payment(conn: Conn, payment_id: int, **values: Any) -> PaymentRecord:
     """Update columns of one attempt and return it (one statement, RETURNING)."""
-    result = await conn.execute(
-        update(payments).where(payments.c.id == payment_id).values(**values).returning(*payments.c)
-    )
+    _only_columns(payments, values)
+    result = await conn.execute(_UPDATE_PAYMENT, {"_payment_id": payment_id, **values})
     return PaymentRecord.from_row(result.mappings().one())
 
 
@@ -231,7 +258,10 @@ async def record_event(
 
 async def set_event_outcome(conn: Conn, event_id: str, outcome: str) -> None:
     """Record what applying an event did."""
-    await conn.execute(update(events).where(events.c.event_id == event_id).values(outcome=outcome))
+    await conn.execute(_EVENT_OUTCOME, {"_event_id": event_id, "outcome": outcome})
+
+
+_EVENT_OUTCOME = update(events).where(events.c.event_id == bindparam("_event_id"))
 
 
 async def get_event(conn: Conn, event_id: str) -> dict[str, Any] | None:
