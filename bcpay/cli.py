@@ -100,6 +100,7 @@ def worker(ctx: typer.Context) -> None:
 
     from bcpay import operations
     from bcpay.effects import Worker
+    from bcpay.runtime import settle_heap
 
     with failures(ctx):
         load(ctx).require_secret_key()
@@ -110,6 +111,7 @@ def worker(ctx: typer.Context) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        settle_heap()
         out().print("bcpay worker running (Ctrl+C to stop)")
         await Worker(rt).run_forever(stop)
         out().print("bcpay worker stopped")

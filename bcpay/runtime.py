@@ -9,6 +9,7 @@ runs at import time.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -159,6 +160,18 @@ class Runtime:
     def public_url(self, path: str) -> str:
         """An absolute URL on this server."""
         return self.settings.app.public_url.rstrip("/") + path
+
+
+def settle_heap() -> None:
+    """Take what start-up allocated out of the cyclic garbage collector's sight, for a long-lived process.
+
+    Modules, tables, compiled statements and the app live as long as the
+    process, yet every full collection walked them again: the server's loop
+    stopped for 70-100 ms at a time under the notification benchmark. After
+    ``gc.freeze()`` a full collection walks only what came later.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def make_vault(settings: Settings) -> Vault:

@@ -36,6 +36,7 @@ from bench_lib import (
     percentile,
     run_loadgen,
     spawn,
+    wait_log,
     write_pool,
 )
 from bench_world import BenchDatabase, notification, provision, start_bcpay, start_fakes, write_config
@@ -82,6 +83,7 @@ def _notify_to_put(cfg: FlowConfig, workdir: Path, *, separate_worker: bool) -> 
             if separate_worker:
                 worker = spawn(f"bcpay-{name}-worker", [PYTHON, "-m", "bcpay", "--config", str(config), "worker"],
                                workdir)
+                wait_log(worker, "bcpay worker running")  # its start-up is not part of the latency
             fakes.reset()
             public = f"http://127.0.0.1:{port}"
             pool = workdir / f"{name}.pool"

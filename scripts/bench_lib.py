@@ -152,6 +152,19 @@ def wait_file(path: Path, child: Child, timeout: float = 60.0) -> Any:
     raise RuntimeError(f"{child.name} was not ready within {timeout} s:\n{child.tail()}")
 
 
+def wait_log(child: Child, text: str, timeout: float = 60.0) -> None:
+    """Wait until a child's log holds ``text`` (a process that serves no port says it is ready there)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if text in child.log.read_text(errors="replace"):
+                return
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}:\n{child.tail()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{child.name} did not print {text!r} within {timeout} s:\n{child.tail()}")
+
+
 # --- request pools --------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +29,7 @@ from bcpay.config import Settings
 from bcpay.effects import Worker
 from bcpay.errors import BcpayError, SignatureError
 from bcpay.metrics import Metrics
-from bcpay.runtime import Runtime, open_runtime
+from bcpay.runtime import Runtime, open_runtime, settle_heap
 from bcpay.server import api, bcapp, pages, settings_page
 from bcpay.server.middleware import BodyLimit, RateLimit, RequestContext, StoreCors, TokenBucket
 from bcpay.storage import migrate
@@ -122,8 +123,13 @@ def create_app(
     http: httpx.AsyncClient | None = None,
     clock: Callable[[], datetime] | None = None,
     run_worker: bool | None = None,
+    long_lived: bool = False,
 ) -> Starlette:
-    """Build the bcpay server for ``settings`` (``http``/``clock`` are for tests)."""
+    """Build the bcpay server for ``settings`` (``http``/``clock`` are for tests).
+
+    ``long_lived`` (``bcpay serve``) freezes the start-up heap once the
+    lifespan has opened everything (:func:`bcpay.runtime.settle_heap`).
+    """
     settings.require_secret_key()
     origins = OriginCache()
     want_worker = settings.server.run_worker if run_worker is None else run_worker
@@ -142,9 +148,13 @@ def create_app(
             if want_worker:
                 app.state.worker = Worker(rt)
                 task = asyncio.create_task(app.state.worker.run_forever(stop), name="bcpay-worker")
+            if long_lived:
+                settle_heap()
             try:
                 yield
             finally:
+                if long_lived:
+                    gc.unfreeze()
                 stop.set()
                 if task is not None:
                     app.state.worker.wakeup.set()

@@ -21,4 +21,4 @@ def app_from_env() -> Starlette:
     """Build the server app from the config file and environment of this process."""
     settings = load_settings()
     setup_logging(settings.server.log_format, settings.server.log_level)
-    return create_app(settings)
+    return create_app(settings, long_lived=True)
