@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from bcpay import outbox, rules
 from bcpay.clients.bigcommerce import Order
@@ -440,13 +440,7 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
         if attempt.last_checked_at is not None and attempt.last_checked_at >= threshold:
             return attempt  # checked recently: the claim below would fail, so skip its write transaction
         async with rt.db.transaction() as conn:
-            won = await conn.execute(
-                update(payments)
-                .where(payments.c.id == attempt.id)
-                .where((payments.c.last_checked_at.is_(None)) | (payments.c.last_checked_at < threshold))
-                .values(last_checked_at=now)
-            )
-            if not won.rowcount:
+            if not await q.claim_check(conn, attempt.id, now=now, checked_before=threshold):
                 return attempt
     cp = rt.celerypay(store)
     remote: Payment | None

@@ -201,6 +201,24 @@ async def update_payment(conn: Conn, payment_id: int, **values: Any) -> PaymentR
     return PaymentRecord.from_row(result.mappings().one())
 
 
+async def claim_check(conn: Conn, payment_id: int, *, now: datetime, checked_before: datetime) -> bool:
+    """Record a look at CeleryPay for this attempt unless one was made since ``checked_before``.
+
+    True when this caller won the check (processes polling the same payment
+    race here, and only the winner asks CeleryPay).
+    """
+    result = await conn.execute(
+        _CLAIM_CHECK, {"_payment_id": payment_id, "_before": checked_before, "last_checked_at": now}
+    )
+    return bool(result.rowcount)
+
+
+_CLAIM_CHECK = update(payments).where(
+    payments.c.id == bindparam("_payment_id"),
+    payments.c.last_checked_at.is_(None) | (payments.c.last_checked_at < bindparam("_before")),
+)
+
+
 async def list_payments(
     conn: Conn,
     *,
