@@ -4,7 +4,6 @@ The library and Rich are imported inside the commands, so ``bcpay --help``
 stays fast (see :mod:`bcpay.cli_common`).
 """
 
-from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,7 +68,7 @@ def simulate_notify(
 
 
 @contextmanager
-def _progress(enabled: bool, store_hash: str) -> Iterator[OnProgress]:
+def _progress(enabled: bool, store_hash: str) -> "Iterator[OnProgress]":
     """A Rich progress bar on stderr; the total grows while pages are listed."""
     from rich.progress import (
         BarColumn,
@@ -105,8 +104,8 @@ def _progress(enabled: bool, store_hash: str) -> Iterator[OnProgress]:
 TABLE_LIMIT = 200  # findings shown as a table; more are printed as plain lines, streamed
 
 
-def _print_report(report: Report) -> None:
-    def cells(f: Finding) -> list[Any]:
+def _print_report(report: "Report") -> None:
+    def cells(f: "Finding") -> list[Any]:
         return [f.kind, f.order_id, money(f.amount, f.currency), f.celerypay_id, f.pay_link or f.detail,
                 "fixed" if f.fixed else ""]
 
@@ -121,7 +120,7 @@ def _print_report(report: Report) -> None:
     out().print(f"{report.store_hash}: checked {report.checked} orders: {counts}; fixed {report.fixed}.", markup=False)
 
 
-def _print_reports_json(reports: list[Report], jobs_run: int) -> None:
+def _print_reports_json(reports: "list[Report]", jobs_run: int) -> None:
     """The same document as ``print_json`` would write, streamed: findings never all in memory."""
     import json
     typer.echo('{"reports": [', nl=False)
@@ -165,7 +164,7 @@ def reconcile_cmd(
     with failures(ctx):
         period = operations.parse_duration(since)
 
-    async def work(rt: Runtime) -> tuple[list[Report], int]:
+    async def work(rt: "Runtime") -> "tuple[list[Report], int]":
         if store_hash is not None:
             chosen = [await operations.get_store(rt, store_hash)]
         else:
@@ -311,7 +310,7 @@ def jobs_list(
     """
     from bcpay import operations, outbox
 
-    async def work(rt: Runtime) -> list[dict[str, Any]]:
+    async def work(rt: "Runtime") -> list[dict[str, Any]]:
         store_id = await operations.store_id_of(rt, store)
         found = await outbox.list_jobs(rt.db, state=state, store_id=store_id, limit=limit)
         return [{"id": j.id, "kind": j.kind, "state": j.state, "attempts": j.attempts, "payload": j.payload,
@@ -379,7 +378,7 @@ def refund(
     from bcpay import operations, refunds
     from bcpay.money import to_minor
 
-    async def work(rt: Runtime) -> RefundResult:
+    async def work(rt: "Runtime") -> "RefundResult":
         shop = await operations.get_store(rt, store)
         paid = await refunds.paid_attempt(rt, shop, order_id)
         minor = to_minor(amount, paid.currency) if amount is not None else None

@@ -4,7 +4,6 @@ The library is imported inside the commands, so ``bcpay --help`` stays fast
 (see :mod:`bcpay.cli_common`).
 """
 
-from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -40,7 +39,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 DEFAULT_SCOPES = " ".join(REQUIRED_SCOPES)
 
 
-def _store_json(s: StoreRecord) -> dict[str, Any]:
+def _store_json(s: "StoreRecord") -> dict[str, Any]:
     """A store as shown to operators: secrets only as set / not set."""
     from bcpay import operations
 
@@ -167,7 +166,7 @@ def stores_configure(
     if merchant_id is not None and not keep_secret:
         secret = secret_input("BCPAY_CELERYPAY_SECRET", "CeleryPay API secret")
 
-    async def work(rt: Runtime) -> StoreRecord:
+    async def work(rt: "Runtime") -> "StoreRecord":
         store = await operations.get_store(rt, store_hash)
         if merchant_id is not None or environment is not None:
             store = await stores.configure_merchant(
@@ -207,7 +206,7 @@ def stores_remove(
 def _with_store(ctx: typer.Context, store_hash: str, work: Any) -> Any:
     from bcpay import operations
 
-    async def go(rt: Runtime) -> Any:
+    async def go(rt: "Runtime") -> Any:
         return await work(rt, await operations.get_store(rt, store_hash))
 
     return run(ctx, go)
@@ -249,7 +248,7 @@ def install_script(
     out().print(f"storefront snippet on {store_hash}: {action}")
 
 
-async def _desired(rt: Runtime, store: StoreRecord) -> Any:
+async def _desired(rt: "Runtime", store: "StoreRecord") -> Any:
     from bcpay import provisioning
 
     return provisioning.desired_script(rt, store)
