@@ -113,7 +113,9 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[RawServer]]]:
 
 
 def client(**limits: int) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=AiohttpTransport(limits=httpx.Limits(**limits)), timeout=5.0)
+    """A client on the transport; no proxy, whatever the environment says (these are loopback tests)."""
+    transport = AiohttpTransport(limits=httpx.Limits(**limits), proxies={})
+    return httpx.AsyncClient(transport=transport, timeout=5.0)
 
 
 async def test_a_request_and_its_answer_cross_intact(serve: Callable[..., Awaitable[RawServer]]) -> None:
@@ -308,3 +310,39 @@ async def test_closing_the_client_closes_its_pooled_connections(
             break
         await asyncio.sleep(0.01)
     assert server.closed == 1
+
+
+async def test_calls_go_through_the_proxy_the_environment_names(
+    serve: Callable[..., Awaitable[RawServer]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTP_PROXY is honoured as httpx honours it: the proxy gets the absolute URL."""
+    proxy = await serve()
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    async with httpx.AsyncClient(transport=AiohttpTransport()) as http:  # proxies from the environment
+        assert (await http.get("http://api.bigcommerce.invalid/stores/abc/v2/orders/1")).json() == {"ok": True}
+    assert proxy.requests[0].head[0] == "GET http://api.bigcommerce.invalid/stores/abc/v2/orders/1 HTTP/1.1"
+
+
+async def test_no_proxy_hosts_are_reached_directly(
+    serve: Callable[..., Awaitable[RawServer]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host NO_PROXY names (itself or its domain) skips the proxy."""
+    proxy = await serve()
+    direct = await serve()
+    transport = AiohttpTransport(proxies={"http": proxy.url, "no": "localhost, .internal.example,127.0.0.1"})
+    async with httpx.AsyncClient(transport=transport) as http:
+        assert (await http.get(direct.url + "/direct")).status_code == 200
+    assert proxy.requests == [] and [s.head[0] for s in direct.requests] == ["GET /direct HTTP/1.1"]
+
+
+def test_no_proxy_matching_follows_the_usual_rules() -> None:
+    """``*``, exact names, domains with or without a leading dot, and ports on entries."""
+    from bcpay.clients.transport import _bypassed
+
+    assert _bypassed("anything.example", "*")
+    assert _bypassed("api.example.com", "example.com") and _bypassed("api.example.com", ".example.com")
+    assert _bypassed("example.com", "example.com:443")
+    assert not _bypassed("badexample.com", "example.com")
+    assert not _bypassed("api.example.com", "")

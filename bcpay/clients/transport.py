@@ -13,17 +13,22 @@ parser is compiled.
 What the clients rely on is kept: the per-request timeouts of
 ``httpx.Timeout`` (connect, read, and pool as the time allowed to get a
 connection), no redirects followed, bodies passed through undecoded (httpx
-decodes), and every failure raised as the matching ``httpx.TransportError``
+decodes), every failure raised as the matching ``httpx.TransportError``
 with the request attached, so the retry policy in :mod:`bcpay.clients.http`
-sees the same errors as before. aiohttp's own cookie jar is off: a cookie one
-store's API sets must never ride along on another store's call.
+sees the same errors as before, and the proxy variables httpx honours
+(``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``), read once when
+the transport is made. aiohttp's own environment handling stays off: it would
+look for a ``.netrc`` on a worker thread before every request. Its cookie jar
+is off too: a cookie one store's API sets must never ride along on another
+store's call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import httpx
@@ -52,6 +57,16 @@ def _mapped(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
     else:
         kind = httpx.TransportError
     return kind(text, request=request)
+
+
+def _bypassed(host: str, no_proxy: str) -> bool:
+    """True when ``NO_PROXY`` names this host: ``*``, the host itself, or a domain it is in."""
+    host = host.lower()
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        name = entry.lstrip(".").rsplit(":", 1)[0] if entry.count(":") == 1 else entry.lstrip(".")
+        if entry == "*" or (name and (host == name or host.endswith("." + name))):
+            return True
+    return False
 
 
 class _Body(httpx.AsyncByteStream):
@@ -85,7 +100,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         *,
         limits: httpx.Limits | None = None,
         verify: ssl.SSLContext | bool = True,
+        proxies: Mapping[str, str] | None = None,
     ) -> None:
+        """``proxies`` maps a scheme (``http``, ``https``, ``all``, ``no``) to a proxy URL or
+        a ``NO_PROXY`` list; by default it is read from the environment, as httpx does."""
         limits = limits or httpx.Limits()
         self._max_connections = limits.max_connections or 0  # 0: aiohttp's "no limit"
         self._keepalive = limits.keepalive_expiry if limits.keepalive_expiry is not None else 15.0
@@ -95,6 +113,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._ssl = httpx.create_ssl_context()  # certifi's roots, as httpx's own transport
         else:
             self._ssl = False
+        found = urllib.request.getproxies_environment() if proxies is None else proxies
+        self._proxies = {k.lower(): v for k, v in found.items() if v}
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -113,6 +133,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session, self._loop = session, loop
         return session
 
+    def _proxy_for(self, url: httpx.URL) -> str | None:
+        if not self._proxies:
+            return None
+        proxy = self._proxies.get(url.scheme) or self._proxies.get("all")
+        if proxy is None or _bypassed(url.host, self._proxies.get("no", "")):
+            return None
+        return proxy if "://" in proxy else f"http://{proxy}"
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send one request; the response body streams from the pooled connection."""
         session = self._open()
@@ -128,6 +156,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=body or None,
                 allow_redirects=False,
                 compress=None,
+                proxy=self._proxy_for(request.url),
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
                 timeout=aiohttp.ClientTimeout(
                     total=None,
