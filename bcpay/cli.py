@@ -82,9 +82,11 @@ def serve(
         os.environ["BCPAY_CONFIG"] = str(state(ctx).config)
     s = settings.server
     out().print(f"bcpay serving on http://{s.host}:{s.port} (public URL {settings.app.public_url})")
+    # uvicorn's own access line would repeat ours with the raw path, which holds the payment's
+    # token (/api/v1/payments/{token}, /pay/{token}); bcpay.access logs the route template.
     uvicorn.run(
         FACTORY, factory=True, host=s.host, port=s.port, workers=s.workers, proxy_headers=s.proxy_headers,
-        forwarded_allow_ips=s.forwarded_allow_ips, log_level=s.log_level, server_header=False,
+        forwarded_allow_ips=s.forwarded_allow_ips, log_level=s.log_level, server_header=False, access_log=False,
     )
 
 

@@ -4,7 +4,7 @@
     bench_serve.py bcpay CONFIG PROFILE_OUT         bcpay's app under pyinstrument (``--profile``)
 
 ``bcpay serve`` calls ``uvicorn.run(FACTORY, factory=True, host, port, workers,
-proxy_headers, forwarded_allow_ips, log_level, server_header=False)``; the same
+proxy_headers, forwarded_allow_ips, log_level, server_header=False, access_log=False)``; the same
 keyword arguments are used here so that the baseline differs from bcpay only
 by the application.
 """
@@ -37,7 +37,8 @@ def baseline_app() -> Starlette:
 def uvicorn_kwargs(port: int, log_level: str) -> dict[str, Any]:
     """What `bcpay serve` passes to uvicorn.run (one worker, no proxy headers)."""
     return {"host": "127.0.0.1", "port": port, "workers": 1, "proxy_headers": False,
-            "forwarded_allow_ips": "127.0.0.1", "log_level": log_level, "server_header": False}
+            "forwarded_allow_ips": "127.0.0.1", "log_level": log_level, "server_header": False,
+            "access_log": False}
 
 
 def summarise(session: Any, limit: int = 25) -> str:

@@ -27,7 +27,7 @@ from bcpay.cli import app as cli_app
 from bcpay.crypto import Vault
 from bcpay.sandbox.bigcommerce import create_bigcommerce_api
 from bcpay.storage.db import Database
-from bcpay.storage.schema import metadata, stores
+from bcpay.storage.schema import metadata, payments, stores
 from tests.builders import bc_jwt
 from tests.loopback import ServerThread
 from tests.world import ACCESS_TOKEN, MERCHANT_SECRET, PUBLIC_URL, STORE_HASH, World, open_world
@@ -240,3 +240,17 @@ async def test_no_secret_in_the_logs_or_database_of_real_server_processes(tmp_pa
     assert find_leaks(secrets, [*logs, *await database_texts(db_url)]) == []
     serve_log = dict(logs)["file serve-0.log"]
     assert "POST /notify/celerypay/" in serve_log and "checked" in dict(logs)["file reconcile.log"]
+    # A payment's token opens its pay page and status: the shoppers' polls never write it to a log.
+    tokens = {f"payment token {n}": token for n, token in enumerate(await payment_tokens(db_url))}
+    assert len(tokens) >= scenario.orders and "GET /api/v1/payments/{token} 200" in serve_log
+    assert find_leaks(tokens, logs) == []
+
+
+async def payment_tokens(url: str) -> list[str]:
+    """Every payment attempt's public token."""
+    db = Database(url)
+    try:
+        async with db.read() as conn:
+            return list((await conn.execute(select(payments.c.token))).scalars())
+    finally:
+        await db.dispose()
