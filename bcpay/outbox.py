@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import BindParameter, and_, bindparam, func, insert, or_, select, update
 
-from bcpay.storage.db import Conn, Database
+from bcpay.storage.db import Conn, Database, Prepared
 from bcpay.storage.records import JobRecord
 from bcpay.storage.schema import jobs
 
@@ -49,7 +49,7 @@ async def enqueue(
         "updated_at": now,
     }
     if dedupe_key is None:
-        await conn.execute(_INSERT, values)
+        await conn.run(_INSERT, values)
         return True
     from bcpay.storage.queries import insert_ignore
 
@@ -63,11 +63,11 @@ async def claim(
     # An idle worker polls often; asking first in a read keeps it from taking SQLite's write lock
     # (or a PostgreSQL row lock) only to find nothing due.
     async with db.read() as conn:
-        if (await conn.execute(_ANY_DUE, {"now": now})).first() is None:
+        if (await conn.run(_ANY_DUE, {"now": now})).first() is None:
             return []
     async with db.transaction() as conn:
         query = _DUE if db.is_sqlite else _DUE_SKIP_LOCKED
-        ids: list[int] = list((await conn.execute(query, {"now": now, "limit": limit})).scalars())
+        ids: list[int] = (await conn.run(query, {"now": now, "limit": limit})).scalars()
         if not ids:
             return []
         await conn.execute(_LEASE, {"ids": ids, "lease_owner": owner,
@@ -77,27 +77,28 @@ async def claim(
 
 
 # Built once (statement construction costs more than running them; see bcpay.storage.queries).
-_INSERT = insert(jobs)
+_INSERT = Prepared(insert(jobs))
 _IS_DUE = and_(
     jobs.c.state == QUEUED,
     jobs.c.run_after <= bindparam("now"),
     or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < bindparam("now")),
 )
-_ANY_DUE = select(jobs.c.id).where(_IS_DUE).limit(1)
-_DUE = select(jobs.c.id).where(_IS_DUE).order_by(jobs.c.run_after, jobs.c.id).limit(bindparam("limit"))
-_DUE_SKIP_LOCKED = _DUE.with_for_update(skip_locked=True)
+_ANY_DUE = Prepared(select(jobs.c.id).where(_IS_DUE).limit(1))
+_DUE_IDS = select(jobs.c.id).where(_IS_DUE).order_by(jobs.c.run_after, jobs.c.id).limit(bindparam("limit"))
+_DUE = Prepared(_DUE_IDS)
+_DUE_SKIP_LOCKED = Prepared(_DUE_IDS.with_for_update(skip_locked=True))
 _IDS: BindParameter[int] = bindparam("ids", expanding=True)
 _LEASE = update(jobs).where(jobs.c.id.in_(_IDS)).values(attempts=jobs.c.attempts + 1)
 _BY_IDS = select(jobs).where(jobs.c.id.in_(_IDS)).order_by(jobs.c.id)
-_FINISH = update(jobs).where(
+_FINISH = Prepared(update(jobs).where(
     jobs.c.id == bindparam("_job_id"), jobs.c.lease_owner == bindparam("_owner"), jobs.c.state == QUEUED
-)
+))
 
 
 async def _finish(db: Database, job: JobRecord, owner: str, **values: Any) -> bool:
     """Update a job only while ``owner`` still holds its lease."""
     async with db.transaction() as conn:
-        result = await conn.execute(
+        result = await conn.run(
             _FINISH, {"_job_id": job.id, "_owner": owner, "lease_owner": None, "lease_until": None, **values}
         )
         return bool(result.rowcount)

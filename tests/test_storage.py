@@ -7,7 +7,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from bcpay import outbox
 from bcpay.crypto import Vault, generate_key
@@ -15,7 +16,8 @@ from bcpay.errors import ConfigError
 from bcpay.storage import db as db_module
 from bcpay.storage import migrate
 from bcpay.storage import queries as q
-from bcpay.storage.db import Database, driver_url, safe_url
+from bcpay.storage.db import Database, Prepared, driver_url, safe_url
+from bcpay.storage.schema import payments, stores
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -258,3 +260,80 @@ async def test_an_update_naming_no_column_is_refused_not_half_done(db: Database)
             await q.update_payment(conn, row.id, status="paid", statuz="paid")
     async with db.read() as conn:
         assert (await q.get_payment(conn, row.id)).status == row.status
+
+
+async def test_a_prepared_statement_reads_what_sqlalchemy_reads(db: Database) -> None:
+    """Same rows, same Python types (aware datetimes, ints, None) as an ordinary execution."""
+    store_id = await make_store(db)
+    async with db.transaction() as conn:
+        row = await q.insert_payment(conn, **attempt(store_id, 5, 1))
+        assert row is not None
+        await q.update_payment(conn, row.id, expires_at=NOW + timedelta(minutes=30), paid_amount=None)
+    prepared = Prepared(select(payments).where(payments.c.store_id == bindparam("store_id")))
+    async with db.read() as conn:
+        fast = (await conn.run(prepared, {"store_id": store_id})).one()
+        plain = dict((await conn.execute(select(payments).where(payments.c.store_id == store_id))).mappings().one())
+    assert fast == plain
+    assert fast["expires_at"] == NOW + timedelta(minutes=30) and fast["expires_at"].tzinfo is not None
+    assert fast["amount"] == 1999 and isinstance(fast["amount"], int) and fast["paid_amount"] is None
+
+
+async def test_a_prepared_update_sets_the_columns_it_is_given_and_counts_rows(db: Database) -> None:
+    store_id = await make_store(db)
+    async with db.transaction() as conn:
+        for order_id in (1, 2):
+            assert await q.insert_payment(conn, **attempt(store_id, order_id, 1)) is not None
+    touch = Prepared(update(payments).where(payments.c.store_id == bindparam("_store_id")))
+    async with db.transaction() as conn:
+        assert (await conn.run(touch, {"_store_id": store_id, "failure_code": "x"})).rowcount == 2
+        assert (await conn.run(touch, {"_store_id": store_id, "outcome": "y", "failure_code": "z"})).rowcount == 2
+        assert (await conn.run(touch, {"_store_id": store_id + 1, "outcome": "n"})).rowcount == 0
+    async with db.read() as conn:
+        rows = await q.order_attempts(conn, store_id, 1) + await q.order_attempts(conn, store_id, 2)
+    assert {(r.failure_code, r.outcome) for r in rows} == {("z", "y")}
+
+
+async def test_a_prepared_statement_refuses_a_missing_parameter(db: Database) -> None:
+    """A forgotten WHERE value is an error, never a silent ``= NULL``."""
+    await make_store(db)
+    by_hash = Prepared(select(stores).where(stores.c.store_hash == bindparam("store_hash")))
+    async with db.read() as conn:
+        with pytest.raises(SQLAlchemyError, match="store_hash"):
+            await conn.run(by_hash, {})
+
+
+async def test_a_prepared_insert_turns_a_constraint_into_integrity_error(db: Database) -> None:
+    store_id = await make_store(db)
+    add = Prepared(insert(payments))
+    async with db.transaction() as conn:
+        await conn.run(add, attempt(store_id, 6, 1))
+        with pytest.raises(IntegrityError):
+            async with conn.savepoint():
+                await conn.run(add, attempt(store_id, 6, 1))  # same token: unique
+    async with db.read() as conn:
+        assert len(await q.order_attempts(conn, store_id, 6)) == 1
+
+
+async def test_prepared_reads_in_one_read_see_one_snapshot(sqlite_url: str) -> None:
+    """On SQLite the prepared path starts the read's transaction itself, so a commit in between is unseen."""
+    db = Database(sqlite_url)
+    try:
+        await migrate.upgrade(db)
+        store_id = await make_store(db)
+        async with db.read() as conn:
+            assert await q.find_payment(conn, merchant_order_no="abc123-8-1") is None
+            other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+            with other:
+                other.execute(
+                    "INSERT INTO payments (token, store_id, order_id, attempt_no, merchant_order_no,"
+                    " idempotency_key, amount, currency, status, refunded_amount, created_at, updated_at)"
+                    " VALUES ('t', ?, 8, 1, 'abc123-8-1', 'k', 1, 'USD', 'pending', 0, '2026-11-25 12:00:00',"
+                    " '2026-11-25 12:00:00')",
+                    (store_id,),
+                )
+            other.close()
+            assert await q.find_payment(conn, merchant_order_no="abc123-8-1") is None
+        async with db.read() as conn:
+            assert await q.find_payment(conn, merchant_order_no="abc123-8-1") is not None
+    finally:
+        await db.dispose()

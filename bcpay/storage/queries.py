@@ -3,13 +3,14 @@
 Callers own the transaction (``async with db.transaction() as conn``), so a
 state change and the outbox jobs it causes commit together or not at all.
 
-The statements of the hot paths (notifications, status polls, outbox jobs)
-are built once at import, with ``bindparam`` placeholders, and executed with
-their values as parameters. Building a statement and computing its cache key
-cost SQLAlchemy about 60 microseconds each time, twice what executing it
-costs, and the notification profile showed that construction as a fifth of
-the request. An ``UPDATE`` built without ``.values()`` sets the columns named
-by the parameters; its ``WHERE`` placeholders start with an underscore so that
+The statements of the hot paths (notifications, status polls, start of a
+payment, outbox jobs) are built once at import as :class:`Prepared`, with
+``bindparam`` placeholders, and run with their values as parameters
+(:meth:`Conn.run`). Building a statement and computing its cache key cost
+SQLAlchemy about 60 microseconds each time, twice what executing it costs,
+and the notification profile showed that construction as a fifth of the
+request. An ``UPDATE`` built without ``.values()`` sets the columns named by
+the parameters; its ``WHERE`` placeholders start with an underscore so that
 they never collide with a column.
 """
 
@@ -23,10 +24,9 @@ from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.sql.base import Executable
 
 from bcpay.errors import NotFoundError
-from bcpay.storage.db import Conn
+from bcpay.storage.db import Conn, Prepared
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import (
     OPEN_STATUSES,
@@ -49,19 +49,19 @@ async def insert_ignore(conn: Conn, table: Table, **values: Any) -> bool:
     rebuilds nor re-keys it each time (the hot-path profile showed that
     construction costing more than the insert).
     """
-    result = await conn.execute(_insert_ignore(conn.dialect_name, table), values)
+    result = await conn.run(_insert_ignore(conn.dialect_name, table), values)
     return bool(result.rowcount)
 
 
 @functools.cache
-def _insert_ignore(dialect: str, table: Table) -> Executable:
+def _insert_ignore(dialect: str, table: Table) -> Prepared:
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        return pg_insert(table).on_conflict_do_nothing()
+        return Prepared(pg_insert(table).on_conflict_do_nothing())
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return sqlite_insert(table).on_conflict_do_nothing()
+    return Prepared(sqlite_insert(table).on_conflict_do_nothing())
 
 
 def _only_columns(table: Table, values: dict[str, Any]) -> None:
@@ -76,13 +76,13 @@ def _only_columns(table: Table, values: dict[str, Any]) -> None:
 
 async def get_store(conn: Conn, store_hash: str) -> StoreRecord | None:
     """The store with this hash, or None."""
-    row = (await conn.execute(_STORE_BY_HASH, {"store_hash": store_hash})).mappings().first()
+    row = (await conn.run(_STORE_BY_HASH, {"store_hash": store_hash})).first()
     return StoreRecord.from_row(row) if row else None
 
 
-_STORE_BY_HASH = select(stores).where(stores.c.store_hash == bindparam("store_hash"))
-_STORE_BY_ID = select(stores).where(stores.c.id == bindparam("store_id"))
-_UPDATE_STORE = update(stores).where(stores.c.id == bindparam("_store_id"))
+_STORE_BY_HASH = Prepared(select(stores).where(stores.c.store_hash == bindparam("store_hash")))
+_STORE_BY_ID = Prepared(select(stores).where(stores.c.id == bindparam("store_id")))
+_UPDATE_STORE = Prepared(update(stores).where(stores.c.id == bindparam("_store_id")))
 
 
 async def require_store(conn: Conn, store_hash: str) -> StoreRecord:
@@ -95,7 +95,7 @@ async def require_store(conn: Conn, store_hash: str) -> StoreRecord:
 
 async def get_store_by_id(conn: Conn, store_id: int) -> StoreRecord:
     """The store with this primary key."""
-    row = (await conn.execute(_STORE_BY_ID, {"store_id": store_id})).mappings().one()
+    row = (await conn.run(_STORE_BY_ID, {"store_id": store_id})).one()
     return StoreRecord.from_row(row)
 
 
@@ -125,7 +125,7 @@ async def upsert_store(conn: Conn, store_hash: str, now: datetime, **values: Any
 async def update_store(conn: Conn, store_id: int, now: datetime, **values: Any) -> None:
     """Update some columns of one store."""
     _only_columns(stores, values)
-    await conn.execute(_UPDATE_STORE, {"_store_id": store_id, "updated_at": now, **values})
+    await conn.run(_UPDATE_STORE, {"_store_id": store_id, "updated_at": now, **values})
 
 
 # --- payments ------------------------------------------------------------------
@@ -133,28 +133,35 @@ async def update_store(conn: Conn, store_id: int, now: datetime, **values: Any) 
 
 async def get_payment_by_token(conn: Conn, token: str) -> PaymentRecord | None:
     """The attempt with this public token."""
-    row = (await conn.execute(_PAYMENT_BY_TOKEN, {"token": token})).mappings().first()
+    row = (await conn.run(_PAYMENT_BY_TOKEN, {"token": token})).first()
     return PaymentRecord.from_row(row) if row else None
 
 
-_PAYMENT_BY_TOKEN = select(payments).where(payments.c.token == bindparam("token"))
-_PAYMENT_BY_ID = select(payments).where(payments.c.id == bindparam("payment_id"))
-_PAYMENT_BY_ID_LOCKED = _PAYMENT_BY_ID.with_for_update()
-_PAYMENT_BY_CELERYPAY_ID = select(payments).where(payments.c.celerypay_id == bindparam("celerypay_id"))
-_PAYMENT_BY_ORDER_NO = select(payments).where(payments.c.merchant_order_no == bindparam("merchant_order_no"))
-_ORDER_ATTEMPTS = (
+_BY_ID = select(payments).where(payments.c.id == bindparam("payment_id"))
+_ATTEMPTS = (
     select(payments)
     .where(payments.c.store_id == bindparam("store_id"), payments.c.order_id == bindparam("order_id"))
     .order_by(payments.c.attempt_no)
 )
-_ORDER_ATTEMPTS_LOCKED = _ORDER_ATTEMPTS.with_for_update()
-_UPDATE_PAYMENT = update(payments).where(payments.c.id == bindparam("_payment_id")).returning(*payments.c)
+_PAYMENT_BY_TOKEN = Prepared(select(payments).where(payments.c.token == bindparam("token")))
+_PAYMENT_BY_ID = Prepared(_BY_ID)
+_PAYMENT_BY_ID_LOCKED = Prepared(_BY_ID.with_for_update())
+_PAYMENT_BY_CELERYPAY_ID = Prepared(select(payments).where(payments.c.celerypay_id == bindparam("celerypay_id")))
+_PAYMENT_BY_ORDER_NO = Prepared(
+    select(payments).where(payments.c.merchant_order_no == bindparam("merchant_order_no"))
+)
+_ORDER_ATTEMPTS = Prepared(_ATTEMPTS)
+_ORDER_ATTEMPTS_LOCKED = Prepared(_ATTEMPTS.with_for_update())
+_INSERT_PAYMENT = Prepared(insert(payments).returning(payments.c.id))
+_UPDATE_PAYMENT = Prepared(
+    update(payments).where(payments.c.id == bindparam("_payment_id")).returning(*payments.c)
+)
 
 
 async def get_payment(conn: Conn, payment_id: int, *, lock: bool = False) -> PaymentRecord:
     """The attempt with this primary key, optionally locked for update (PostgreSQL)."""
     query = _PAYMENT_BY_ID_LOCKED if lock else _PAYMENT_BY_ID
-    return PaymentRecord.from_row((await conn.execute(query, {"payment_id": payment_id})).mappings().one())
+    return PaymentRecord.from_row((await conn.run(query, {"payment_id": payment_id})).one())
 
 
 async def find_payment(
@@ -165,12 +172,12 @@ async def find_payment(
 ) -> PaymentRecord | None:
     """The attempt with this CeleryPay id or merchant order number."""
     if celerypay_id is not None:
-        result = await conn.execute(_PAYMENT_BY_CELERYPAY_ID, {"celerypay_id": celerypay_id})
+        result = await conn.run(_PAYMENT_BY_CELERYPAY_ID, {"celerypay_id": celerypay_id})
     elif merchant_order_no is not None:
-        result = await conn.execute(_PAYMENT_BY_ORDER_NO, {"merchant_order_no": merchant_order_no})
+        result = await conn.run(_PAYMENT_BY_ORDER_NO, {"merchant_order_no": merchant_order_no})
     else:  # pragma: no cover - programming error
         raise TypeError("give celerypay_id or merchant_order_no")
-    row = result.mappings().first()
+    row = result.first()
     return PaymentRecord.from_row(row) if row else None
 
 
@@ -179,16 +186,16 @@ async def order_attempts(
 ) -> list[PaymentRecord]:
     """Every attempt of one order, oldest first; ``lock`` takes their rows FOR UPDATE."""
     query = _ORDER_ATTEMPTS_LOCKED if lock else _ORDER_ATTEMPTS
-    rows = await conn.execute(query, {"store_id": store_id, "order_id": order_id})
-    return [PaymentRecord.from_row(r) for r in rows.mappings()]
+    rows = await conn.run(query, {"store_id": store_id, "order_id": order_id})
+    return [PaymentRecord.from_row(r) for r in rows]
 
 
 async def insert_payment(conn: Conn, **values: Any) -> PaymentRecord | None:
     """Insert an attempt; None when a constraint (one open attempt per order) refuses it."""
+    _only_columns(payments, values)
     try:
         async with conn.savepoint():
-            result = await conn.execute(insert(payments).values(**values).returning(payments.c.id))
-            new_id = result.scalar_one()
+            new_id = (await conn.run(_INSERT_PAYMENT, values)).one()["id"]
     except IntegrityError:
         return None
     return await get_payment(conn, new_id)
@@ -197,8 +204,8 @@ async def insert_payment(conn: Conn, **values: Any) -> PaymentRecord | None:
 async def update_payment(conn: Conn, payment_id: int, **values: Any) -> PaymentRecord:
     """Update columns of one attempt and return it (one statement, RETURNING)."""
     _only_columns(payments, values)
-    result = await conn.execute(_UPDATE_PAYMENT, {"_payment_id": payment_id, **values})
-    return PaymentRecord.from_row(result.mappings().one())
+    result = await conn.run(_UPDATE_PAYMENT, {"_payment_id": payment_id, **values})
+    return PaymentRecord.from_row(result.one())
 
 
 async def claim_check(conn: Conn, payment_id: int, *, now: datetime, checked_before: datetime) -> bool:
@@ -207,16 +214,16 @@ async def claim_check(conn: Conn, payment_id: int, *, now: datetime, checked_bef
     True when this caller won the check (processes polling the same payment
     race here, and only the winner asks CeleryPay).
     """
-    result = await conn.execute(
+    result = await conn.run(
         _CLAIM_CHECK, {"_payment_id": payment_id, "_before": checked_before, "last_checked_at": now}
     )
     return bool(result.rowcount)
 
 
-_CLAIM_CHECK = update(payments).where(
+_CLAIM_CHECK = Prepared(update(payments).where(
     payments.c.id == bindparam("_payment_id"),
     payments.c.last_checked_at.is_(None) | (payments.c.last_checked_at < bindparam("_before")),
-)
+))
 
 
 async def list_payments(
@@ -276,10 +283,10 @@ async def record_event(
 
 async def set_event_outcome(conn: Conn, event_id: str, outcome: str) -> None:
     """Record what applying an event did."""
-    await conn.execute(_EVENT_OUTCOME, {"_event_id": event_id, "outcome": outcome})
+    await conn.run(_EVENT_OUTCOME, {"_event_id": event_id, "outcome": outcome})
 
 
-_EVENT_OUTCOME = update(events).where(events.c.event_id == bindparam("_event_id"))
+_EVENT_OUTCOME = Prepared(update(events).where(events.c.event_id == bindparam("_event_id")))
 
 
 async def get_event(conn: Conn, event_id: str) -> dict[str, Any] | None:
@@ -320,7 +327,7 @@ async def audit(
     detail: str = "",
 ) -> None:
     """Append one line to the audit log of order changes bcpay made."""
-    await conn.execute(
+    await conn.run(
         _AUDIT_INSERT,
         {
             "store_id": store_id, "order_id": order_id, "payment_id": payment_id,
@@ -330,7 +337,7 @@ async def audit(
     )
 
 
-_AUDIT_INSERT = insert(audit_log)  # built once; the values go as parameters (a hot path)
+_AUDIT_INSERT = Prepared(insert(audit_log))  # built once; the values go as parameters (a hot path)
 
 
 async def audit_entries(conn: Conn, store_id: int, order_id: int) -> list[dict[str, Any]]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-from sqlalchemy.engine import RowMapping
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class StoreRecord:
         return bool(self.access_token_enc and self.merchant_id and self.celerypay_secret_enc)
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> StoreRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> StoreRecord:
         """Build from a ``stores`` row."""
         return cls(
             id=row["id"],
@@ -101,7 +100,7 @@ class PaymentRecord:
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> PaymentRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> PaymentRecord:
         """Build from a ``payments`` row."""
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
@@ -125,7 +124,7 @@ class JobRecord:
     updated_at: datetime
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> JobRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
         """Build from a ``jobs`` row."""
         values = {name: row[name] for name in cls.__dataclass_fields__ if name != "payload"}
         return cls(payload=json.loads(row["payload"]), **values)
