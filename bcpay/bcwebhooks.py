@@ -67,7 +67,7 @@ async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[st
 def _parse(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInputError("webhook body is not JSON", code="invalid_json") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("scope"), str) or not payload.get("hash"):
         raise InvalidInputError("webhook body lacks scope or hash", code="invalid_webhook")

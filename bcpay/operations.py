@@ -150,7 +150,7 @@ async def find_attempt(rt: Runtime, ref: str, store_hash: str | None = None) -> 
         attempt: PaymentRecord | None = None
         if ref.startswith("pay_"):
             attempt = await q.find_payment(conn, celerypay_id=ref)
-        elif ref.isdigit() and len(ref) <= 19:
+        elif ref.isascii() and ref.isdigit() and len(ref) <= 18:  # a BIGINT holds any 18 digits
             query = select(payments).where(payments.c.order_id == int(ref))
             if store is not None:
                 query = query.where(payments.c.store_id == store.id)

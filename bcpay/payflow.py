@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -466,7 +467,7 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
 
 async def payment_status(rt: Runtime, token: str) -> PaymentView:
     """The real status of an attempt for the snippet's polling."""
-    if not token or len(token) > 64:
+    if not is_token(token):
         raise NotFoundError("no such payment", code="payment_not_found")
     async with rt.db.read() as conn:
         attempt = await q.get_payment_by_token(conn, token)
@@ -525,7 +526,7 @@ async def pay_link(rt: Runtime, store_hash: str, order_id: int) -> str:
 async def resume_by_token(rt: Runtime, token: str) -> PaymentView:
     """Start or resume payment for the order of an attempt (the pay page's button)."""
     async with rt.db.read() as conn:
-        attempt = await q.get_payment_by_token(conn, token) if 0 < len(token) <= 64 else None
+        attempt = await q.get_payment_by_token(conn, token) if is_token(token) else None
         if attempt is None:
             raise NotFoundError("no such payment", code="payment_not_found")
         store = await q.get_store_by_id(conn, attempt.store_id)
@@ -533,11 +534,20 @@ async def resume_by_token(rt: Runtime, token: str) -> PaymentView:
     return await start_payment(rt, store.store_hash, attempt.order_id, order.cart_id or "")
 
 
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what secrets.token_urlsafe makes, with room
+
+
+def is_token(value: str) -> bool:
+    """True when ``value`` could be a payment token (checked before any database lookup)."""
+    return TOKEN.fullmatch(value) is not None
+
+
 def order_number(value: Any) -> int:
     """Validate an order id from outside (JSON or URL)."""
     if isinstance(value, bool):
         raise InvalidInputError("order_id must be a positive integer", code="invalid_order_id")
-    if isinstance(value, str) and value.isdigit() and len(value) <= 12:
+    # ASCII only: "²".isdigit() is true, and int() refuses it.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         value = int(value)
     if not isinstance(value, int) or not 0 < value < 10**12:
         raise InvalidInputError("order_id must be a positive integer", code="invalid_order_id")

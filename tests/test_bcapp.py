@@ -593,6 +593,16 @@ async def test_a_post_without_a_valid_csrf_token_is_403_and_changes_nothing(
     assert await snapshot(world) == before
 
 
+async def test_a_session_cookie_that_is_not_ascii_is_refused_like_any_bad_one(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    await world.add_store(configure=False)
+    for value in ("é.abc", "abc.é", "\u00ff" * 40 + ".x"):
+        cookie = f"{COOKIE_NAME}={value}".encode("latin-1")  # as a browser may send it: bytes, not ASCII
+        answer = await panel.get("/bc/settings", headers={"Cookie": cookie})
+        assert answer.status_code == 401, (value, answer.status_code)
+
+
 async def test_a_post_without_a_session_is_401(world: World, panel: httpx.AsyncClient) -> None:
     await world.add_store(configure=False)
     html = await open_settings(panel)

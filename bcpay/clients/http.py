@@ -78,7 +78,7 @@ def parse_json(response: httpx.Response, *, service: str) -> Any:
     """The JSON body of a 2xx answer; malformed JSON means the upstream is broken."""
     try:
         return json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise UpstreamUnavailable(
             f"{service} answered {response.status_code} with a body that is not JSON",
             code="bad_upstream_response",

@@ -36,7 +36,7 @@ async def json_body(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[" nested 60,000 deep
         raise InvalidInputError("the body is not valid JSON", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidInputError("the body must be a JSON object", code="invalid_json")

@@ -93,7 +93,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+        if length is not None and (not (length.isascii() and length.isdigit()) or int(length) > self.max_bytes):
             await send_json_error(send, 413, "body_too_large", f"request body over {self.max_bytes} bytes")
             return
         seen = 0

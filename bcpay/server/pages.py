@@ -120,7 +120,7 @@ async def pay_return(request: Request) -> Response:
     rt = _rt(request)
     token = request.path_params["token"]
     async with rt.db.read() as conn:
-        attempt = await q.get_payment_by_token(conn, token) if len(token) <= 64 else None
+        attempt = await q.get_payment_by_token(conn, token) if payflow.is_token(token) else None
         store = await q.get_store_by_id(conn, attempt.store_id) if attempt else None
     if attempt is None or store is None:
         return html_page("pay_missing.html", status=404)

@@ -102,7 +102,7 @@ class SessionSigner:
         """Verify a cookie value; raise :class:`SignatureError` with a distinct message."""
         if not value:
             raise SignatureError("no session cookie")
-        if len(value) > MAX_COOKIE_LENGTH or value.count(".") != 1:
+        if len(value) > MAX_COOKIE_LENGTH or value.count(".") != 1 or not value.isascii():
             raise SignatureError("malformed session cookie")
         payload, mac = value.split(".")
         if not hmac.compare_digest(self._mac(self._session_key, payload), mac):

@@ -210,7 +210,7 @@ def settings_changes(form: FormData, rt: Runtime) -> dict[str, Any]:
     wanted: dict[str, Any] = {"method_name": method}
     for key in ("paid_status_id", "mismatch_status_id"):
         text = field(form, key, 3)
-        if not text.isdigit() or int(text) not in ORDER_STATUSES:
+        if not (text.isascii() and text.isdigit()) or int(text) not in ORDER_STATUSES:
             raise InvalidInputError(
                 f"Choose an order status for {key.replace('_id', '').replace('_', ' ')}.",
                 code="invalid_setting",
@@ -261,7 +261,7 @@ async def settings_save(request: Request) -> Response:
     except InvalidInputError as exc:
         entered: dict[str, Any] = {k: field(form, k, 100) for k in SHOWN_FIELDS}
         for key in ("paid_status_id", "mismatch_status_id"):
-            entered[key] = int(entered[key]) if entered[key].isdigit() else None
+            entered[key] = int(entered[key]) if entered[key].isascii() and entered[key].isdigit() else None
         return await render_settings(
             request, viewer, error=exc.message, status=400, entered=entered
         )
@@ -276,7 +276,7 @@ async def settings_save(request: Request) -> Response:
 
 
 async def _store_payment(rt: Runtime, store: StoreRecord, text: str) -> PaymentRecord:
-    if not text.isdigit() or int(text) > MAX_ROW_ID:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ROW_ID:
         raise InvalidInputError("Choose a payment to refund.", code="invalid_payment")
     query = select(payments).where(payments.c.id == int(text), payments.c.store_id == store.id)
     async with rt.db.read() as conn:
