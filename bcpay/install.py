@@ -35,7 +35,7 @@ from bcpay.errors import (
     UpstreamRejected,
 )
 from bcpay.runtime import Runtime
-from bcpay.signatures import BcClaims
+from bcpay.signatures import JWT_LEEWAY, BcClaims
 from bcpay.storage import queries as q
 from bcpay.storage.db import Conn
 from bcpay.storage.records import StoreRecord
@@ -211,7 +211,8 @@ async def open_app(rt: Runtime, claims: BcClaims) -> tuple[StoreRecord, AppUser]
     store = await installed_store(rt, claims.store_hash)
     if claims.jti is None:
         raise SignatureError("JWT has no jti")
-    expires_at = datetime.fromtimestamp(claims.expires, UTC)
+    # Remembered for as long as the JWT is accepted: until exp plus the leeway, not just exp.
+    expires_at = datetime.fromtimestamp(claims.expires + JWT_LEEWAY, UTC)
     async with rt.db.transaction() as conn:
         if not await q.use_jwt_once(conn, claims.jti, expires_at, rt.now()):
             raise SignatureError("this link was already used", code="jwt_replayed")

@@ -187,13 +187,16 @@ def _number_claim(claims: dict[str, Any], name: str) -> float:
     return float(value)
 
 
+JWT_LEEWAY = 30  # seconds of clock difference allowed around a BigCommerce JWT's exp, nbf and iat
+
+
 def verify_bc_jwt(
     token: str,
     *,
     client_id: str,
     client_secret: str,
     now: float | None = None,
-    leeway: int = 30,
+    leeway: int = JWT_LEEWAY,
 ) -> BcClaims:
     """Verify a BigCommerce ``signed_payload_jwt`` and return its claims.
 

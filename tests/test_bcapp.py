@@ -416,6 +416,21 @@ BAD_TOKENS = {
 }
 
 
+async def test_a_load_link_in_its_last_seconds_of_leeway_opens_the_app_once(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """Past exp but within the clock leeway a JWT is still accepted, so its jti must still be remembered."""
+    await install(world, panel)
+    panel.cookies.clear()
+    day_ago = int(time.time()) - 86400
+    token = signed(iat=day_ago, nbf=day_ago, exp=day_ago + 86390)  # exp was 10 s ago
+    first = await panel.get("/bc/load", params={"signed_payload_jwt": token})
+    assert first.status_code == 303
+    panel.cookies.clear()
+    again = await panel.get("/bc/load", params={"signed_payload_jwt": token})
+    assert again.status_code == 401 and "already used" in again.text
+
+
 @pytest.mark.parametrize("path", ["/bc/load", "/bc/uninstall", "/bc/remove_user"])
 @pytest.mark.parametrize("case", list(BAD_TOKENS))
 async def test_bad_callback_jwts_answer_401_and_change_nothing(
