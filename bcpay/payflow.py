@@ -8,7 +8,6 @@ outbox jobs written in that same transaction (see ``bcpay.effects``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import secrets
@@ -28,6 +27,7 @@ from bcpay.errors import (
     NotFoundError,
     RateLimited,
     UpstreamConflict,
+    UpstreamError,
     UpstreamNotFound,
     UpstreamRejected,
     UpstreamUnavailable,
@@ -452,8 +452,10 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
     if remote is None:
         if attempt.status == rules.CREATING and attempt.created_at < now - timedelta(minutes=10):
             async with rt.db.transaction() as conn:  # CeleryPay never saw it: free the slot
-                await q.update_payment(conn, attempt.id, status=rules.FAILED, failure_code="not_created",
-                                       failure_message="the payment was never created", updated_at=now)
+                # Only while still "creating": a creation that finished meanwhile must not be undone.
+                await q.update_payment_if(conn, attempt.id, rules.CREATING, status=rules.FAILED,
+                                          failure_code="not_created",
+                                          failure_message="the payment was never created", updated_at=now)
         async with rt.db.read() as conn:
             return await q.get_payment(conn, attempt.id)
     if not force and remote.id == attempt.celerypay_id and remote.status == attempt.status == rules.PENDING:
@@ -475,9 +477,14 @@ async def payment_status(rt: Runtime, token: str) -> PaymentView:
             raise NotFoundError("no such payment", code="payment_not_found")
         store = await q.get_store_by_id(conn, attempt.store_id)
     if attempt.status in rules.OPEN and store.has_credentials:
-        # If CeleryPay cannot answer now, answer with what we know; the next poll asks again.
-        with contextlib.suppress(UpstreamUnavailable, RateLimited):
+        # If CeleryPay cannot answer now (down, rate limit, or refusing us: a rotated secret),
+        # answer with what we know; the next poll asks again.
+        try:
             attempt = await refresh(rt, store, attempt)
+        except (UpstreamUnavailable, RateLimited):
+            pass
+        except UpstreamError as exc:
+            log.warning("status poll of %s: CeleryPay refused the lookup (%s)", attempt.merchant_order_no, exc.code)
     return view(rt, store, attempt)
 
 

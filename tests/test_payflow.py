@@ -445,3 +445,40 @@ async def test_a_poll_that_finds_it_still_pending_records_the_check_and_nothing_
     await backdate()
     assert (await world.status(body["token"])).json()["state"] == "paid"
     assert (await row())["status"] == "succeeded"
+
+
+async def test_a_poll_answers_what_bcpay_knows_when_celerypay_refuses_the_lookup(world: World) -> None:
+    """A 401 from CeleryPay (its secret was rotated and ours is stale) is no 502 for the shopper."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from bcpay.storage.schema import payments
+    from tests.world import MERCHANT_ID
+
+    order = world.place_order()
+    body = (await world.start(order)).json()
+    world.cp.add_merchant(MERCHANT_ID, "n" * 40)  # CeleryPay now only accepts a secret bcpay does not have
+    async with world.rt.db.transaction() as conn:  # the last check long ago: this poll asks CeleryPay
+        await conn.execute(update(payments).where(payments.c.token == body["token"]).values(
+            last_checked_at=world.rt.now() - timedelta(minutes=5)))
+    answer = await world.status(body["token"])
+    assert answer.status_code == 200 and answer.json()["state"] == "awaiting_payment"
+    page = await world.client.get(f"/pay/{body['token']}")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+
+
+async def test_the_never_created_sweep_leaves_an_attempt_that_moved_on(world: World) -> None:
+    """Failing a stale 'creating' attempt is conditional: one that became pending meanwhile stays pending."""
+    from bcpay.storage import queries as q
+
+    order = world.place_order()
+    body = (await world.start(order)).json()
+    async with world.rt.db.read() as conn:
+        attempt = await q.get_payment_by_token(conn, body["token"])
+    assert attempt is not None and attempt.status == "pending"
+    async with world.rt.db.transaction() as conn:
+        changed = await q.update_payment_if(conn, attempt.id, "creating", status="failed", failure_code="not_created")
+        assert changed is False
+        assert (await q.get_payment(conn, attempt.id)).status == "pending"
+        assert await q.update_payment_if(conn, attempt.id, "pending", outcome="x") is True

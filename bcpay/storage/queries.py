@@ -208,6 +208,18 @@ async def update_payment(conn: Conn, payment_id: int, **values: Any) -> PaymentR
     return PaymentRecord.from_row(result.one())
 
 
+async def update_payment_if(conn: Conn, payment_id: int, expected_status: str, **values: Any) -> bool:
+    """Update columns of one attempt only while its status is ``expected_status``; False if it moved on."""
+    _only_columns(payments, values)
+    result = await conn.run(_UPDATE_PAYMENT_IF, {"_payment_id": payment_id, "_status": expected_status, **values})
+    return bool(result.rowcount)
+
+
+_UPDATE_PAYMENT_IF = Prepared(
+    update(payments).where(payments.c.id == bindparam("_payment_id"), payments.c.status == bindparam("_status"))
+)
+
+
 async def claim_check(conn: Conn, payment_id: int, *, now: datetime, checked_before: datetime) -> bool:
     """Record a look at CeleryPay for this attempt unless one was made since ``checked_before``.
 
