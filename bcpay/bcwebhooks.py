@@ -94,12 +94,14 @@ async def order_status_changed(rt: Runtime, store_id: int, order_id: int) -> str
         return "cancelled payment" if open_ else "nothing open"
     if order.status_id == rules.STATUS_REFUNDED and rt.policy(store).refund_on_status:
         paid = await refunds.paid_attempt(rt, store, order_id)
-        async with rt.db.read() as conn:
-            left = await refunds.refundable(conn, paid)
-        if left > 0:
-            await refunds.request_refund(rt, store, paid, amount=left, reason="order set to Refunded in BigCommerce",
+        try:  # everything left, decided under the order's lock; the key makes a retried job resume it
+            await refunds.request_refund(rt, store, paid, reason="order set to Refunded in BigCommerce",
                                          key=f"status-refund-{paid.id}")
-            return "refunded"
+        except InvalidInputError as exc:
+            if exc.code != "over_refund":
+                raise
+            return "no action"  # nothing left to refund
+        return "refunded"
     return "no action"
 
 

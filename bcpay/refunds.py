@@ -7,8 +7,11 @@ The order's status follows the refund through the same outbox path as payments.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
@@ -21,6 +24,8 @@ from bcpay.storage import queries as q
 from bcpay.storage.db import Conn
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import refunds
+
+STALE_REQUEST = timedelta(minutes=2)  # longer than one CeleryPay call with its retries
 
 
 @dataclass(frozen=True)
@@ -66,46 +71,94 @@ async def request_refund(
     reason: str = "",
     key: str | None = None,
 ) -> RefundResult:
-    """Refund ``amount`` (default: everything left) of a paid attempt."""
+    """Refund ``amount`` (default: everything left) of a paid attempt.
+
+    ``key`` makes the request repeatable: the same key again (a retried job, a
+    form sent twice) finds the refund it started. One still ``requested`` (its
+    CeleryPay call failed without an answer) is sent again with the same
+    Idempotency-Key and body, so CeleryPay either does it once or replays it;
+    one with an answer is returned as it is. Without a key, requests left
+    ``requested`` for a while are settled the same way before the amount left
+    is computed, so a failed call never holds money back for good.
+    """
     if payment.status not in rules.PAID or not payment.celerypay_id:
         raise ConflictError("this payment was not captured; nothing to refund", code="not_refundable")
+    await _send_stale(rt, store, payment)
     async with rt.db.transaction() as conn:
         await payflow.lock_order(conn, rt, store.id, payment.order_id)
         payment = await q.get_payment(conn, payment.id)
-        left = await refundable(conn, payment)
-        amount = left if amount is None else amount
-        if amount <= 0 or amount > left:
-            raise InvalidInputError(
-                f"refund of {amount} exceeds what can be refunded ({left}, minor units)", code="over_refund"
-            )
-        n = int((await conn.execute(
-            select(func.count()).select_from(refunds).where(refunds.c.payment_id == payment.id)
-        )).scalar_one()) + 1
-        refund_no = f"{payment.merchant_order_no}-r{n}"
-        idem = key if key else "refund-" + secrets.token_urlsafe(24)
-        now = rt.now()
-        await conn.execute(
-            insert(refunds).values(
-                payment_id=payment.id, merchant_refund_no=refund_no, idempotency_key=idem[:64],
-                amount=amount, currency=payment.currency, status="requested", reason=reason[:500],
-                created_at=now, updated_at=now,
-            )
+        row = await _by_key(conn, payment.id, key[:64]) if key else None
+        if row is None:
+            row = await _open(conn, rt, payment, amount, reason, key)
+        elif amount is not None and amount != row["amount"]:
+            raise InvalidInputError("this refund key was used for another amount", code="refund_key_reused")
+    if row["status"] == "failed":
+        raise ConflictError("CeleryPay refused this refund", code="refund_rejected")
+    if row["status"] != "requested":
+        return RefundResult(row["merchant_refund_no"], row["celerypay_id"], row["amount"], row["currency"],
+                            row["status"])
+    return await _send(rt, store, payment, row)
+
+
+async def _open(
+    conn: Conn, rt: Runtime, payment: PaymentRecord, amount: int | None, reason: str, key: str | None
+) -> dict[str, Any]:
+    """Check the amount and write the ``requested`` row, under the order's lock."""
+    left = await refundable(conn, payment)
+    amount = left if amount is None else amount
+    if amount <= 0 or amount > left:
+        raise InvalidInputError(
+            f"refund of {amount} exceeds what can be refunded ({left}, minor units)", code="over_refund"
         )
+    n = int((await conn.execute(
+        select(func.count()).select_from(refunds).where(refunds.c.payment_id == payment.id)
+    )).scalar_one()) + 1
+    now = rt.now()
+    values = {
+        "payment_id": payment.id, "merchant_refund_no": f"{payment.merchant_order_no}-r{n}",
+        "idempotency_key": (key or "refund-" + secrets.token_urlsafe(24))[:64], "celerypay_id": None,
+        "amount": amount, "currency": payment.currency, "status": "requested", "reason": reason[:500],
+        "created_at": now, "updated_at": now,
+    }
+    values["id"] = (await conn.execute(insert(refunds).values(**values).returning(refunds.c.id))).scalar_one()
+    return values
+
+
+async def _by_key(conn: Conn, payment_id: int, key: str) -> dict[str, Any] | None:
+    query = select(refunds).where(refunds.c.payment_id == payment_id, refunds.c.idempotency_key == key)
+    row = (await conn.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def _send(rt: Runtime, store: StoreRecord, payment: PaymentRecord, row: dict[str, Any]) -> RefundResult:
+    """Ask CeleryPay for the refund a ``requested`` row describes (the same request every time)."""
     assert payment.celerypay_id is not None
     try:
         refund = await rt.celerypay(store).create_refund(
-            payment.celerypay_id, amount=amount, merchant_refund_no=refund_no,
-            idempotency_key=idem[:64], reason=reason[:500] or None,
+            payment.celerypay_id, amount=row["amount"], merchant_refund_no=row["merchant_refund_no"],
+            idempotency_key=row["idempotency_key"], reason=row["reason"] or None,
         )
     except UpstreamRejected as exc:
         async with rt.db.transaction() as conn:
             await conn.execute(
-                update(refunds).where(refunds.c.merchant_refund_no == refund_no)
-                .values(status="failed", updated_at=rt.now())
+                update(refunds).where(refunds.c.id == row["id"]).values(status="failed", updated_at=rt.now())
             )
         raise ConflictError(f"CeleryPay refused the refund: {exc.code}", code="refund_rejected") from exc
     await settle(rt, store, payment, refund)
-    return RefundResult(refund_no, refund.id, amount, payment.currency, refund.status)
+    return RefundResult(row["merchant_refund_no"], refund.id, row["amount"], row["currency"], refund.status)
+
+
+async def _send_stale(rt: Runtime, store: StoreRecord, payment: PaymentRecord) -> None:
+    """Send again the requests of this payment left ``requested`` for longer than a call can take."""
+    before = rt.now() - STALE_REQUEST
+    query = select(refunds).where(
+        refunds.c.payment_id == payment.id, refunds.c.status == "requested", refunds.c.updated_at < before
+    )
+    async with rt.db.read() as conn:
+        stale = [dict(r) for r in (await conn.execute(query)).mappings()]
+    for row in stale:
+        with contextlib.suppress(ConflictError):  # refused: _send marked it failed, its amount is free
+            await _send(rt, store, payment, row)
 
 
 async def settle(rt: Runtime, store: StoreRecord, payment: PaymentRecord, refund: Refund) -> None:

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from bcpay import refunds
-from bcpay.errors import InvalidInputError
+from bcpay.errors import InvalidInputError, UpstreamUnavailable
 from bcpay.sandbox.celerypay import FakeOptions
 from bcpay.storage import queries as q
 from tests.world import STORE_HASH, World, open_world
@@ -124,3 +125,45 @@ async def test_auto_refund_of_a_double_payment(db_url: str, secret_key: str) -> 
         assert w.cp.payments[first_pid]["status"] == "refunded"
         assert w.order(order["id"])["status_id"] == 11
         assert len(w.status_puts(order["id"])) == 1
+
+
+async def test_a_refund_whose_call_failed_is_sent_again_with_the_same_key_and_done_once(world: World) -> None:
+    """A retried job (same key) resends the same request: one refund at CeleryPay, nothing held back."""
+    order, pid = await paid(world, "20.00")
+    store = await world_store(world)
+    attempt = await refunds.paid_attempt(world.rt, store, order["id"])  # type: ignore[arg-type]
+    tries = world.rt.settings.celerypay.max_retries + 1  # one call, retries included
+    world.cp.fail_next(tries, status=503)  # CeleryPay down for the whole call
+    with pytest.raises(UpstreamUnavailable):
+        await refunds.request_refund(world.rt, store, attempt, amount=700, key="job-77")
+    again = await refunds.request_refund(world.rt, store, attempt, amount=700, key="job-77")
+    assert again.status == "pending" and again.amount == 700 and again.merchant_refund_no.endswith("-r1")
+    assert [r["amount"] for r in world.cp.refunds.values()] == [700]
+    async with world.rt.db.read() as conn:
+        assert await refunds.refundable(conn, attempt) == 2000 - 700
+    third = await refunds.request_refund(world.rt, store, attempt, amount=700, key="job-77")
+    assert third.celerypay_id == again.celerypay_id and len(world.cp.refunds) == 1
+    with pytest.raises(InvalidInputError, match="another amount"):
+        await refunds.request_refund(world.rt, store, attempt, amount=800, key="job-77")
+
+
+async def test_a_request_left_unanswered_no_longer_holds_its_amount_back(world: World) -> None:
+    """An operator's refund whose call failed is settled by the next request, which then refunds the rest."""
+    from sqlalchemy import update
+
+    from bcpay.storage.schema import refunds as refunds_table
+
+    order, pid = await paid(world, "20.00")
+    world.cp.fail_next(world.rt.settings.celerypay.max_retries + 1, status=503)  # down: nothing is done
+    with pytest.raises(UpstreamUnavailable):
+        await refund(world, order["id"], 500)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match=r"exceeds .*\(1500"):  # just now: it may still be in flight
+        await refund(world, order["id"], 2000)  # type: ignore[arg-type]
+    async with world.rt.db.transaction() as conn:  # three minutes later
+        await conn.execute(update(refunds_table).values(updated_at=world.rt.now() - timedelta(minutes=3)))
+    rest = await refund(world, order["id"], None)  # type: ignore[arg-type]
+    assert rest.amount == 1500 and rest.merchant_refund_no.endswith("-r2")
+    assert sorted(r["amount"] for r in world.cp.refunds.values()) == [500, 1500]
+    async with world.rt.db.read() as conn:
+        statuses = [r["status"] for r in (await conn.execute(select(refunds_table))).mappings()]
+    assert statuses == ["pending", "pending"]
