@@ -129,7 +129,7 @@ async def test_auto_refund_of_a_double_payment(db_url: str, secret_key: str) -> 
 
 async def test_a_refund_whose_call_failed_is_sent_again_with_the_same_key_and_done_once(world: World) -> None:
     """A retried job (same key) resends the same request: one refund at CeleryPay, nothing held back."""
-    order, pid = await paid(world, "20.00")
+    order, _ = await paid(world, "20.00")
     store = await world_store(world)
     attempt = await refunds.paid_attempt(world.rt, store, order["id"])  # type: ignore[arg-type]
     tries = world.rt.settings.celerypay.max_retries + 1  # one call, retries included
@@ -153,7 +153,7 @@ async def test_a_request_left_unanswered_no_longer_holds_its_amount_back(world: 
 
     from bcpay.storage.schema import refunds as refunds_table
 
-    order, pid = await paid(world, "20.00")
+    order, _ = await paid(world, "20.00")
     world.cp.fail_next(world.rt.settings.celerypay.max_retries + 1, status=503)  # down: nothing is done
     with pytest.raises(UpstreamUnavailable):
         await refund(world, order["id"], 500)  # type: ignore[arg-type]
