@@ -100,15 +100,24 @@ async def apply_event(
 async def record_refund_event_for(
     rt: Runtime, conn: Conn, store_id: int, payment_id: int, refund: Refund
 ) -> None:
-    """Keep the refund's state and queue the order update for a succeeded refund."""
+    """Keep the refund's state and queue the order update for a succeeded refund.
+
+    The row is the one with CeleryPay's refund id, else the one with the same
+    number on this payment: ``merchant_refund_no`` is unique per merchant only
+    (contract, "POST /v1/payments/{id}/refunds") and each store has its own
+    merchant, so another store's "R1" is a different refund. Both lookups stay
+    within the payment the event was verified for; a refund has one payment.
+    """
     now = rt.now()
-    row = (
+    candidates = (
         await conn.execute(
             select(refunds).where(
-                (refunds.c.celerypay_id == refund.id) | (refunds.c.merchant_refund_no == refund.merchant_refund_no)
+                refunds.c.payment_id == payment_id,
+                (refunds.c.celerypay_id == refund.id) | (refunds.c.merchant_refund_no == refund.merchant_refund_no),
             )
         )
-    ).mappings().first()
+    ).mappings().all()
+    row = next((r for r in candidates if r["celerypay_id"] == refund.id), candidates[0] if candidates else None)
     if row is None:
         await conn.execute(
             insert(refunds).values(

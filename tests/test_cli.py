@@ -462,7 +462,7 @@ def test_db_upgrade_prints_revisions(tmp_path: Path, secret_key: str) -> None:
     config.write_text(f'[app]\nsecret_key = "{secret_key}"\n[database]\nurl = "sqlite:///{tmp_path}/new.db"\n')
     runner = CliRunner()
     first = runner.invoke(app, ["--config", str(config), "db", "upgrade"])
-    assert first.exit_code == 0 and "(empty) -> 0002" in first.stdout
+    assert first.exit_code == 0 and "(empty) -> 0003" in first.stdout
     second = runner.invoke(app, ["--config", str(config), "db", "upgrade"])
     assert second.exit_code == 0 and "already current" in second.stdout
 

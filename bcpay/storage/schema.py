@@ -6,8 +6,16 @@ Invariants live here as constraints, not only in code:
 - at most one *open* (``creating`` or ``pending``) attempt per order
   (partial unique index ``uq_payments_one_open``);
 - ``merchant_order_no``, the CeleryPay payment id and the public token are unique;
+- a refund number is unique per payment, not globally: CeleryPay makes
+  ``merchant_refund_no`` unique per merchant only, and every store has its own;
 - a CeleryPay event id is stored once (``events.event_id`` unique): the dedupe key;
 - an outbox job with a ``dedupe_key`` exists once.
+
+Columns holding CeleryPay's identifiers are at least as wide as the ids
+``bcpay.clients.celerypay_models`` accepts (``ID``): a notification that parses
+but does not fit its column fails on PostgreSQL, is answered 500 and, after
+CeleryPay's 47 hours of retries, is lost. Its free strings (``failure_code``)
+have no limit in the contract, so they are ``Text``.
 
 Schema changes go through Alembic migrations in ``bcpay/storage/migrations``.
 """
@@ -72,6 +80,7 @@ metadata = MetaData(
 )
 
 OPEN_STATUSES = ("creating", "pending")
+ID = 128  # CeleryPay ids: evt_/ref_ + up to 64 characters (68) fit with room to spare
 
 stores = Table(
     "stores",
@@ -132,7 +141,7 @@ payments = Table(
     Column("refunded_amount", BigInteger, nullable=False, server_default="0"),
     Column("cashier_url", Text),
     Column("expires_at", UTCDateTime()),
-    Column("failure_code", String(64)),
+    Column("failure_code", Text),
     Column("failure_message", Text),
     Column("celerypay_updated_at", UTCDateTime()),
     Column("last_checked_at", UTCDateTime()),
@@ -157,22 +166,23 @@ refunds = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("payment_id", ForeignKey("payments.id"), nullable=False),
-    Column("merchant_refund_no", String(64), nullable=False, unique=True),
+    Column("merchant_refund_no", String(64), nullable=False),
     Column("idempotency_key", String(64), nullable=False),
-    Column("celerypay_id", String(64), unique=True),
+    Column("celerypay_id", String(ID), unique=True),
     Column("amount", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("status", String(16), nullable=False),  # requested | pending | succeeded | failed
     Column("reason", Text, nullable=False, server_default=""),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("payment_id", "merchant_refund_no"),
 )
 
 events = Table(
     "events",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("event_id", String(64), nullable=False, unique=True),
+    Column("event_id", String(ID), nullable=False, unique=True),
     Column("store_id", ForeignKey("stores.id"), nullable=False),
     Column("type", String(32), nullable=False),
     Column("celerypay_payment_id", String(64)),
