@@ -472,6 +472,45 @@ async def store_checks(rt: Runtime, store: StoreRecord) -> list[Check]:
     return found
 
 
+def webhook_destination_check(rt: Runtime) -> Check:
+    """BigCommerce takes only https on port 443 as a webhook destination (bigcommerce-api.md, Webhooks v3).
+
+    A BigCommerce on loopback is a local fake, which delivers to loopback as well.
+    """
+    from bcpay.clients.celerypay import is_loopback
+
+    public_url = rt.settings.app.public_url
+    try:
+        public = httpx.URL(public_url)
+        local_bc = is_loopback(httpx.URL(rt.settings.bigcommerce.api_url).host)
+    except httpx.InvalidURL:
+        public, local_bc = httpx.URL(), False
+    ok = bool(public.host) and (
+        (public.scheme == "https" and public.port in (None, 443)) or (local_bc and is_loopback(public.host)))
+    if ok:
+        return Check("webhook destination", True, f"{public_url} is accepted by BigCommerce")
+    return Check(
+        "webhook destination", False,
+        f"BigCommerce accepts only https on port 443 as a webhook destination, not {public_url}",
+        ["Serve bcpay over TLS on port 443 (e.g. behind a reverse proxy), set app.public_url "
+         "to that https:// address, then run `bcpay provision STORE` again."])
+
+
+def callback_url_check(rt: Runtime, store: StoreRecord) -> Check:
+    """CeleryPay takes notify_url and return_url as "https, or http on a loopback address in sandbox"."""
+    from bcpay.clients.celerypay import callback_url_problem
+
+    environment = "production" if store.environment == "production" else "sandbox"
+    problem = callback_url_problem(rt.public_url(f"/notify/celerypay/{store.store_hash}"), "notify_url",
+                                   sandbox=environment == "sandbox")
+    if problem is None:
+        return Check("CeleryPay callback URLs", True, f"notify_url and return_url accepted by CeleryPay {environment}")
+    return Check(
+        "CeleryPay callback URLs", False, f"CeleryPay {environment} would refuse every payment: {problem}",
+        ["Set app.public_url to bcpay's https:// address (CeleryPay accepts http "
+         "only on a loopback address, and only in sandbox)."])
+
+
 async def doctor(rt: Runtime, store_hash: str | None = None) -> list[tuple[str, Check]]:
     """One report of what works and what to fix: (section, check) pairs; all ok means healthy."""
     report: list[tuple[str, Check]] = [("bcpay", Check("configuration", True, "valid"))]
@@ -485,10 +524,12 @@ async def doctor(rt: Runtime, store_hash: str | None = None) -> list[tuple[str, 
     if not current:
         return report
     report.append(("bcpay", await check_public_url(rt)))
+    report.append(("bcpay", webhook_destination_check(rt)))
     if store_hash is not None:
         chosen = [await get_store(rt, store_hash)]
     else:
         chosen = [s for s in await list_stores(rt) if s.installed]
     for store in chosen:
         report.extend((store.store_hash, c) for c in await store_checks(rt, store))
+        report.append((store.store_hash, callback_url_check(rt, store)))
     return report

@@ -142,6 +142,7 @@ class Runtime:
             merchant_id=store.merchant_id,
             api_secret=self.vault.open(store.celerypay_secret_enc),
             max_retries=self.settings.celerypay.max_retries,
+            environment="production" if store.environment == "production" else "sandbox",
         )
 
     def notification_secrets(self, store: StoreRecord) -> list[str]:

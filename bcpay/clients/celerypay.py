@@ -10,18 +10,22 @@ Follows /work/shared/reference/celerypay-api.md to the letter:
   same Idempotency-Key and body on every retry, which makes every CeleryPay
   call safe to repeat ("Idempotency");
 - 429 waits ``Retry-After``; 5xx and transport errors back off and retry; other
-  4xx never retry. :func:`decipher` maps answers to :mod:`bcpay.errors`.
+  4xx never retry. :func:`decipher` maps answers to :mod:`bcpay.errors`;
+- notify_url and return_url are "https, or http on a loopback address in
+  sandbox" ("POST /v1/payments"): :func:`callback_url_problem` is that rule,
+  which ``bcpay doctor`` applies to ``app.public_url`` as well.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import httpx
@@ -54,12 +58,22 @@ from bcpay.errors import (
 )
 from bcpay.signatures import sign_request
 
-__all__ = ["CeleryPayClient", "Event", "Payment", "Refund", "decipher", "parse_event"]
+__all__ = [
+    "CeleryPayClient",
+    "Event",
+    "Payment",
+    "Refund",
+    "callback_url_problem",
+    "decipher",
+    "is_loopback",
+    "parse_event",
+]
 
 SERVICE = "celerypay"
 IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 T = TypeVar("T")
 PING_ORDER_NO = "bcpay-ping"  # never used for a real payment (ours look like hash-id-n)
+ENVIRONMENTS = ("sandbox", "production")
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -143,6 +157,50 @@ def _check_order_no(value: str, name: str) -> None:
     )
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IP addresses (127.0.0.0/8, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def callback_url_problem(url: object, param: str, *, sandbox: bool) -> str | None:
+    """Why CeleryPay would refuse ``url`` as ``param`` (notify_url or return_url), or None.
+
+    Contract, "POST /v1/payments": "https, or http on a loopback address in
+    sandbox". Credentials in the URL are refused too: the contract is silent on
+    them, and its strictest reading is "no".
+    """
+    if not isinstance(url, str) or not url:
+        return f"{param} is required"
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return f"{param} is not a valid URL"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 -- raises ValueError on a malformed port
+    except ValueError:
+        return f"{param} is not a valid URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"{param} must be an absolute https URL with a host"
+    if parts.username is not None or parts.password is not None:
+        return f"{param} must not carry a user name or password"
+    if parts.scheme == "https" or (sandbox and is_loopback(host)):
+        return None
+    rule = "https (http only on a loopback address)"
+    if not sandbox:
+        rule = "https in production (http only on a loopback address in sandbox)"
+    return f"{param} must use {rule}, not {parts.scheme} on {host}"
+
+
+def _check_callback_url(url: str, param: str, *, sandbox: bool) -> None:
+    problem = callback_url_problem(url, param, sandbox=sandbox)
+    _check(problem is None, problem or "", param)
+
+
 def _check_amount(amount: int) -> None:
     _check(
         isinstance(amount, int) and not isinstance(amount, bool) and amount > 0,
@@ -165,8 +223,14 @@ class CeleryPayClient:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        environment: Literal["sandbox", "production"] = "sandbox",
     ) -> None:
-        """Bind the shared HTTP client to one merchant's credentials and base URL."""
+        """Bind the shared HTTP client to one merchant's credentials and base URL.
+
+        ``environment`` is the merchant's CeleryPay environment (the store's
+        ``environment``): only ``sandbox`` accepts http callback URLs, and
+        only on a loopback address.
+        """
         parts = urlsplit(base_url)
         if (
             parts.scheme not in ("http", "https")
@@ -175,6 +239,11 @@ class CeleryPayClient:
             or parts.fragment
         ):
             raise InvalidInputError(f"CeleryPay base URL is not an http(s) URL: {base_url!r}")
+        if environment not in ENVIRONMENTS:
+            raise InvalidInputError(
+                f"CeleryPay environment must be sandbox or production, got {environment!r}"
+            )
+        self._sandbox = environment == "sandbox"
         self._http = http
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._prefix = parts.path.rstrip("/")
@@ -263,12 +332,8 @@ class CeleryPayClient:
             "currency must be three upper-case letters",
             "currency",
         )
-        _check(
-            isinstance(notify_url, str) and bool(notify_url), "notify_url is required", "notify_url"
-        )
-        _check(
-            isinstance(return_url, str) and bool(return_url), "return_url is required", "return_url"
-        )
+        _check_callback_url(notify_url, "notify_url", sandbox=self._sandbox)
+        _check_callback_url(return_url, "return_url", sandbox=self._sandbox)
         _check_idempotency_key(idempotency_key)
         body: dict[str, Any] = {
             "merchant_order_no": merchant_order_no,
