@@ -24,7 +24,7 @@ from bcpay.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from bcpay.money import format_amount
+from bcpay.money import format_amount, to_minor
 from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
 from bcpay.storage.records import JobRecord, PaymentRecord, StoreRecord
@@ -84,6 +84,12 @@ async def mark_paid(rt: Runtime, job: JobRecord) -> str:
     effect = rules.paid_effect(order.status_id, paid_status_id=policy.paid_status_id)
     assert payment.celerypay_id is not None and payment.paid_amount is not None
     if effect == "apply":
+        # The capture was checked against the total when the payment started; the merchant may
+        # have edited the order since. The contract: paid only when it equals what the order owes now.
+        owed = to_minor(order.total_inc_tax, order.currency)
+        if (owed, order.currency) != (payment.paid_amount, payment.currency):
+            await _order_changed(rt, store, payment, order, owed)
+            return "mismatch"
         note = (
             f"OKCloud Pay: paid {format_amount(payment.paid_amount, payment.currency)}, "
             f"CeleryPay payment {payment.celerypay_id}, at {rt.now():%Y-%m-%d %H:%M:%S} UTC"
@@ -107,6 +113,24 @@ async def mark_paid(rt: Runtime, job: JobRecord) -> str:
         description="CeleryPay payment id (OKCloud Pay)",
     )
     return effect
+
+
+async def _order_changed(rt: Runtime, store: StoreRecord, payment: PaymentRecord, order: Order, owed: int) -> None:
+    """The order now owes something else than was paid: manual verification, an anomaly, never paid."""
+    assert payment.paid_amount is not None
+    reason = (f"paid {format_amount(payment.paid_amount, payment.currency)} but the order now totals "
+              f"{format_amount(owed, order.currency)}")
+    async with rt.db.transaction() as conn:
+        await q.update_payment(conn, payment.id, outcome="mismatch", updated_at=rt.now())
+        await q.record_anomaly(
+            conn, store_id=store.id, order_id=order.id, payment_id=payment.id, kind="amount_mismatch",
+            amount=payment.paid_amount - payment.refunded_amount, currency=payment.currency, detail=reason,
+            now=rt.now(),
+        )
+    note = f"OKCloud Pay: payment {payment.celerypay_id} needs manual verification: {reason}"
+    await _write_order(
+        rt, store, payment, order, status_id=rt.policy(store).mismatch_status_id, note=note, action="mark_mismatch",
+    )
 
 
 async def mark_mismatch(rt: Runtime, job: JobRecord) -> str:

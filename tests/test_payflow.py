@@ -175,6 +175,25 @@ async def test_amount_mismatch_goes_to_manual_verification_never_paid(world: Wor
     assert (await world.status(body["token"])).json()["state"] == "under_review"
 
 
+async def test_an_order_edited_after_the_payment_started_is_not_marked_paid(world: World) -> None:
+    """The shopper pays the old total on an open cashier page; the order now owes more: manual verification."""
+    order = world.place_order("50.00")
+    body = (await world.start(order)).json()
+    world.order(order["id"])["total_inc_tax"] = "80.0000"  # the merchant edits the order meanwhile
+    await world.cp.pay(payment_id_of(body))
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    bc_order = world.order(order["id"])
+    assert [p["status_id"] for p in world.status_puts(order["id"])] == [12]
+    assert "paid 50.00 USD but the order now totals 80.00 USD" in bc_order["staff_notes"]
+    assert (await world.status(body["token"])).json()["state"] == "under_review"
+    from bcpay.storage import queries as q
+
+    async with world.rt.db.read() as conn:
+        [anomaly] = await q.list_anomalies(conn)
+    assert anomaly["kind"] == "amount_mismatch" and anomaly["amount"] == 5000
+
+
 async def test_currency_mismatch_in_a_signed_event_is_not_paid(world: World) -> None:
     order = world.place_order("19.99")
     body = (await world.start(order)).json()
