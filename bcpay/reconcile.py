@@ -256,10 +256,13 @@ async def check_awaiting(ctx: _Context, order: Order, attempts: list[PaymentReco
     if not attempts:
         if order.date_created >= ctx.unstarted_before:
             return []
-        link = await payflow.pay_link(ctx.rt, ctx.store.store_hash, order.id)
-        return [ctx.finding("never_started", order, "no payment was ever started (snippet blocked or tab closed)",
-                            amount=to_minor(order.total_inc_tax, order.currency), currency=order.currency,
-                            pay_link=link)]
+        # A link opens an attempt row: only a --fix run writes; a report says how to get one.
+        link = await payflow.pay_link(ctx.rt, ctx.store.store_hash, order.id) if ctx.fix else None
+        detail = "no payment was ever started (snippet blocked or tab closed)"
+        if link is None:
+            detail += f"; a link for the shopper: `bcpay pay-link {order.id} --store {ctx.store.store_hash}`"
+        return [ctx.finding("never_started", order, detail, amount=to_minor(order.total_inc_tax, order.currency),
+                            currency=order.currency, pay_link=link)]
     remote = {a.id: await ctx.remote(a) for a in attempts if _ask_celerypay(a)}
     found: list[Finding] = []
     captured = [a for a in attempts if a.status in rules.PAID]

@@ -16,7 +16,7 @@ from bcpay.sandbox.bc_state import Quota
 from bcpay.storage import queries as q
 from bcpay.storage.records import StoreRecord
 from bcpay.storage.schema import anomalies, jobs, payments
-from tests.world import STORE_HASH, World, open_world
+from tests.world import PUBLIC_URL, STORE_HASH, World, open_world
 
 
 @pytest.fixture
@@ -89,12 +89,26 @@ async def test_two_thousand_orders_within_the_quota_with_every_kind_found(world:
     assert report.counts == {"never_started": 200, "paid_not_applied": 30, "failed": 10, "expired": 20,
                              "pending": 40, "paid_without_payment": 40}
     assert {f.order_id for f in report.findings if f.kind == "paid_without_payment"} == set(paid_elsewhere)
-    assert all(f.pay_link and "/pay/" in f.pay_link for f in report.findings if f.kind == "never_started")
+    # A report writes nothing: no attempt rows for links; it says how to get one.
+    never = [f for f in report.findings if f.kind == "never_started"]
+    assert all(f.pay_link is None and f"bcpay pay-link {f.order_id} --store" in f.detail for f in never)
+    async with w.rt.db.read() as conn:
+        assert await q.count(conn, payments) == 100
     assert report.fixed == 0
     assert w.bc.rate_limited == 0, "the shared limiter must keep every call inside the quota"
     # Streamed: never more than the bounded queue (and the tasks holding one each) ahead of the checks.
     assert max(listed - checked for checked, listed in seen) <= 3 * 8
     assert elapsed < 30
+
+
+async def test_a_fix_run_gives_a_pay_link_for_an_order_never_started(world: World) -> None:
+    w = world
+    order = w.place_order("15.00", created=datetime.now(UTC) - timedelta(hours=2))
+    [finding] = (await run(w, fix=True)).findings
+    assert finding.kind == "never_started" and finding.order_id == order["id"]
+    assert finding.pay_link is not None and "/pay/" in finding.pay_link
+    page = await w.client.get(finding.pay_link.removeprefix(PUBLIC_URL))
+    assert page.status_code == 200 and "15.00" in page.text
 
 
 async def test_fix_applies_celerypay_truth_once_and_jobs_update_the_order(world: World) -> None:
