@@ -74,16 +74,34 @@ def load(ctx: typer.Context, **overrides: dict[str, Any]) -> Settings:
 
 @contextmanager
 def failures(ctx: typer.Context) -> Iterator[None]:
-    """Turn a BcpayError into one red line on stderr and exit code 1."""
+    """Turn a BcpayError, or a database or OS failure, into one red line on stderr and exit code 1."""
     try:
         yield
-    except BcpayError as exc:
+    except Exception as exc:
+        message = exc.message if isinstance(exc, BcpayError) else environment_failure(exc)
+        if message is None:
+            raise  # a bug: the traceback is the report
         from rich.markup import escape
 
         if state(ctx).debug:
             err().print(escape(traceback.format_exc()), style="dim")
-        err().print(f"Error: {escape(exc.message)}", style="red")
+        err().print(f"Error: {escape(message)}", style="red")
         raise typer.Exit(1) from None
+
+
+def environment_failure(exc: BaseException) -> str | None:
+    """One line for a failure of what bcpay runs on (database, files, network), else None.
+
+    The driver's own first line, never SQLAlchemy's rendering of the statement
+    and its parameters.
+    """
+    if type(exc).__module__.startswith("sqlalchemy."):
+        cause = getattr(exc, "orig", None) or exc
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
+        return f"database error: {first} (--debug shows the traceback)"
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc} (--debug shows the traceback)"
+    return None
 
 
 def run(ctx: typer.Context, work: Callable[[Runtime], Awaitable[T]], *, settings: Settings | None = None) -> T:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bcpay.cli_common import err, failures, money, out, print_json, run, table
+from bcpay.cli_common import err, failures, load, money, out, print_json, run, table
 from bcpay.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -283,18 +283,23 @@ def events_replay(ctx: typer.Context, event_id: Annotated[str, typer.Argument(he
 @events_app.command("prune")
 def events_prune(
     ctx: typer.Context,
-    older_than: Annotated[str, typer.Option(
-        help="Delete events received longer ago than this (at least 30d).")] = "90d",
+    older_than: Annotated[str | None, typer.Option(
+        help="Delete events received longer ago than this (at least 30d; "
+             "default outbox.event_retention_days).")] = None,
 ) -> None:
     """Delete raw notifications older than a period (never less than 30 days: dedupe needs them).
 
-    Example: bcpay events prune --older-than 90d
+    Example: bcpay events prune --older-than 120d
     """
+    from datetime import timedelta
+
     from bcpay import operations
 
     with failures(ctx):
-        period = operations.parse_duration(older_than)
-    count = run(ctx, lambda rt: operations.prune_events(rt, period))
+        settings = load(ctx)
+        period = (operations.parse_duration(older_than) if older_than is not None
+                  else timedelta(days=settings.outbox.event_retention_days))
+    count = run(ctx, lambda rt: operations.prune_events(rt, period), settings=settings)
     out().print(f"deleted {count} event(s) older than {period.days} days")
 
 

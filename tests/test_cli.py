@@ -426,8 +426,25 @@ def test_anomalies_jobs_and_event_prune(env: Env) -> None:
     assert env.cli("jobs", "retry").exit_code == 2
 
     one_error_line(env.cli("events", "prune", "--older-than", "7d"), "at least 30 days")
-    assert "deleted 1 event(s) older than 90 days" in env.ok("events", "prune", "--older-than", "90d").stdout
+    assert "deleted 0 event(s) older than 150 days" in env.ok("events", "prune", "--older-than", "150d").stdout
+    kept = env.ok("events", "prune", env={"BCPAY_OUTBOX_EVENT_RETENTION_DAYS": "130"})  # the setting is the default
+    assert "deleted 0 event(s) older than 130 days" in kept.stdout
+    assert "deleted 1 event(s) older than 90 days" in env.ok("events", "prune").stdout
     assert env.query(select(events.c.event_id)) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "text"),
+    [("sqlite:////nonexistent-dir/bcpay.db", "database error: unable to open database file"),
+     ("postgresql://postgres@127.0.0.1:1/bcpay", "Connect call failed")],
+)
+def test_an_unreachable_database_is_one_error_line_not_a_traceback(
+    tmp_path: Path, secret_key: str, url: str, text: str
+) -> None:
+    config = tmp_path / "bcpay.toml"
+    config.write_text(f'[app]\nsecret_key = "{secret_key}"\n[database]\nurl = "{url}"\n')
+    for args in (["jobs", "list"], ["payments", "list"], ["events", "prune"]):
+        one_error_line(CliRunner().invoke(app, ["--config", str(config), *args]), text)
 
 
 # --- keys, database, processes ---------------------------------------------------------------------
