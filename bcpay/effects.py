@@ -276,7 +276,7 @@ class Worker:
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result=result)
 
     async def sweep(self) -> int:
-        """Check pending attempts past their expiry at CeleryPay (lost expiry notifications)."""
+        """Check pending attempts past their expiry and refunds open too long at CeleryPay (lost notifications)."""
         rt = self.rt
         grace = rt.now() - timedelta(seconds=30)
         async with rt.db.read() as conn:
@@ -292,7 +292,9 @@ class Worker:
                 checked += 1
             except BcpayError as exc:
                 log.warning("sweep of payment %s failed: %r", attempt.id, exc)
-        return checked
+        from bcpay import refunds
+
+        return checked + await refunds.sweep_open(rt)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set: up to ``batch`` jobs in flight, a sweep now and then.

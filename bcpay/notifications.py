@@ -127,10 +127,11 @@ async def record_refund_event_for(
             )
         )
     elif row["status"] not in ("succeeded", "failed"):
+        # Conditional: a final state written meanwhile (the notification racing the 201's
+        # "pending") is never put back; PostgreSQL re-checks this after waiting for the row.
         await conn.execute(
-            update(refunds).where(refunds.c.id == row["id"]).values(
-                status=refund.status, celerypay_id=refund.id, updated_at=now
-            )
+            update(refunds).where(refunds.c.id == row["id"], refunds.c.status.notin_(("succeeded", "failed")))
+            .values(status=refund.status, celerypay_id=refund.id, updated_at=now)
         )
     if refund.status == "succeeded":
         await outbox.enqueue(

@@ -8,6 +8,7 @@ The order's status follows the refund through the same outbox path as payments.
 from __future__ import annotations
 
 import contextlib
+import logging
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -17,7 +18,7 @@ from sqlalchemy import func, insert, select, update
 
 from bcpay import payflow, rules
 from bcpay.clients.celerypay import Refund
-from bcpay.errors import ConflictError, InvalidInputError, NotFoundError, UpstreamRejected
+from bcpay.errors import BcpayError, ConflictError, InvalidInputError, NotFoundError, UpstreamRejected
 from bcpay.notifications import record_refund_event_for
 from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
@@ -26,6 +27,8 @@ from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import refunds
 
 STALE_REQUEST = timedelta(minutes=2)  # longer than one CeleryPay call with its retries
+OPEN_REFUND_CHECK = timedelta(minutes=10)  # a refund still open this long is asked about (sweep)
+log = logging.getLogger("bcpay.refunds")
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,45 @@ async def settle(rt: Runtime, store: StoreRecord, payment: PaymentRecord, refund
     """Record CeleryPay's answer; a refund that already succeeded updates the order now."""
     remote = await rt.celerypay(store).get_payment(payment.celerypay_id or "") if refund.status == "succeeded" else None
     async with rt.db.transaction() as conn:
+        await payflow.lock_order(conn, rt, store.id, payment.order_id)
         if remote is not None:
             await payflow.apply_remote(rt, store, remote, source=f"refund {refund.id}", conn=conn)
         await record_refund_event_for(rt, conn, store.id, payment.id, refund)
+
+
+async def sweep_open(rt: Runtime, *, limit: int = 100) -> int:
+    """Settle refunds still open long after they were asked for (a lost ``refund.*`` notification).
+
+    A ``requested`` one is sent again (same key and body); a ``pending`` one is
+    looked up at CeleryPay, at most once per ``OPEN_REFUND_CHECK``. Returns how
+    many were looked at.
+    """
+    now = rt.now()
+    query = (
+        select(refunds)
+        .where(refunds.c.status.in_(("requested", "pending")), refunds.c.updated_at < now - OPEN_REFUND_CHECK)
+        .order_by(refunds.c.updated_at)
+        .limit(limit)
+    )
+    async with rt.db.read() as conn:
+        due = [dict(r) for r in (await conn.execute(query)).mappings()]
+    for row in due:
+        async with rt.db.read() as conn:
+            payment = await q.get_payment(conn, row["payment_id"])
+            store = await q.get_store_by_id(conn, payment.store_id)
+        if not store.has_credentials or not payment.celerypay_id:
+            continue
+        try:
+            if row["status"] == "requested":
+                with contextlib.suppress(ConflictError):  # refused: _send marked it failed
+                    await _send(rt, store, payment, row)
+                continue
+            async with rt.db.transaction() as conn:  # asked now: not again before OPEN_REFUND_CHECK
+                await conn.execute(update(refunds).where(refunds.c.id == row["id"], refunds.c.status == "pending")
+                                   .values(updated_at=now))
+            refund = await rt.celerypay(store).get_refund(payment.celerypay_id, row["celerypay_id"])
+            if refund.status != "pending":
+                await settle(rt, store, payment, refund)
+        except BcpayError as exc:
+            log.warning("refund check of payment %s failed: %r", payment.id, exc)
+    return len(due)

@@ -167,3 +167,52 @@ async def test_a_request_left_unanswered_no_longer_holds_its_amount_back(world: 
     async with world.rt.db.read() as conn:
         statuses = [r["status"] for r in (await conn.execute(select(refunds_table))).mappings()]
     assert statuses == ["pending", "pending"]
+
+
+async def test_a_late_pending_answer_never_undoes_a_succeeded_refund(world: World) -> None:
+    """CeleryPay's 201 ('pending') settled while the 'refund.succeeded' notification is committing.
+
+    The race is PostgreSQL's (on SQLite every write transaction already waits for the other).
+    """
+    import asyncio
+
+    from sqlalchemy import update
+
+    from bcpay import payflow
+    from bcpay.storage.schema import refunds as refunds_table
+
+    order, pid = await paid(world, "20.00")
+    result = await refund(world, order["id"], 500)  # type: ignore[arg-type]
+    store = await world_store(world)
+    assert result.celerypay_id is not None
+    stale = await world.rt.celerypay(store).get_refund(pid, result.celerypay_id)
+    assert stale.status == "pending"
+    attempt = await refunds.paid_attempt(world.rt, store, order["id"])  # type: ignore[arg-type]
+    async with world.rt.db.transaction() as conn:  # the notification's transaction, not yet committed
+        await payflow.lock_order(conn, world.rt, store.id, attempt.order_id)
+        await conn.execute(update(refunds_table).values(status="succeeded"))
+        late = asyncio.create_task(refunds.settle(world.rt, store, attempt, stale))
+        await asyncio.sleep(0.3)
+        assert not late.done()  # it waits for the order (and the row) instead of reading around it
+    await late
+    async with world.rt.db.read() as conn:
+        assert [r["status"] for r in (await conn.execute(select(refunds_table))).mappings()] == ["succeeded"]
+
+
+async def test_the_sweep_settles_a_refund_whose_notification_was_lost(world: World) -> None:
+    from sqlalchemy import update
+
+    from bcpay.storage.schema import refunds as refunds_table
+
+    order, pid = await paid(world, "20.00")
+    await refund(world, order["id"], 500)  # type: ignore[arg-type]
+    await world.cp.settle_refunds()  # succeeded at CeleryPay; its notification never arrives
+    assert await world.worker.sweep() == 0  # just made: not asked about yet
+    async with world.rt.db.transaction() as conn:
+        await conn.execute(update(refunds_table).values(updated_at=world.rt.now() - timedelta(minutes=11)))
+    assert await world.worker.sweep() == 1
+    async with world.rt.db.read() as conn:
+        assert [r["status"] for r in (await conn.execute(select(refunds_table))).mappings()] == ["succeeded"]
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 14  # type: ignore[arg-type]
+    assert await world.worker.sweep() == 0
