@@ -195,6 +195,10 @@ async def _roll_back(rt: Runtime, store_hash: str, before: dict[str, Any] | None
             await conn.execute(delete(stores_table).where(stores_table.c.id == now_store.id))
         else:
             values = {k: v for k, v in before.items() if k != "id"}
+            if before["installed"] and before["source"] == "app":
+                # BigCommerce revoked this app's old token when it issued the new one (a
+                # re-authorisation): putting it back would break every call. Keep the new one.
+                del values["access_token_enc"], values["scopes"]
             await conn.execute(
                 update(stores_table).where(stores_table.c.id == now_store.id).values(**values)
             )

@@ -154,6 +154,16 @@ async def cancel_store_jobs(conn: Conn, store_id: int, now: datetime) -> int:
     return int(result.rowcount or 0)
 
 
+async def resume_store_jobs(conn: Conn, store_id: int, now: datetime) -> int:
+    """Queue again the jobs an uninstall stopped (the store is back): a paid order still gets its status."""
+    result = await conn.execute(
+        update(jobs)
+        .where(jobs.c.store_id == store_id, jobs.c.state == CANCELLED)
+        .values(state=QUEUED, attempts=0, run_after=now, updated_at=now, lease_owner=None, lease_until=None)
+    )
+    return int(result.rowcount or 0)
+
+
 async def list_jobs(
     db: Database, *, state: str | None = None, store_id: int | None = None, limit: int = 50
 ) -> list[JobRecord]:

@@ -12,6 +12,8 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import delete
+
 from bcpay import outbox
 from bcpay.clients.bigcommerce import BigCommerceClient, StoreInfo
 from bcpay.errors import InvalidInputError, NotFoundError
@@ -19,6 +21,7 @@ from bcpay.runtime import STORE_OVERRIDES, Runtime
 from bcpay.scopes import REQUIRED_SCOPES as REQUIRED_SCOPES  # re-exported for callers
 from bcpay.storage import queries as q
 from bcpay.storage.records import StoreRecord
+from bcpay.storage.schema import store_users
 
 MERCHANT_ID = re.compile(r"mch_[A-Za-z0-9]{16,32}")
 STORE_HASH = re.compile(r"[a-z0-9]{1,32}")
@@ -91,6 +94,7 @@ async def register(
             values["webhook_secret_enc"] = rt.vault.seal(secrets.token_urlsafe(32))
         if existing is not None and not existing.installed:
             values["installed_at"] = rt.now()
+            await outbox.resume_store_jobs(conn, existing.id, rt.now())
         return await q.upsert_store(conn, store_hash, rt.now(), **values)
 
 
@@ -180,6 +184,8 @@ async def uninstall(rt: Runtime, store_hash: str) -> StoreRecord:
             script_uuid=None, script_hash=None,
         )
         await outbox.cancel_store_jobs(conn, store.id, now)
+        # Its users' sessions end too, whichever way the uninstall came (callback or webhook).
+        await conn.execute(delete(store_users).where(store_users.c.store_id == store.id))
         return await q.require_store(conn, store_hash)
 
 

@@ -480,6 +480,12 @@ async def test_uninstall_forgets_secrets_and_jobs_but_keeps_payments(
     load = await panel.get("/bc/load", params={"signed_payload_jwt": signed()})
     assert load.status_code == 401 and "not installed" in load.text
 
+    # Installed again: the stopped order update runs, the order is paid.
+    assert (await install(world, panel)).status_code in (200, 303)
+    assert {j.state for j in await outbox.list_jobs(world.rt.db)} == {outbox.QUEUED}
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 11
+
 
 async def test_remove_user_forgets_that_user_and_ends_their_session(
     world: World, panel: httpx.AsyncClient
@@ -827,3 +833,35 @@ async def test_a_malformed_payment_id_is_a_400(
         "/bc/settings/refund", data={"csrf": csrf_of(html), "payment_id": payment_id}
     )
     assert answer.status_code == 400 and "Choose a payment to refund." in answer.text
+
+
+async def test_a_failed_reauthorisation_keeps_the_new_token_of_this_app(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """An app store re-accepting changed scopes: BigCommerce revoked the old token, so the new one stays."""
+    assert (await install(world, panel)).status_code in (200, 303)
+    first = world.rt.vault.open((await store_row(world))["access_token_enc"])
+    fake = world.bc.store(STORE_HASH)
+    for key in [k for k, s in fake.scripts.items() if s["name"] == SCRIPT_NAME]:
+        del fake.scripts[key]  # the snippet must be created again, and the store is at its limit
+    await pre_create(world, "/v3/content/scripts", [
+        {"name": f"other {n}", "kind": "src", "src": f"https://cdn.example.com/{n}.js", "location": "footer",
+         "visibility": "storefront", "consent_category": "essential"} for n in range(10)])
+    known = set(fake.tokens)
+    assert (await install(world, panel)).status_code == 502
+    row = await store_row(world)
+    token = world.rt.vault.open(row["access_token_enc"])
+    assert row["installed"] and token != first and {token} == set(fake.tokens) - known
+
+
+async def test_an_uninstall_by_webhook_also_ends_the_users_sessions(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    from bcpay import stores as stores_lib
+
+    await install(world, panel)
+    await open_settings(panel)
+    assert await rows(world, store_users) != []
+    await stores_lib.uninstall(world.rt, STORE_HASH)  # what store/app/uninstalled does
+    assert await rows(world, store_users) == []
+    assert (await panel.get("/bc/settings")).status_code == 401
