@@ -20,7 +20,9 @@ from bcpay.clients.bigcommerce import BigCommerceClient, Order
 from bcpay.errors import (
     BcpayError,
     ConflictError,
+    InvalidInputError,
     RateLimited,
+    UpstreamNotFound,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -79,15 +81,28 @@ async def _audit(
 
 async def mark_paid(rt: Runtime, job: JobRecord) -> str:
     """Set the paid status, provider id, staff note and metafield, once."""
-    store, payment, bc, order = await _context(rt, job)
+    try:
+        store, payment, bc, order = await _context(rt, job)
+    except UpstreamNotFound:
+        # The merchant deleted the order: the money was taken for nothing. An anomaly
+        # (refunded at once with refund_duplicates = "auto"), not a dead job.
+        async with rt.db.transaction() as conn:
+            payment = await q.get_payment(conn, int(job.payload["payment_id"]))
+            store = await q.get_store_by_id(conn, payment.store_id)
+            await payflow.record_duplicate(conn, rt, store, payment, "paid for an order BigCommerce no longer has",
+                                           kind="order_gone")
+        return "anomaly"
     policy = rt.policy(store)
     effect = rules.paid_effect(order.status_id, paid_status_id=policy.paid_status_id)
     assert payment.celerypay_id is not None and payment.paid_amount is not None
     if effect == "apply":
         # The capture was checked against the total when the payment started; the merchant may
         # have edited the order since. The contract: paid only when it equals what the order owes now.
-        owed = to_minor(order.total_inc_tax, order.currency)
-        if (owed, order.currency) != (payment.paid_amount, payment.currency):
+        try:
+            owed: int | None = to_minor(order.total_inc_tax, order.currency)
+        except InvalidInputError:  # e.g. 1500.5 JPY: no whole number of minor units can equal it
+            owed = None
+        if owed is None or (owed, order.currency) != (payment.paid_amount, payment.currency):
             await _order_changed(rt, store, payment, order, owed)
             return "mismatch"
         note = (
@@ -115,11 +130,13 @@ async def mark_paid(rt: Runtime, job: JobRecord) -> str:
     return effect
 
 
-async def _order_changed(rt: Runtime, store: StoreRecord, payment: PaymentRecord, order: Order, owed: int) -> None:
+async def _order_changed(
+    rt: Runtime, store: StoreRecord, payment: PaymentRecord, order: Order, owed: int | None
+) -> None:
     """The order now owes something else than was paid: manual verification, an anomaly, never paid."""
     assert payment.paid_amount is not None
-    reason = (f"paid {format_amount(payment.paid_amount, payment.currency)} but the order now totals "
-              f"{format_amount(owed, order.currency)}")
+    total = format_amount(owed, order.currency) if owed is not None else f"{order.total_inc_tax} {order.currency}"
+    reason = f"paid {format_amount(payment.paid_amount, payment.currency)} but the order now totals {total}"
     async with rt.db.transaction() as conn:
         await q.update_payment(conn, payment.id, outcome="mismatch", updated_at=rt.now())
         await q.record_anomaly(

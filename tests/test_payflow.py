@@ -194,6 +194,40 @@ async def test_an_order_edited_after_the_payment_started_is_not_marked_paid(worl
     assert anomaly["kind"] == "amount_mismatch" and anomaly["amount"] == 5000
 
 
+async def test_an_order_edited_to_a_total_with_no_whole_minor_units_is_a_mismatch(
+    db_url: str, secret_key: str
+) -> None:
+    """1500.5 JPY cannot equal any capture: manual verification at once, not a job retried until dead."""
+    async with open_world(db_url, secret_key) as w:
+        await w.add_store()
+        order = w.place_order("1357")
+        w.order(order["id"])["currency_code"] = w.order(order["id"])["default_currency_code"] = "JPY"
+        body = (await w.start(order)).json()
+        assert body["amount"] == 1357 and body["currency"] == "JPY", body
+        w.order(order["id"])["total_inc_tax"] = "1500.5000"
+        await w.cp.pay(payment_id_of(body))
+        await w.cp.deliver_due()
+        await w.run_jobs()
+        assert [p["status_id"] for p in w.status_puts(order["id"])] == [12]
+        assert "but the order now totals 1500.5000 JPY" in w.order(order["id"])["staff_notes"]
+
+
+async def test_a_payment_for_an_order_deleted_meanwhile_is_an_anomaly_not_a_dead_job(world: World) -> None:
+    from bcpay import outbox
+    from bcpay.storage import queries as q
+
+    order = world.place_order("19.99")
+    body = (await world.start(order)).json()
+    del world.bc.store(STORE_HASH).orders[order["id"]]  # the merchant deletes the order
+    await world.cp.pay(payment_id_of(body))
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    async with world.rt.db.read() as conn:
+        [anomaly] = await q.list_anomalies(conn)
+    assert anomaly["kind"] == "order_gone" and anomaly["amount"] == 1999
+    assert await outbox.list_jobs(world.rt.db, state=outbox.DEAD) == []
+
+
 async def test_currency_mismatch_in_a_signed_event_is_not_paid(world: World) -> None:
     order = world.place_order("19.99")
     body = (await world.start(order)).json()
