@@ -261,8 +261,10 @@ class Worker:
         rt = self.rt
         cfg = rt.settings.outbox
         handler = HANDLERS.get(job.kind)
-        # A job must finish inside its lease, or another worker would run it again meanwhile.
-        budget = max(1.0, cfg.lease_seconds - 5.0)
+        # A job must finish inside its lease, or another worker would run it again meanwhile. The
+        # lease counts from the claim, which may have waited for SQLite's lock: measure what is left.
+        left = (job.lease_until - rt.now()).total_seconds() if job.lease_until else cfg.lease_seconds
+        budget = max(1.0, min(cfg.lease_seconds, left) - 5.0)
         try:
             if handler is None:
                 raise ConflictError(f"unknown job kind {job.kind!r}")
@@ -274,7 +276,7 @@ class Worker:
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="timeout")
         except RateLimited as exc:
             await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=exc.retry_after,
-                                     error=repr(exc), max_attempts=cfg.max_attempts + 1)
+                                     error=repr(exc), max_attempts=cfg.max_attempts, counts=False)
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="rate_limited")
         except (UpstreamRejected, ConflictError) as exc:
             await outbox.kill(rt.db, job, owner=self.owner, now=rt.now(), error=repr(exc))

@@ -110,10 +110,15 @@ async def complete(db: Database, job: JobRecord, *, owner: str, now: datetime) -
 
 
 async def retry_later(
-    db: Database, job: JobRecord, *, owner: str, now: datetime, delay: float, error: str, max_attempts: int
+    db: Database, job: JobRecord, *, owner: str, now: datetime, delay: float, error: str, max_attempts: int,
+    counts: bool = True,
 ) -> str:
-    """Put a failed job back with a delay, or mark it dead after too many attempts."""
-    if job.attempts >= max_attempts:
+    """Put a failed job back with a delay, or mark it dead after too many attempts.
+
+    ``counts=False`` (the upstream's rate limit: the job did not fail, it was
+    asked to wait) gives the attempt back, so a long quota wait never kills it.
+    """
+    if counts and job.attempts >= max_attempts:
         await _finish(db, job, owner, state=DEAD, last_error=error[:2000], updated_at=now)
         return DEAD
     await _finish(
@@ -123,6 +128,7 @@ async def retry_later(
         run_after=now + timedelta(seconds=delay),
         last_error=error[:2000],
         updated_at=now,
+        **({} if counts else {"attempts": max(0, job.attempts - 1)}),
     )
     return QUEUED
 

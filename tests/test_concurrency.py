@@ -79,3 +79,33 @@ async def test_same_notification_twenty_times_on_two_instances_applies_once(worl
         await asyncio.gather(world.run_jobs(), other_worker.run_once(), world.run_jobs(), other_worker.run_once())
     assert len(world.status_puts(order["id"])) == 1
     assert world.order(order["id"])["status_id"] == 11
+
+
+async def test_a_job_is_cut_off_before_its_lease_runs_out_even_after_a_slow_claim(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler's time comes from the lease it holds, not from lease_seconds: a claim that waited
+    for SQLite's lock leaves less, and running past the lease would let a second worker run the job too."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from bcpay import effects, outbox
+
+    ran: list[str] = []
+
+    async def slow(rt: object, job: object) -> str:
+        ran.append("started")
+        await asyncio.sleep(30)
+        ran.append("finished")  # never: cut at the lease
+        return "apply"
+
+    monkeypatch.setitem(effects.HANDLERS, "slow", slow)
+    async with world.rt.db.transaction() as conn:
+        await outbox.enqueue(conn, "slow", {}, now=world.rt.now())
+    [job] = await outbox.claim(world.rt.db, owner=world.worker.owner, now=world.rt.now(), lease_seconds=60)
+    assert job.lease_until is not None
+    job = replace(job, lease_until=world.rt.now() + timedelta(seconds=7))  # the claim took 53 of its 60 s
+    await asyncio.wait_for(world.worker._run(job), timeout=10)
+    assert ran == ["started"]
+    [back] = await outbox.list_jobs(world.rt.db, state=outbox.QUEUED)
+    assert back.last_error == "took longer than 2 s"

@@ -163,6 +163,24 @@ def test_vault_opens_a_value_again_and_still_refuses_a_tampered_one() -> None:
     assert "merchant-secret" not in repr(vault)
 
 
+async def test_a_rate_limited_retry_gives_its_attempt_back(db: Database) -> None:
+    """Waiting out an upstream quota is not a failure: any number of them never kills the job."""
+    async with db.transaction() as conn:
+        await outbox.enqueue(conn, "k", {}, now=NOW)
+    at = NOW
+    for _ in range(5):
+        [job] = await outbox.claim(db, owner="w", now=at, lease_seconds=60)
+        assert job.attempts == 1
+        state = await outbox.retry_later(db, job, owner="w", now=at, delay=1, error="429", max_attempts=2,
+                                         counts=False)
+        assert state == outbox.QUEUED
+        at += timedelta(seconds=2)
+    [job] = await outbox.claim(db, owner="w", now=at, lease_seconds=60)
+    assert await outbox.retry_later(db, job, owner="w", now=at, delay=1, error="boom", max_attempts=2) == outbox.QUEUED
+    [job] = await outbox.claim(db, owner="w", now=at + timedelta(seconds=2), lease_seconds=60)
+    assert job.attempts == 2
+
+
 async def test_an_idle_worker_poll_takes_no_write_lock(sqlite_url: str) -> None:
     """Nothing due: claim answers at once even while another process holds SQLite's write lock."""
     db = Database(sqlite_url)
