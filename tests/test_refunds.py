@@ -204,7 +204,7 @@ async def test_the_sweep_settles_a_refund_whose_notification_was_lost(world: Wor
 
     from bcpay.storage.schema import refunds as refunds_table
 
-    order, pid = await paid(world, "20.00")
+    order, _ = await paid(world, "20.00")
     await refund(world, order["id"], 500)  # type: ignore[arg-type]
     await world.cp.settle_refunds()  # succeeded at CeleryPay; its notification never arrives
     assert await world.worker.sweep() == 0  # just made: not asked about yet
