@@ -523,6 +523,22 @@ def settings_form(csrf: str | None, **changes: str) -> dict[str, str]:
     return form
 
 
+async def test_a_save_that_cannot_change_the_environment_changes_nothing(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """The merchant id was kept but the secret was not (an uninstall clears it): all or nothing."""
+    await world.add_store()
+    async with world.rt.db.transaction() as conn:
+        store = await q.require_store(conn, STORE_HASH)
+        await q.update_store(conn, store.id, world.rt.now(), celerypay_secret_enc=None)
+    before = await store_row(world)
+    html = await open_settings(panel)
+    form = settings_form(csrf_of(html), api_secret="", environment="production", method_name="Pay by CeleryPay")
+    answer = await panel.post("/bc/settings", data=form)
+    assert answer.status_code == 400 and "Enter the API secret" in answer.text
+    assert await store_row(world) == before
+
+
 async def test_the_page_is_framed_only_by_the_control_panel_and_sets_nothing_it_should_not(
     world: World, panel: httpx.AsyncClient
 ) -> None:

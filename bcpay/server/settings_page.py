@@ -247,6 +247,11 @@ async def settings_save(request: Request) -> Response:
             raise InvalidInputError(
                 "Enter your CeleryPay merchant id first.", code="invalid_merchant_id"
             )
+        if not secret and environment != store.environment and not store.celerypay_secret_enc:
+            # Kept merchant id, no secret (cleared by an uninstall): configure_merchant would refuse.
+            raise InvalidInputError(
+                "Enter the API secret of this merchant id.", code="missing_secret"
+            )
         changes = settings_changes(form, rt)
         # Everything is validated above, so neither call below can fail half-way.
         updated = await stores.update_settings(rt, store.store_hash, changes)
