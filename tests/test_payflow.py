@@ -408,7 +408,7 @@ async def test_return_hop_sends_the_shopper_to_the_confirmation_page_or_bcpay(wo
     body = (await world.start(order)).json()
     back = await world.client.get(f"/pay/{body['token']}/return?celerypay_status=succeeded")
     assert back.status_code == 303
-    assert back.headers["location"] == f"https://shop.example.com/checkout/order-confirmation?bcpay_token={body['token']}"
+    assert back.headers["location"] == f"https://shop.example.com/checkout/order-confirmation#bcpay_token={body['token']}"
     await stores.update_settings(world.rt, STORE_HASH, {"return_to": "bcpay"})
     back = await world.client.get(f"/pay/{body['token']}/return")
     assert back.headers["location"] == f"/pay/{body['token']}"

@@ -49,7 +49,7 @@ async def test_whole_flow_over_real_http(sandbox: Sandbox) -> None:
         assert paid.status_code == 303
         back = await http.get(paid.headers["location"])
         assert back.status_code == 303
-        assert back.headers["location"].startswith(sandbox.urls.storefront + "/checkout/order-confirmation?bcpay_token=")
+        assert back.headers["location"].startswith(sandbox.urls.storefront + "/checkout/order-confirmation#bcpay_token=")
         for _ in range(100):
             state = (await http.get(f"{sandbox.urls.bcpay}/api/v1/payments/{body['token']}")).json()["state"]
             if state == "paid" and sandbox.bc.order(STORE_HASH, order["id"])["status_id"] == 11:

@@ -7,7 +7,7 @@
  *   2. read the order (same origin, session cookie) and do nothing at all unless it was
  *      placed with the configured method and is AWAITING_PAYMENT;
  *   3. POST {bcpay}/api/v1/payments, show a panel and send the shopper to the cashier;
- *   4. back from the cashier (bcpay_token in the URL or sessionStorage), poll
+ *   4. back from the cashier (#bcpay_token in the URL, or sessionStorage), poll
  *      GET {bcpay}/api/v1/payments/{token} and show the real outcome.
  * bcpay is the only source of truth: page values and celerypay_* query parameters are
  * hints. Plain ES2017, no dependencies, no globals but window.bcpayOkcloud, no eval, no
@@ -392,14 +392,28 @@
   function forget(orderId) {
     try { if (orderId) sessionStorage.removeItem(storageKey(orderId)); } catch (e) { /* ignore */ }
   }
-  // bcpay's return hop adds ?bcpay_token=; themes may pass celerypay_status through. That
-  // one is unsigned, so it only picks the wording shown while bcpay is asked.
+  // bcpay's return hop adds #bcpay_token= (a fragment: never sent to the store's server, its
+  // logs or the analytics that record page URLs; links made before used ?bcpay_token=). It is
+  // read once and taken out of the address bar. Themes may pass celerypay_status through:
+  // unsigned, it only picks the wording shown while bcpay is asked.
   function readReturn() {
+    var found = { token: null, hint: '' };
     try {
-      var q = new URLSearchParams(location.search);
-      var t = q.get('bcpay_token') || '';
-      return { token: /^[A-Za-z0-9_-]{8,128}$/.test(t) ? t : null, hint: norm(q.get('celerypay_status') || '') };
-    } catch (e) { return { token: null, hint: '' }; }
+      var query = new URLSearchParams(location.search);
+      var frag = new URLSearchParams(location.hash.slice(1));
+      var t = frag.get('bcpay_token') || query.get('bcpay_token') || '';
+      found.token = /^[A-Za-z0-9_-]{8,128}$/.test(t) ? t : null;
+      found.hint = norm(frag.get('celerypay_status') || query.get('celerypay_status') || '');
+      if (frag.has('bcpay_token') || query.has('bcpay_token')) {
+        var hash = location.hash.slice(1);
+        if (frag.has('bcpay_token')) { frag.delete('bcpay_token'); hash = frag.toString(); }
+        query.delete('bcpay_token');
+        var search = query.toString();
+        history.replaceState(history.state, '', location.pathname + (search ? '?' + search : '') +
+          (hash ? '#' + hash : ''));
+      }
+    } catch (e) { /* keep what was read */ }
+    return found;
   }
   function adopt(view) {
     ctx.token = view.token;

@@ -127,6 +127,7 @@ async def pay_return(request: Request) -> Response:
     policy = rt.policy(store)
     if policy.return_to == "bcpay" or not store.store_url:
         return RedirectResponse(f"/pay/{token}", status_code=303)
-    target = f"{store.store_url.rstrip('/')}/checkout/order-confirmation?" + urlencode({"bcpay_token": token})
+    # A fragment, not a query: never sent to the store's server nor recorded by its analytics.
+    target = f"{store.store_url.rstrip('/')}/checkout/order-confirmation#" + urlencode({"bcpay_token": token})
     return RedirectResponse(target, status_code=303)
 

@@ -270,7 +270,7 @@ class FakeBcpay:
 
     async def pay_return(self, request: Request) -> Response:
         query = urlencode({"bcpay_token": request.path_params["token"]})
-        return RedirectResponse(f"{self.store_url}/checkout/order-confirmation?{query}", 303)
+        return RedirectResponse(f"{self.store_url}/checkout/order-confirmation#{query}", 303)
 
     def app(self) -> ASGIApp:
         inner = Starlette(routes=[

@@ -186,7 +186,7 @@ class Shop:
     def press(self, button: str) -> None:
         """Press Pay, Decline or Abandon on the cashier and land back on the confirmation page."""
         self.page.get_by_role("button", name=button, exact=True).click()
-        self.page.wait_for_url(self.sandbox.urls.storefront + "/checkout/order-confirmation?bcpay_token=*",
+        self.page.wait_for_url(self.sandbox.urls.storefront + "/checkout/order-confirmation**",
                                timeout=10000)
 
     # --- the merchant ----------------------------------------------------------------------

@@ -234,7 +234,8 @@ def test_bcpay_down_shows_friendly_message_and_retry_works_once_it_is_back(
 def test_redirect_to_cashier_and_back_shows_received_after_awaiting_polls(
     world: World, page: Page, shot: Any
 ) -> None:
-    """The whole trip; a reload without ?bcpay_token still knows the payment from sessionStorage."""
+    """The whole trip; the token leaves the address bar once read, and a reload still knows the
+    payment from sessionStorage."""
     token = "tokTrip0001"
     bc = world.bcpay
     bc.start_replies = [(200, bc.view(token))]
@@ -245,9 +246,10 @@ def test_redirect_to_cashier_and_back_shows_received_after_awaiting_polls(
     shot(page, "cashier")
 
     page.click("#pay")
-    page.wait_for_url(f"{world.confirmation_url}?bcpay_token={token}")
+    page.wait_for_url(f"{world.confirmation_url}**")
     wait_state(page, "received")
     expect(page.locator(f"{PANEL} h2")).to_have_text("Payment received")
+    assert page.url == world.confirmation_url  # the #bcpay_token fragment was read and taken out
     history = snippet_state(page)["history"]
     assert "confirming" in history and "failed" not in history
     gets = [h for h in bc.hits if h.method == "GET" and h.path == f"/api/v1/payments/{token}"]
@@ -285,7 +287,7 @@ def test_slow_notification_ends_as_still_confirming_with_pay_page_link(
     bc = world.bcpay
     bc.status_replies["tokSlow0001"] = [bc.view("tokSlow0001")]
     world.store.page.attrs["data-poll-total-ms"] = "400"
-    page.goto(f"{world.confirmation_url}?bcpay_token=tokSlow0001")
+    page.goto(f"{world.confirmation_url}#bcpay_token=tokSlow0001")
     wait_state(page, "pending")
     panel = page.locator(PANEL)
     expect(panel.locator("h2")).to_have_text("Still confirming")
@@ -298,8 +300,9 @@ def test_unsigned_celerypay_status_hint_never_decides_the_outcome(world: World, 
     """celerypay_status=failed only changes the wording while bcpay says awaiting_payment."""
     bc = world.bcpay
     bc.status_replies["tokHint0001"] = [bc.view("tokHint0001")]
-    page.goto(f"{world.confirmation_url}?bcpay_token=tokHint0001&celerypay_status=failed")
+    page.goto(f"{world.confirmation_url}?bcpay_token=tokHint0001&celerypay_status=failed")  # a link made before
     expect(page.locator(PANEL)).to_contain_text("We are checking the payment status with OKCloud Pay.")
+    assert page.url == f"{world.confirmation_url}?celerypay_status=failed"  # only the token is taken out
     expect(page.locator(f"{PANEL} h2")).to_have_text("Confirming your payment\u2026")
     bc.status_replies["tokHint0001"] = [bc.view("tokHint0001", "paid")]
     wait_state(page, "received")
@@ -309,7 +312,7 @@ def test_unsigned_celerypay_status_hint_never_decides_the_outcome(world: World, 
 def test_unknown_url_token_falls_back_to_the_order(world: World, page: Page) -> None:
     """A token bcpay does not know is ignored; the order decides as usual."""
     world.bcpay.start_replies = [(200, world.bcpay.view("tokFresh001"))]
-    page.goto(f"{world.confirmation_url}?bcpay_token=tokUnknown1")
+    page.goto(f"{world.confirmation_url}#bcpay_token=tokUnknown1")
     wait_state(page, "pay")
     expect_pay_panel(page)
     assert len(world.bcpay.posts()) == 1
