@@ -221,6 +221,18 @@ async def refund(rt: Runtime, job: JobRecord) -> str:
     return "apply"
 
 
+async def refresh_script(rt: Runtime, job: JobRecord) -> str:
+    """Put the current snippet tag on a store (a new bcpay release, a new public_url or method name)."""
+    from bcpay import provisioning
+
+    async with rt.db.read() as conn:
+        store = await q.get_store_by_id(conn, int(job.store_id or 0))
+    if not store.installed or not store.access_token_enc or store.script_uuid is None:
+        return "skipped"  # uninstalled, or its snippet was removed on purpose
+    await provisioning.install_script(rt, store)
+    return "apply"
+
+
 async def order_status_changed(rt: Runtime, job: JobRecord) -> str:
     """A statusUpdated webhook: re-read the order and act (cancel / refund)."""
     from bcpay import bcwebhooks
@@ -236,6 +248,7 @@ HANDLERS: dict[str, Handler] = {
     "refund_status": refund_status,
     "cancel_remote": cancel_remote,
     "refund": refund,
+    "refresh_script": refresh_script,
 }
 
 
@@ -313,7 +326,32 @@ class Worker:
                 log.warning("sweep of payment %s failed: %r", attempt.id, exc)
         from bcpay import refunds
 
+        await self.queue_outdated_scripts()
         return checked + await refunds.sweep_open(rt)
+
+    async def queue_outdated_scripts(self) -> int:
+        """Queue a snippet update for every store whose installed tag is not the current one.
+
+        The tag names the snippet by its content hash (``/static/inject.<hash>.js``, with
+        SRI), and bcpay serves only the current file: after a release that changes it,
+        stores would load a 404 until updated. One job per store and snippet version.
+        """
+        from bcpay import provisioning
+
+        rt = self.rt
+        async with rt.db.read() as conn:
+            stores = await q.list_stores(conn, installed_only=True)
+        queued = 0
+        for store in stores:
+            if store.script_uuid is None or not store.access_token_enc:
+                continue
+            digest = provisioning.script_digest(rt, store)
+            if digest == store.script_hash:
+                continue
+            async with rt.db.transaction() as conn:
+                queued += await outbox.enqueue(conn, "refresh_script", {}, now=rt.now(), store_id=store.id,
+                                               dedupe_key=f"refresh_script:{store.id}:{digest[:16]}")
+        return queued
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Loop until ``stop`` is set: up to ``batch`` jobs in flight, a sweep now and then.

@@ -54,6 +54,11 @@ def desired_script(rt: Runtime, store: StoreRecord) -> ScriptSpec:
     )
 
 
+def script_digest(rt: Runtime, store: StoreRecord) -> str:
+    """The hash of the script tag bcpay wants on the store (``stores.script_hash`` when current)."""
+    return hashlib.sha256((desired_script(rt, store).html or "").encode()).hexdigest()
+
+
 async def install_script(rt: Runtime, store: StoreRecord, *, remove: bool = False) -> str:
     """Create, update or remove bcpay's script; never leaves two. Returns what it did."""
     bc = rt.bigcommerce(store)
@@ -79,7 +84,7 @@ async def install_script(rt: Runtime, store: StoreRecord, *, remove: bool = Fals
         uuid = keep.uuid
     async with rt.db.transaction() as conn:
         await q.update_store(conn, store.id, rt.now(), script_uuid=uuid,
-                             script_hash=None if remove else hashlib.sha256((spec.html or "").encode()).hexdigest())
+                             script_hash=None if remove else script_digest(rt, store))
     return action
 
 
