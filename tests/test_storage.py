@@ -353,5 +353,10 @@ async def test_prepared_reads_in_one_read_see_one_snapshot(sqlite_url: str) -> N
             assert await q.find_payment(conn, merchant_order_no="abc123-8-1") is None
         async with db.read() as conn:
             assert await q.find_payment(conn, merchant_order_no="abc123-8-1") is not None
+            assert (await conn.execute(select(payments.c.token))).scalars().all() == ["t"]  # SQLAlchemy, same read
+            raw = conn._conn.connection.driver_connection  # type: ignore[union-attr]
+        assert not raw.in_transaction  # ended when the read gave its connection back
+        async with db.transaction() as conn:  # a write after reads on the same pooled connection
+            await q.update_payment_if(conn, 1, "pending", outcome="x")
     finally:
         await db.dispose()

@@ -230,11 +230,12 @@ class Conn:
             return Rows(rows, result.rowcount)
         form = prepared.form(self.dialect, frozenset(parameters))
         args = form.arguments(parameters)
-        sync = self._conn
-        if not sync.in_transaction():
-            sync.begin()  # a read's snapshot starts here, as SQLAlchemy's own autobegin would
-        raw = sync.connection.driver_connection
+        raw = self._conn.connection.driver_connection
         assert isinstance(raw, sqlite3.Connection)
+        if not raw.in_transaction:
+            # A read's snapshot starts with its first statement. Sent straight to the driver (through
+            # SQLAlchemy's begin it cost more than the query); the pool's rollback on return ends it.
+            raw.execute("BEGIN")
         try:
             cursor = raw.execute(form.sql, args)
             fetched = cursor.fetchall() if form.columns else []
@@ -392,5 +393,6 @@ def _configure_sqlite(engine: Any) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        if not conn.info.pop(_BEGUN, False):
+        begun = conn.info.pop(_BEGUN, False) or conn.connection.driver_connection.in_transaction
+        if not begun:  # else BEGIN IMMEDIATE, or a prepared read's BEGIN, already started it
             conn.exec_driver_sql("BEGIN")
