@@ -727,6 +727,13 @@
     return start(true);
   }
 
+  // A token from the URL that belongs to another order than the one this page shows (a link
+  // passed around) is treated as unknown: the page's own order decides.
+  function otherOrder(view) {
+    var id = positiveInt(view.order_id);
+    return Boolean(cfg.orderId && id && id !== cfg.orderId);
+  }
+
   // Poll with backoff. "awaiting_payment" only ever means "still confirming": a slow
   // notification must never look like a failure. Resolves 'unknown' if bcpay does not
   // know the token (the caller then falls back to the order).
@@ -740,7 +747,8 @@
     for (;;) {
       var r = await bcpay('GET', '/api/v1/payments/' + encodeURIComponent(token));
       if (gen !== flow) return 'done';
-      if (r.status === 200 && isView(r.data) && (!r.data.store_hash || r.data.store_hash === cfg.store)) {
+      if (r.status === 200 && isView(r.data) && (!r.data.store_hash || r.data.store_hash === cfg.store) &&
+          !otherOrder(r.data)) {
         answered = true;
         failures = 0;
         adopt(r.data);

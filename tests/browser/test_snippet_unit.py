@@ -318,6 +318,18 @@ def test_unknown_url_token_falls_back_to_the_order(world: World, page: Page) -> 
     assert len(world.bcpay.posts()) == 1
 
 
+def test_a_url_token_of_another_order_is_ignored(world: World, page: Page) -> None:
+    """A paid token passed around in a link never says "Payment received" on another order's page."""
+    bc = world.bcpay
+    bc.status_replies["tokOther001"] = [bc.view("tokOther001", "paid", order_id=ORDER_ID + 1)]
+    bc.start_replies = [(200, bc.view("tokFresh001"))]
+    page.goto(f"{world.confirmation_url}#bcpay_token=tokOther001")
+    wait_state(page, "pay")
+    expect_pay_panel(page)
+    assert "received" not in snippet_state(page)["history"]
+    assert len(bc.posts()) == 1
+
+
 def test_snippet_loaded_twice_shows_one_panel_and_posts_once(world: World, page: Page) -> None:
     """The second copy finds window.bcpayOkcloud and does nothing."""
     world.store.page.copies = 2
