@@ -8,9 +8,10 @@
    this machine. The fake reports a quota large enough never to slow the
    limiter: 100 notifications/s means about 400 BigCommerce calls/s for one
    store, far above a standard plan's 150 per 30 s.
-3. ``bcpay reconcile STORE --json`` as a subprocess against N Awaiting Payment
-   orders that never started a payment (older than payments.unstarted_after,
-   so each costs one BigCommerce read), the fake enforcing a quota scaled down
+3. ``bcpay reconcile STORE --fix --json`` as a subprocess against N Awaiting
+   Payment orders that never started a payment (older than
+   payments.unstarted_after, so each costs one BigCommerce read for its pay
+   link; a report without --fix reads only the order list), the fake enforcing a quota scaled down
    in time with 20 ms latency. Rate / quota from the fake's own log; peak RSS
    of the child from wait4().
 """
@@ -172,7 +173,8 @@ def reconcile_run(cfg: FlowConfig, orders: int, workdir: Path) -> ReconcileRun:
         out = workdir / f"reconcile-{orders}.json"
         per_window = cfg.quota / (cfg.window_ms / 1000)
         budget = 120 + 2 * orders / per_window
-        argv = [PYTHON, "-m", "bcpay", "--config", str(config), "reconcile", STORE_HASH, "--since", "7d", "--json"]
+        argv = [PYTHON, "-m", "bcpay", "--config", str(config), "reconcile", STORE_HASH, "--since", "7d", "--fix",
+                "--json"]
         status, rss, wall, cpu = peak_rss_of(argv, env=bench_env(), cwd=workdir, timeout=budget, stdout=out)
         entries = fakes.log()
     finally:
