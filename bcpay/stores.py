@@ -110,7 +110,8 @@ async def configure_merchant(
     if environment is not None and environment not in ("sandbox", "production"):
         raise InvalidInputError("environment must be sandbox or production", code="invalid_environment")
     async with rt.db.transaction() as conn:
-        store = await q.require_store(conn, store_hash)
+        # Locked: two admins saving at once must not each write over the other's change.
+        store = await q.require_store(conn, store_hash, lock=True)
         values: dict[str, Any] = {"celerypay_merchant_id": merchant_id}
         if api_secret is None:
             if not store.celerypay_secret_enc:
@@ -159,7 +160,7 @@ def _check_override(key: str, value: Any) -> Any:
 async def update_settings(rt: Runtime, store_hash: str, changes: dict[str, Any]) -> StoreRecord:
     """Change per-store payment settings (``None`` removes an override)."""
     async with rt.db.transaction() as conn:
-        store = await q.require_store(conn, store_hash)
+        store = await q.require_store(conn, store_hash, lock=True)  # a read-modify-write of settings_json
         merged = dict(store.settings)
         for key, value in changes.items():
             if value is None:

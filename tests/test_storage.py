@@ -360,3 +360,24 @@ async def test_prepared_reads_in_one_read_see_one_snapshot(sqlite_url: str) -> N
             await q.update_payment_if(conn, 1, "pending", outcome="x")
     finally:
         await db.dispose()
+
+
+async def test_two_settings_saves_at_once_keep_both_changes(db_url: str, secret_key: str) -> None:
+    """Each save reads the store's settings, changes one key and writes them back: under the row's lock,
+    so neither writes over the other (PostgreSQL; SQLite's writers already take turns)."""
+    from bcpay import stores as stores_lib
+    from tests.world import STORE_HASH, open_world
+
+    async with open_world(db_url, secret_key) as w:
+        await w.add_store()
+        rt = w.rt
+        async with rt.db.transaction() as conn:  # a third save holds the store; both below read behind it
+            held = await q.require_store(conn, STORE_HASH, lock=True)
+            saves = [asyncio.create_task(stores_lib.update_settings(rt, STORE_HASH, change))
+                     for change in ({"on_expired": "cancel"}, {"return_to": "bcpay"})]
+            await asyncio.sleep(0.3)
+            assert not any(t.done() for t in saves)
+            await q.update_store(conn, held.id, rt.now(), name=held.name)
+        await asyncio.gather(*saves)
+        async with rt.db.read() as conn:
+            assert (await q.require_store(conn, STORE_HASH)).settings == {"on_expired": "cancel", "return_to": "bcpay"}

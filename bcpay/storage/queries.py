@@ -74,20 +74,22 @@ def _only_columns(table: Table, values: dict[str, Any]) -> None:
 # --- stores ------------------------------------------------------------------
 
 
-async def get_store(conn: Conn, store_hash: str) -> StoreRecord | None:
-    """The store with this hash, or None."""
-    row = (await conn.run(_STORE_BY_HASH, {"store_hash": store_hash})).first()
+async def get_store(conn: Conn, store_hash: str, *, lock: bool = False) -> StoreRecord | None:
+    """The store with this hash, or None; ``lock`` holds its row until the transaction ends (PostgreSQL)."""
+    row = (await conn.run(_STORE_BY_HASH_LOCKED if lock else _STORE_BY_HASH, {"store_hash": store_hash})).first()
     return StoreRecord.from_row(row) if row else None
 
 
-_STORE_BY_HASH = Prepared(select(stores).where(stores.c.store_hash == bindparam("store_hash")))
+_BY_HASH = select(stores).where(stores.c.store_hash == bindparam("store_hash"))
+_STORE_BY_HASH = Prepared(_BY_HASH)
+_STORE_BY_HASH_LOCKED = Prepared(_BY_HASH.with_for_update())
 _STORE_BY_ID = Prepared(select(stores).where(stores.c.id == bindparam("store_id")))
 _UPDATE_STORE = Prepared(update(stores).where(stores.c.id == bindparam("_store_id")))
 
 
-async def require_store(conn: Conn, store_hash: str) -> StoreRecord:
-    """The store with this hash, or NotFoundError."""
-    store = await get_store(conn, store_hash)
+async def require_store(conn: Conn, store_hash: str, *, lock: bool = False) -> StoreRecord:
+    """The store with this hash, or NotFoundError (``lock``: see :func:`get_store`)."""
+    store = await get_store(conn, store_hash, lock=lock)
     if store is None:
         raise NotFoundError(f"unknown store {store_hash!r}", code="unknown_store")
     return store
