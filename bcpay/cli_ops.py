@@ -48,7 +48,7 @@ def simulate_notify(
 ) -> None:
     """Post a correctly signed CeleryPay notification for a real payment attempt, and show the answers.
 
-    For tests and demos. Exits 0 when the server answered as expected: 2xx,
+    For tests and demos, on sandbox stores only. Exits 0 when the server answered as expected: 2xx,
     or 401 with --bad-signature.
 
     Example: bcpay simulate-notify 101 --store abc123 --status succeeded --repeat 3

@@ -253,6 +253,12 @@ def build_notification(
     ``amount``/``currency`` change what the event claims was paid (to show the
     mismatch path); ``bad_signature`` signs with a random secret instead.
     """
+    if store.environment == "production":
+        # Signed with the real secret, a simulated capture would mark a real order paid with no money taken.
+        raise ConflictError(
+            f"store {store.store_hash} takes real payments (CeleryPay production): "
+            "simulate-notify is for sandbox stores only", code="production_store",
+        )
     if status not in SIMULATED_STATUSES:
         raise InvalidInputError(f"status must be one of {', '.join(SIMULATED_STATUSES)}", code="invalid_status")
     if not attempt.celerypay_id:

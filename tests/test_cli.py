@@ -338,6 +338,14 @@ def test_simulate_notify_applies_once_and_bad_signature_changes_nothing(env: Env
     mismatch = env.cli("simulate-notify", str(bad_order["id"]), "--amount", "4.00", "--url", env.public_url + "/nope")
     assert mismatch.exit_code == 1 and " 404 " in mismatch.stdout
 
+    # A production store takes real money: a forged capture signed with its real secret is refused.
+    env.ok("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID, "--environment", "production",
+           env={"BCPAY_CELERYPAY_SECRET": MERCHANT_SECRET})
+    before = env.query(select(events))
+    one_error_line(env.cli("simulate-notify", str(bad_order["id"]), "--store", STORE_HASH), "sandbox stores only")
+    assert env.query(select(events)) == before
+    assert {p["status"] for p in env.query(select(payments)) if p["celerypay_id"] != pid} == {"pending"}
+
 
 def test_refund_partial_then_up_to_the_total_then_over_refund_rejected(env: Env) -> None:
     env.add_store()
