@@ -152,6 +152,13 @@ def keygen() -> None:
     typer.echo(generate_key())
 
 
+def key_fingerprint(key: str) -> str:
+    """The first 12 hex digits of the key's SHA-256: enough to tell keys apart, nothing to open them with."""
+    import hashlib
+
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+
+
 @app.command("rotate-key")
 def rotate_key(
     ctx: typer.Context,
@@ -163,9 +170,10 @@ def rotate_key(
 
     Access tokens, CeleryPay merchant secrets (current and old) and webhook
     secrets are re-sealed. Afterwards set app.secret_key to the new key and
-    restart the servers. The key is never taken as a plain argument.
+    restart the servers. The key is never taken as a plain argument: keep it
+    in a file first, or everything is sealed under a key nobody has.
 
-    Example: BCPAY_NEW_KEY=$(bcpay keygen) bcpay rotate-key --new-key-env BCPAY_NEW_KEY
+    Example: bcpay keygen > new.key && BCPAY_NEW_KEY="$(cat new.key)" bcpay rotate-key --new-key-env BCPAY_NEW_KEY
     """
     from bcpay import keys
     from bcpay.crypto import SANDBOX_KEY
@@ -183,7 +191,8 @@ def rotate_key(
     counts = run(ctx, lambda rt: keys.rotate_key(rt.db, old_key=old_key, new_key=new_key), settings=settings)
     for label, n in counts.items():
         out().print(f"re-encrypted {n} {label}")
-    out().print("Now set app.secret_key to the new key and restart bcpay.")
+    out().print(f"Now set app.secret_key to the new key (sha256 {key_fingerprint(new_key)}...) and restart bcpay.",
+                markup=False)
 
 
 @app.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -468,6 +469,8 @@ def test_keygen_and_rotate_key_reencrypt_everything(env: Env) -> None:
     rotated = env.ok("rotate-key", "--new-key-env", "BCPAY_NEW_KEY", env={"BCPAY_NEW_KEY": new_key})
     assert "re-encrypted 1 access tokens" in rotated.stdout and "re-encrypted 1 merchant secrets" in rotated.stdout
     assert "re-encrypted 1 webhook secrets" in rotated.stdout
+    # The key itself is never printed; its fingerprint tells the operator which key to set.
+    assert new_key not in rotated.stdout and hashlib.sha256(new_key.encode()).hexdigest()[:12] in rotated.stdout
     [row] = env.query(select(stores))
     assert row["access_token_enc"] != before["access_token_enc"]
     assert Vault(new_key).open(row["access_token_enc"]) == ACCESS_TOKEN
