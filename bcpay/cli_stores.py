@@ -158,10 +158,13 @@ def stores_configure(
         raise typer.BadParameter("nothing to change: give --merchant-id and/or settings")
     from bcpay import operations, stores
 
-    with failures(ctx):
+    with failures(ctx):  # everything checked before the prompt and before the first write
         stores.check_store_hash(store_hash)
         if merchant_id is not None:
             stores.check_merchant(merchant_id, "x" * 32)
+        if environment not in (None, "sandbox", "production"):
+            raise InvalidInputError("environment must be sandbox or production", code="invalid_environment")
+        stores.check_settings(changes)
     secret = None
     if merchant_id is not None and not keep_secret:
         secret = secret_input("BCPAY_CELERYPAY_SECRET", "CeleryPay API secret")

@@ -133,6 +133,13 @@ async def configure_merchant(
         return await q.require_store(conn, store_hash)
 
 
+def check_settings(changes: dict[str, Any]) -> None:
+    """Refuse a bad per-store setting before anything is written (``None`` removes an override)."""
+    for key, value in changes.items():
+        if value is not None:
+            _check_override(key, value)
+
+
 def _check_override(key: str, value: Any) -> Any:
     expected = STORE_OVERRIDES.get(key)
     if expected is None:

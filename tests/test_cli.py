@@ -193,6 +193,22 @@ def one_error_line(result: Result, text: str) -> None:
 # --- stores -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [(["--expires-in", "10"], "expires_in"), (["--on-expired", "delete"], "on_expired"),
+     (["--environment", "staging"], "sandbox or production")],
+)
+def test_stores_configure_with_one_bad_value_changes_nothing(env: Env, args: list[str], text: str) -> None:
+    """Merchant, environment and settings are all checked before the secret prompt and the first write."""
+    env.add_store()
+    before = env.query(select(stores))
+    other = "mch_OtherMerchant00001"
+    result = env.cli("stores", "configure", STORE_HASH, "--merchant-id", other, "--environment", "production",
+                     *args, env={"BCPAY_CELERYPAY_SECRET": "n" * 40})
+    one_error_line(result, text)
+    assert env.query(select(stores)) == before
+
+
 def test_stores_add_configure_show_and_list_never_leak_secrets(env: Env) -> None:
     """The token and merchant secret are stored encrypted and never printed."""
     added = env.ok("stores", "add", STORE_HASH, "--scopes", SCOPES.replace(" ", ","),
