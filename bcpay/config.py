@@ -17,6 +17,7 @@ Unknown keys and wrong types are errors that name the field path, e.g.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -306,6 +307,8 @@ def load_settings(
             raise ConfigError(f"config file not found: {file}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        except OSError as exc:  # a directory, no permission...
+            raise ConfigError(f"cannot read the config file {file}: {exc.strerror or exc}") from None
         _merge(raw, data, from_env=False, origin=str(file))
     _merge(raw, _env_values(env), from_env=True, origin="environment")
     if overrides:
@@ -330,10 +333,17 @@ def replace(settings: Settings, **sections: Mapping[str, Any]) -> Settings:
     return _build(raw)
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
 def _validate(s: Settings) -> None:
     def positive(path: str, value: float) -> None:
-        if value <= 0:
-            raise ConfigError(f"{path}: must be greater than 0, got {value!r}")
+        if not math.isfinite(value) or value <= 0:  # nan and inf pass a plain "> 0"
+            raise ConfigError(f"{path}: must be a number greater than 0, got {value!r}")
+
+    def within(path: str, value: float, low: float, high: float) -> None:
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ConfigError(f"{path}: expected {low:g} to {high:g}, got {value!r}")
 
     for path, url in (
         ("app.public_url", s.app.public_url),
@@ -362,12 +372,27 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{path}: expected a BigCommerce status id 0-14, got {status}")
     if not s.payments.method_name.strip():
         raise ConfigError("payments.method_name: must not be empty")
+    if s.server.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"server.log_level: expected one of {', '.join(LOG_LEVELS)}, got {_show(s.server.log_level)}")
     positive("server.workers", s.server.workers)
     positive("server.max_body_bytes", s.server.max_body_bytes)
+    positive("server.rate_limit_per_ip", s.server.rate_limit_per_ip)
+    positive("server.rate_limit_per_store", s.server.rate_limit_per_store)
+    positive("bigcommerce.timeout", s.bigcommerce.timeout)
+    positive("celerypay.timeout", s.celerypay.timeout)
+    within("bigcommerce.max_retries", s.bigcommerce.max_retries, 0, 20)
+    within("celerypay.max_retries", s.celerypay.max_retries, 0, 20)
     positive("outbox.max_attempts", s.outbox.max_attempts)
     positive("outbox.lease_seconds", s.outbox.lease_seconds)
     positive("outbox.concurrency", s.outbox.concurrency)
+    positive("outbox.backoff_base", s.outbox.backoff_base)
+    positive("outbox.backoff_cap", s.outbox.backoff_cap)
+    within("outbox.poll_interval", s.outbox.poll_interval, 0.001, 60)
+    within("outbox.sweep_interval", s.outbox.sweep_interval, 1, 86400)
+    within("outbox.event_retention_days", s.outbox.event_retention_days, 30, 36500)  # dedupe needs 30
     positive("payments.max_order_age", s.payments.max_order_age)
+    within("payments.status_poll_interval", s.payments.status_poll_interval, 0, 3600)  # 0: ask every time
+    within("payments.unstarted_after", s.payments.unstarted_after, 0, 10 * 365 * 86400)
     if s.app.secret_key:
         from bcpay.crypto import check_key
 

@@ -73,11 +73,40 @@ def test_literal_and_range_validation(tmp_path: Path) -> None:
         load_settings(write(tmp_path, '[database]\nurl = "mysql://x"\n'), environ={})
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("BCPAY_SERVER_RATE_LIMIT_PER_IP", "0", r"^server\.rate_limit_per_ip: must be a number greater than 0"),
+        ("BCPAY_SERVER_RATE_LIMIT_PER_STORE", "-5", r"^server\.rate_limit_per_store: must be"),
+        ("BCPAY_OUTBOX_POLL_INTERVAL", "-1", r"^outbox\.poll_interval: expected 0\.001 to 60"),
+        ("BCPAY_OUTBOX_POLL_INTERVAL", "nan", r"^outbox\.poll_interval: expected"),
+        ("BCPAY_OUTBOX_BACKOFF_CAP", "inf", r"^outbox\.backoff_cap: must be"),
+        ("BCPAY_OUTBOX_SWEEP_INTERVAL", "0", r"^outbox\.sweep_interval: expected 1 to 86400"),
+        ("BCPAY_OUTBOX_EVENT_RETENTION_DAYS", "7", r"^outbox\.event_retention_days: expected 30 to 36500"),
+        ("BCPAY_BIGCOMMERCE_TIMEOUT", "-2", r"^bigcommerce\.timeout: must be"),
+        ("BCPAY_CELERYPAY_MAX_RETRIES", "-1", r"^celerypay\.max_retries: expected 0 to 20"),
+        ("BCPAY_SERVER_LOG_LEVEL", "verbose", r"^server\.log_level: expected one of critical, error"),
+    ],
+)
+def test_values_that_would_break_the_server_or_worker_are_refused(variable: str, value: str, message: str) -> None:
+    """A zero rate limit divided by zero, a negative poll interval spun the worker, an unknown log level
+    crashed uvicorn: each is now a clear error naming the setting."""
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ={variable: value})
+
+
+def test_a_zero_status_poll_interval_is_allowed() -> None:
+    """0 means: ask CeleryPay on every poll (tests and debugging)."""
+    assert load_settings(environ={"BCPAY_PAYMENTS_STATUS_POLL_INTERVAL": "0"}).payments.status_poll_interval == 0
+
+
 def test_invalid_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[payments\n"), environ={})
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "nope.toml", environ={})
+    with pytest.raises(ConfigError, match=f"cannot read the config file {tmp_path}: Is a directory"):
+        load_settings(tmp_path, environ={})
 
 
 def test_lists_and_booleans_from_environment() -> None:
