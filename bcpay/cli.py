@@ -56,7 +56,7 @@ def root(
 def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Address to listen on (server.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (server.port).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to listen on (server.port).")] = None,
     workers: Annotated[int | None, typer.Option(help="uvicorn worker processes (server.workers).")] = None,
     proxy_headers: Annotated[bool | None, typer.Option(
         "--proxy-headers/--no-proxy-headers",
@@ -198,7 +198,8 @@ def rotate_key(
 @app.command()
 def sandbox(
     ctx: typer.Context,
-    port_base: Annotated[int, typer.Option(help="First of the consecutive ports the sandbox uses.")] = 8700,
+    port_base: Annotated[int, typer.Option(
+        min=0, max=65531, help="First of the consecutive ports the sandbox uses (0: any free ones).")] = 8700,
     db: Annotated[Path | None, typer.Option(help="SQLite file to keep (default: a temporary one).")] = None,
     notify_delay: Annotated[float, typer.Option(help="Seconds before CeleryPay's first notification.")] = 0.0,
     chaos: Annotated[bool, typer.Option(

@@ -28,7 +28,8 @@ anomalies_app = typer.Typer(help="Money taken that an order must not keep (doubl
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Only this store (store hash).")]
-Limit = Annotated[int, typer.Option(help="How many to show, newest first.")]
+Limit = Annotated[int, typer.Option(min=1, max=10_000, help="How many to show, newest first (1-10000).")]
+ROW_ID_MAX = 2**63 - 1  # a BIGINT: a larger id can name nothing, and the driver would refuse it
 
 
 def simulate_notify(
@@ -42,7 +43,7 @@ def simulate_notify(
     currency: Annotated[str | None, typer.Option(help="Claim this currency instead of the attempt's.")] = None,
     url: Annotated[str | None, typer.Option(
         help="Where to POST (default {public_url}/notify/celerypay/{store}).")] = None,
-    repeat: Annotated[int, typer.Option(help="Deliver the same event N times (dedupe check).")] = 1,
+    repeat: Annotated[int, typer.Option(min=1, max=100, help="Deliver the same event N times (dedupe check).")] = 1,
     bad_signature: Annotated[bool, typer.Option(
         "--bad-signature", help="Sign with a wrong secret (expect 401).")] = False,
 ) -> None:
@@ -143,7 +144,7 @@ def reconcile_cmd(
     run_jobs: Annotated[bool, typer.Option(
         "--run-jobs", help="With --fix: run the resulting order updates now (no server running).")] = False,
     concurrency: Annotated[int, typer.Option(
-        help="Orders checked at once (BigCommerce's quota is never exceeded).")] = 8,
+        min=1, max=64, help="Orders checked at once (BigCommerce's quota is never exceeded).")] = 8,
     json_: JsonFlag = False,
 ) -> None:
     """Find orders whose BigCommerce status, bcpay attempts and CeleryPay truth disagree.
@@ -333,7 +334,7 @@ def jobs_list(
 @jobs_app.command("retry")
 def jobs_retry(
     ctx: typer.Context,
-    job_id: Annotated[int | None, typer.Argument(help="The dead job to queue again.")] = None,
+    job_id: Annotated[int | None, typer.Argument(min=1, max=ROW_ID_MAX, help="The dead job to queue again.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Queue every dead job again.")] = False,
 ) -> None:
     """Queue dead jobs again (after fixing what made them fail).
@@ -353,7 +354,7 @@ def jobs_retry(
 
 def pay_link(
     ctx: typer.Context,
-    order_id: Annotated[int, typer.Argument(help="The BigCommerce order id.")],
+    order_id: Annotated[int, typer.Argument(min=1, max=ROW_ID_MAX, help="The BigCommerce order id.")],
     store: Annotated[str, typer.Option("--store", help="The store hash.")],
 ) -> None:
     """Print the /pay link for an order, for a shopper who closed the tab.
@@ -367,7 +368,7 @@ def pay_link(
 
 def refund(
     ctx: typer.Context,
-    order_id: Annotated[int, typer.Argument(help="The BigCommerce order id.")],
+    order_id: Annotated[int, typer.Argument(min=1, max=ROW_ID_MAX, help="The BigCommerce order id.")],
     store: Annotated[str, typer.Option("--store", help="The store hash.")],
     amount: Annotated[str | None, typer.Option(
         help="Amount in the payment's currency, e.g. 12.50 (default: all that is left).")] = None,
@@ -417,7 +418,8 @@ def anomalies_list(
 
 @anomalies_app.command("resolve")
 def anomalies_resolve(
-    ctx: typer.Context, anomaly_id: Annotated[int, typer.Argument(metavar="ID", help="The anomaly id.")],
+    ctx: typer.Context,
+    anomaly_id: Annotated[int, typer.Argument(metavar="ID", min=1, max=ROW_ID_MAX, help="The anomaly id.")],
     note: Annotated[str, typer.Option(help="What was done (kept with the anomaly).")] = "",
 ) -> None:
     """Mark an anomaly handled, with a note of what was done.

@@ -46,21 +46,25 @@ from bcpay.storage.schema import anomalies, audit_log, events, jobs, payments, r
 # dedupe by event id only works while the event is still stored (issue 11).
 MIN_EVENT_RETENTION = timedelta(days=30)
 SIMULATED_STATUSES = ("succeeded", "failed", "expired", "cancelled")
-_DURATION = re.compile(r"(\d{1,6})\s*([smhdw])")
+_DURATION = re.compile(r"([0-9]{1,6})\s*([smhdw])")  # ASCII digits: \d also takes other scripts' digits
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = timedelta(days=3650)  # "since" and "older than" reach back ten years at most
 
 
 def parse_duration(text: str) -> timedelta:
-    """``90d``, ``12h``, ``30m``, ``45s``, ``2w`` as a timedelta (a bare number is days)."""
+    """``90d``, ``12h``, ``30m``, ``45s``, ``2w`` as a timedelta (a bare number is days; at most 10 years)."""
     value = (text or "").strip().lower()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         value += "d"
     match = _DURATION.fullmatch(value)
     if not match:
         raise InvalidInputError(
             f"not a duration: {text!r} (expected e.g. 7d, 12h, 30m)", code="invalid_duration"
         )
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    period = timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    if period > MAX_DURATION:
+        raise InvalidInputError(f"a duration of at most 10 years (3650d), not {text!r}", code="invalid_duration")
+    return period
 
 
 def iso(moment: datetime | None) -> str | None:

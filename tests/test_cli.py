@@ -566,3 +566,25 @@ def test_serve_runs_the_app_factory_and_worker_stops_on_sigterm(tmp_path: Path, 
     worker.send_signal(signal.SIGTERM)
     rest, _ = worker.communicate(timeout=20)
     assert worker.returncode == 0 and "worker stopped" in rest
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["payments", "list", "--limit", "99999999999999999999"], ["events", "list", "--limit", "0"],
+     ["jobs", "list", "--limit", "-1"], ["jobs", "retry", "99999999999999999999"],
+     ["anomalies", "resolve", "99999999999999999999"], ["refund", "0", "--store", STORE_HASH, "--yes"],
+     ["refund", "99999999999999999999", "--store", STORE_HASH, "--yes"], ["sandbox", "--port-base", "70000"],
+     ["simulate-notify", "1", "--repeat", "0"]],
+)
+def test_numbers_out_of_range_are_usage_errors_not_tracebacks(env: Env, args: list[str]) -> None:
+    """Too large for a BIGINT, a port or a page: exit 2 with the range, before any database call."""
+    result = env.cli(*args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.output and "range" in result.output
+
+
+@pytest.mark.parametrize("period", ["999999w", "3651d", "٣d"])
+def test_durations_past_ten_years_or_in_other_digits_are_one_error_line(env: Env, period: str) -> None:
+    env.add_store()
+    one_error_line(env.cli("reconcile", STORE_HASH, "--since", period), "duration")
+    one_error_line(env.cli("events", "prune", "--older-than", period), "duration")
