@@ -122,7 +122,7 @@ def run(ctx: typer.Context, work: Callable[[Runtime], Awaitable[T]], *, settings
 
 def secret_input(env_var: str, prompt: str) -> str:
     """A secret from ``$env_var``, else a hidden prompt; never from the command line."""
-    value = os.environ.get(env_var, "")
+    value = os.environ.get(env_var, "").strip()  # as a typed one: a trailing newline is no part of it
     if value:
         return value
     entered: str = typer.prompt(prompt, hide_input=True)

@@ -379,10 +379,19 @@ def refund(
 
     Example: bcpay refund 101 --store abc123 --amount 12.50 --reason "damaged item"
     """
+    import re
+
+    from bcpay import operations, refunds, stores
+    from bcpay.money import to_minor
+
+    # Checked before the question: plain decimal digits only ("1e3" or another script's digits are
+    # numbers to Decimal, not to someone typing an amount).
+    if amount is not None and not re.fullmatch(r"[0-9]{1,15}(\.[0-9]{1,3})?", amount):
+        raise typer.BadParameter(f"{amount!r} is not an amount like 12.50", param_hint="--amount")
+    with failures(ctx):
+        stores.check_store_hash(store)
     if not yes:
         typer.confirm(f"Refund {amount or 'the rest of'} order {order_id} on {store}?", abort=True)
-    from bcpay import operations, refunds
-    from bcpay.money import to_minor
 
     async def work(rt: "Runtime") -> "RefundResult":
         shop = await operations.get_store(rt, store)

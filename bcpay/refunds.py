@@ -107,6 +107,8 @@ async def _open(
     conn: Conn, rt: Runtime, payment: PaymentRecord, amount: int | None, reason: str, key: str | None
 ) -> dict[str, Any]:
     """Check the amount and write the ``requested`` row, under the order's lock."""
+    if amount is not None and amount <= 0:
+        raise InvalidInputError("a refund amount must be greater than 0", code="invalid_amount")
     left = await refundable(conn, payment)
     amount = left if amount is None else amount
     if amount <= 0 or amount > left:

@@ -29,6 +29,17 @@ ROTATION_WINDOW = timedelta(hours=24)  # CeleryPay signs with both secrets for a
 
 
 
+ACCESS_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")
+
+
+def check_access_token(value: str) -> None:
+    """Refuse a token that cannot go into an HTTP header (CR/LF, spaces, non-ASCII), before any call."""
+    if not value:
+        raise InvalidInputError("an access token is required", code="missing_token")
+    if not ACCESS_TOKEN.fullmatch(value):
+        raise InvalidInputError("an access token is printable ASCII without spaces", code="invalid_token")
+
+
 def check_store_hash(value: str) -> str:
     """Validate a store hash (lower-case letters and digits)."""
     if not STORE_HASH.fullmatch(value or ""):
@@ -50,6 +61,7 @@ def check_merchant(merchant_id: str, api_secret: str) -> None:
 
 async def fetch_store_info(rt: Runtime, store_hash: str, access_token: str) -> StoreInfo:
     """Check a token against the API and read the store's name, URL and currency."""
+    check_access_token(access_token)
     client = BigCommerceClient(
         rt.http,
         api_url=rt.settings.bigcommerce.api_url,
@@ -73,8 +85,7 @@ async def register(
 ) -> StoreRecord:
     """Create or refresh a store with its (encrypted) token; reads store info if not given."""
     check_store_hash(store_hash)
-    if not access_token:
-        raise InvalidInputError("an access token is required", code="missing_token")
+    check_access_token(access_token)
     info = info or await fetch_store_info(rt, store_hash, access_token)
     async with rt.db.transaction() as conn:
         existing = await q.get_store(conn, store_hash)

@@ -588,3 +588,29 @@ def test_durations_past_ten_years_or_in_other_digits_are_one_error_line(env: Env
     env.add_store()
     one_error_line(env.cli("reconcile", STORE_HASH, "--since", period), "duration")
     one_error_line(env.cli("events", "prune", "--older-than", period), "duration")
+
+
+@pytest.mark.parametrize("amount", ["1e3", "١", "-5", "NaN", "12,50", " 5"])
+def test_a_refund_amount_that_is_not_plain_digits_is_refused_before_the_question(env: Env, amount: str) -> None:
+    env.add_store()
+    order, _ = env.paid_order("20.00")
+    result = env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", amount)  # no --yes
+    assert result.exit_code == 2 and "is not an amount" in result.output and "[y/N]" not in result.output
+    assert env.cp.refunds == {}
+
+
+def test_a_zero_refund_says_so(env: Env) -> None:
+    env.add_store()
+    order, _ = env.paid_order("20.00")
+    one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "0", "--yes"),
+                   "must be greater than 0")
+    one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "1.005", "--yes"),
+                   "more decimals than USD allows")
+    assert env.cp.refunds == {}
+
+
+@pytest.mark.parametrize("token", ["TOKEN WITH SPACES", "TOKEN\u00d6", "TOK\x01EN"])
+def test_an_access_token_that_cannot_go_in_a_header_is_one_error_line(env: Env, token: str) -> None:
+    one_error_line(env.cli("stores", "add", STORE_HASH, "--scopes", SCOPES, env={"BCPAY_ACCESS_TOKEN": token}),
+                   "printable ASCII without spaces")
+    assert env.query(select(stores)) == []
