@@ -77,6 +77,9 @@ def serve(
     with failures(ctx):
         settings = load(ctx, server={k: v for k, v in server.items() if v is not None})
         settings.require_secret_key()
+    # The database answers and its schema is current, checked here: inside uvicorn's start-up a
+    # failure is a traceback and exit 3, not the CLI's one line and exit 1.
+    run(ctx, _database_ready, settings=settings)
     if state(ctx).config is not None:
         # uvicorn workers are other processes: they find the file through the environment.
         os.environ["BCPAY_CONFIG"] = str(state(ctx).config)
@@ -84,10 +87,26 @@ def serve(
     out().print(f"bcpay serving on http://{s.host}:{s.port} (public URL {settings.app.public_url})")
     # uvicorn's own access line would repeat ours with the raw path, which holds the payment's
     # token (/api/v1/payments/{token}, /pay/{token}); bcpay.access logs the route template.
-    uvicorn.run(
-        FACTORY, factory=True, host=s.host, port=s.port, workers=s.workers, proxy_headers=s.proxy_headers,
-        forwarded_allow_ips=s.forwarded_allow_ips, log_level=s.log_level, server_header=False, access_log=False,
-    )
+    try:
+        uvicorn.run(
+            FACTORY, factory=True, host=s.host, port=s.port, workers=s.workers, proxy_headers=s.proxy_headers,
+            forwarded_allow_ips=s.forwarded_allow_ips, log_level=s.log_level, server_header=False,
+            access_log=False,
+        )
+    except SystemExit as exc:  # uvicorn has logged why (a port in use...); exit 1 like every failure
+        if exc.code not in (0, None):
+            raise typer.Exit(1) from None
+        raise
+
+
+async def _database_ready(rt: "Runtime") -> None:
+    from bcpay.errors import BcpayError
+    from bcpay.storage import migrate
+
+    if not await rt.db.ping():
+        raise BcpayError("the database does not answer: check database.url", code="db_unreachable")
+    if not rt.db.is_sqlite and not await migrate.is_current(rt.db):
+        raise BcpayError("the database schema is not current: run `bcpay db upgrade`", code="db_outdated")
 
 
 @app.command()
