@@ -231,6 +231,8 @@ def sandbox(
     """
     with failures(ctx):
         settings = load(ctx)
+        if db is not None and not db.parent.is_dir():  # else every sandbox server fails at start-up
+            raise ConfigError(f"--db: the folder {db.parent} does not exist")
         from bcpay.sandbox.runner import main as run_sandbox
 
         run_sandbox(settings=settings, port_base=port_base, db=str(db) if db else None,

@@ -470,6 +470,8 @@ def test_an_unreachable_database_is_one_error_line_not_a_traceback(
     config.write_text(f'[app]\nsecret_key = "{secret_key}"\n[database]\nurl = "{url}"\n')
     for args in (["jobs", "list"], ["payments", "list"], ["events", "prune"]):
         one_error_line(CliRunner().invoke(app, ["--config", str(config), *args]), text)
+    one_error_line(CliRunner().invoke(app, ["--config", str(config), "sandbox", "--db", "/nonexistent-dir/x.db"]),
+                   "the folder /nonexistent-dir does not exist")
     # serve checks before uvicorn starts (inside its start-up this was a traceback and exit 3)
     one_error_line(CliRunner().invoke(app, ["--config", str(config), "serve"]), "the database does not answer")
 
