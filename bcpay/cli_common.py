@@ -142,7 +142,13 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str |
     grid = Table(*columns, title=title, show_lines=False, expand=False)
     for row in rows:
         grid.add_row(*("-" if v is None or v == "" else escape(str(v)) for v in row))
-    out().print(grid)
+    console = out()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped (grep, a file): Rich would squeeze the table into 80 columns and cut ids short.
+        from rich.console import Console
+
+        console = Console(soft_wrap=True, highlight=False, width=1000)
+    console.print(grid)
 
 
 def money(amount: int | None, currency: str | None) -> str:

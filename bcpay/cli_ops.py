@@ -203,7 +203,11 @@ def payments_list(
 
     Example: bcpay payments list --store abc123 --status pending
     """
-    from bcpay import operations
+    from bcpay import operations, rules
+
+    known = sorted(rules.REMOTE_STATUSES | {rules.CREATING})
+    if status is not None and status not in known:  # else a typo silently lists nothing
+        raise typer.BadParameter(f"{status!r}: expected one of {', '.join(known)}", param_hint="--status")
 
     found = run(ctx, lambda rt: operations.list_attempts(rt, store_hash=store, status=status, limit=limit))
     if json_:
@@ -315,6 +319,10 @@ def jobs_list(
     Example: bcpay jobs list --state dead
     """
     from bcpay import operations, outbox
+
+    known = (outbox.QUEUED, outbox.DONE, outbox.DEAD, outbox.CANCELLED)
+    if state is not None and state not in known:
+        raise typer.BadParameter(f"{state!r}: expected one of {', '.join(known)}", param_hint="--state")
 
     async def work(rt: "Runtime") -> list[dict[str, Any]]:
         store_id = await operations.store_id_of(rt, store)

@@ -618,3 +618,18 @@ def test_an_access_token_that_cannot_go_in_a_header_is_one_error_line(env: Env, 
     one_error_line(env.cli("stores", "add", STORE_HASH, "--scopes", SCOPES, env={"BCPAY_ACCESS_TOKEN": token}),
                    "printable ASCII without spaces")
     assert env.query(select(stores)) == []
+
+
+def test_a_piped_table_keeps_whole_ids(env: Env) -> None:
+    """Without a terminal (and no COLUMNS) a table is as wide as its content: ids stay greppable."""
+    env.add_store()
+    _, pid = env.paid_order("10.00")
+    listed = env.ok("payments", "list", env={"COLUMNS": None})
+    assert pid in listed.stdout and STORE_HASH in listed.stdout
+
+
+def test_an_unknown_status_or_state_is_a_usage_error_not_an_empty_list(env: Env) -> None:
+    for args in (["payments", "list", "--status", "paid"], ["jobs", "list", "--state", "failed"]):
+        result = env.cli(*args)
+        assert result.exit_code == 2 and "expected one of" in result.output, result.output
+    assert env.ok("payments", "list", "--status", "creating").exit_code == 0
