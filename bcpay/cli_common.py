@@ -65,6 +65,14 @@ def err() -> Console:
     return Console(stderr=True, soft_wrap=True, highlight=False)
 
 
+def warn_if_sandbox_key(settings: Settings) -> None:
+    """A server or worker sealing secrets with the public sandbox key says so, every start."""
+    if settings.app.sandbox and not settings.app.secret_key:
+        err().print("Warning: app.sandbox is on and app.secret_key is empty: stored tokens and secrets are "
+                    "sealed with bcpay's public sandbox key. Local use only (see `bcpay doctor`).",
+                    style="yellow", markup=False)
+
+
 def load(ctx: typer.Context, **overrides: dict[str, Any]) -> Settings:
     """Settings: command line > environment > config file > defaults."""
     from bcpay.config import load_settings

@@ -482,6 +482,21 @@ async def store_checks(rt: Runtime, store: StoreRecord) -> list[Check]:
     return found
 
 
+def secret_key_check(rt: Runtime, installed: list[StoreRecord]) -> Check:
+    """Stored secrets sealed with bcpay's public sandbox key are for local use only."""
+    if rt.settings.app.secret_key:
+        return Check("app.secret_key", True, "set")
+    production = [s.store_hash for s in installed if s.environment == "production"]
+    if not production:
+        return Check("app.secret_key", True, "empty (app.sandbox): the public sandbox key, for local use only")
+    return Check(
+        "app.secret_key", False,
+        f"empty (app.sandbox), so the tokens and secrets of {', '.join(production)} (CeleryPay production) are "
+        "sealed with bcpay's public sandbox key",
+        ["bcpay keygen > new.key && BCPAY_NEW_KEY=\"$(cat new.key)\" bcpay rotate-key --new-key-env BCPAY_NEW_KEY",
+         "Then set app.secret_key to that key, turn app.sandbox off and restart bcpay."])
+
+
 def webhook_destination_check(rt: Runtime) -> Check:
     """BigCommerce takes only https on port 443 as a webhook destination (bigcommerce-api.md, Webhooks v3).
 
@@ -535,10 +550,9 @@ async def doctor(rt: Runtime, store_hash: str | None = None) -> list[tuple[str, 
         return report
     report.append(("bcpay", await check_public_url(rt)))
     report.append(("bcpay", webhook_destination_check(rt)))
-    if store_hash is not None:
-        chosen = [await get_store(rt, store_hash)]
-    else:
-        chosen = [s for s in await list_stores(rt) if s.installed]
+    installed = [s for s in await list_stores(rt) if s.installed]
+    report.append(("bcpay", secret_key_check(rt, installed)))
+    chosen = [await get_store(rt, store_hash)] if store_hash is not None else installed
     for store in chosen:
         report.extend((store.store_hash, c) for c in await store_checks(rt, store))
         report.append((store.store_hash, callback_url_check(rt, store)))

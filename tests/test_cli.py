@@ -633,3 +633,13 @@ def test_an_unknown_status_or_state_is_a_usage_error_not_an_empty_list(env: Env)
         result = env.cli(*args)
         assert result.exit_code == 2 and "expected one of" in result.output, result.output
     assert env.ok("payments", "list", "--status", "creating").exit_code == 0
+
+
+def test_serve_and_worker_on_the_public_sandbox_key_say_so(capsys: pytest.CaptureFixture[str]) -> None:
+    from bcpay.cli_common import warn_if_sandbox_key
+    from bcpay.config import load_settings
+
+    warn_if_sandbox_key(load_settings(environ={}, overrides={"app": {"sandbox": True}}))
+    assert "public sandbox key" in capsys.readouterr().err
+    warn_if_sandbox_key(load_settings(environ={}, overrides={"app": {"sandbox": True, "secret_key": generate_key()}}))
+    assert capsys.readouterr().err == ""

@@ -184,7 +184,7 @@ async def doctor_checks(
 ) -> dict[str, Check]:
     """Run ``operations.doctor`` for one configured store; its checks by name."""
     settings = load_settings(environ={}, overrides={
-        "app": {"public_url": public_url, "secret_key": secret_key},
+        "app": {"public_url": public_url, "secret_key": secret_key, "sandbox": not secret_key},
         "database": {"url": sqlite_url},
         "bigcommerce": {"api_url": bigcommerce_url, "login_url": bigcommerce_url},
     })
@@ -225,6 +225,7 @@ async def test_doctor_passes_an_https_public_url(sqlite_url: str, secret_key: st
         "CeleryPay callback URLs", True, "notify_url and return_url accepted by CeleryPay production")
     assert checks["webhook destination"] == Check(
         "webhook destination", True, "https://shop-pay.example.com is accepted by BigCommerce")
+    assert checks["app.secret_key"].ok and checks["app.secret_key"].detail == "set"
 
 
 async def test_doctor_reports_https_on_another_port_for_webhooks_only(sqlite_url: str, secret_key: str) -> None:
@@ -277,3 +278,14 @@ async def test_a_production_store_on_a_loopback_http_url_sends_nothing_and_can_p
                                         environment="sandbox")
         fixed = await w.start(order)
         assert fixed.status_code == 200 and len(w.cp.payments) == 1
+
+
+async def test_doctor_fails_production_stores_sealed_with_the_public_sandbox_key(
+    sqlite_url: str, secret_key: str
+) -> None:
+    """app.sandbox without app.secret_key seals with a key anyone can read in bcpay's source."""
+    checks = await doctor_checks(sqlite_url, "", "https://shop-pay.example.com", "production")
+    check = checks["app.secret_key"]
+    assert not check.ok and "public sandbox key" in check.detail and "rotate-key" in check.fix[0]
+    local = await doctor_checks(sqlite_url, "", "https://shop-pay.example.com", "sandbox")
+    assert local["app.secret_key"].ok and "local use only" in local["app.secret_key"].detail
