@@ -89,6 +89,7 @@ class ServerSettings:
     log_format: Literal["text", "json"] = "text"
     log_level: str = "info"
     run_worker: bool = True
+    metrics_token: Secret = field(default_factory=lambda: Secret(""))  # set: /metrics wants it as a Bearer token
 
 
 @dataclass(frozen=True)

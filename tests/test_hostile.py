@@ -148,3 +148,15 @@ async def test_a_slow_body_does_not_block_other_requests(sandbox: Sandbox) -> No
         for _ in range(5):
             assert (await http.get(sandbox.urls.bcpay + "/healthz")).status_code == 200
     slow.close()
+
+
+async def test_metrics_answer_only_their_token_when_one_is_set(sqlite_url: str, secret_key: str) -> None:
+    async with open_world(sqlite_url, secret_key) as open_:
+        assert (await open_.client.get("/metrics")).status_code == 200  # no token set: open, as before
+    async with open_world(sqlite_url, secret_key, server={"metrics_token": "m" * 32}) as w:
+        for header in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer " + "m" * 31},
+                       {"Authorization": "Bearer é".encode("latin-1")}):
+            refused = await w.client.get("/metrics", headers=header)
+            assert refused.status_code == 401 and "bcpay_" not in refused.text
+        ok = await w.client.get("/metrics", headers={"Authorization": "Bearer " + "m" * 32})
+        assert ok.status_code == 200 and "bcpay_outbox_depth" in ok.text

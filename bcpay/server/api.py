@@ -6,6 +6,7 @@ Handlers parse, call the library, render. Errors become
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 from typing import Any
@@ -125,8 +126,14 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """GET /metrics: Prometheus text format."""
+    """GET /metrics: Prometheus text format; with ``server.metrics_token`` set, only for its Bearer token."""
     rt = runtime(request)
+    token = rt.settings.server.metrics_token.get()
+    if token:
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8")):
+            return JSONResponse({"error": {"code": "unauthorized", "message": "send the metrics token"}},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
     stats = await outbox.stats(rt.db, rt.now())
     gauges = {
         "bcpay_outbox_depth": ("Queued outbox jobs.", stats["depth"]),
