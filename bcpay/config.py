@@ -335,6 +335,28 @@ def replace(settings: Settings, **sections: Mapping[str, Any]) -> Settings:
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# Numbers a running server or worker breaks on (a zero rate limit divides by zero, a negative
+# poll interval spins the worker): refused at load, with the setting's name.
+POSITIVE = (
+    "server.workers", "server.max_body_bytes", "server.rate_limit_per_ip", "server.rate_limit_per_store",
+    "bigcommerce.timeout", "celerypay.timeout", "outbox.max_attempts", "outbox.lease_seconds",
+    "outbox.concurrency", "outbox.backoff_base", "outbox.backoff_cap", "payments.max_order_age",
+)
+RANGES = (
+    ("bigcommerce.max_retries", 0, 20),
+    ("celerypay.max_retries", 0, 20),
+    ("outbox.poll_interval", 0.001, 60),
+    ("outbox.sweep_interval", 1, 86400),
+    ("outbox.event_retention_days", 30, 36500),  # dedupe by event id needs 30 days
+    ("payments.status_poll_interval", 0, 3600),  # 0: ask CeleryPay on every poll
+    ("payments.unstarted_after", 0, 10 * 365 * 86400),
+)
+
+
+def _value(settings: Settings, path: str) -> float:
+    section, key = path.split(".")
+    value: float = getattr(getattr(settings, section), key)
+    return value
 
 
 def _validate(s: Settings) -> None:
@@ -375,25 +397,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError("payments.method_name: must not be empty")
     if s.server.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"server.log_level: expected one of {', '.join(LOG_LEVELS)}, got {_show(s.server.log_level)}")
-    positive("server.workers", s.server.workers)
-    positive("server.max_body_bytes", s.server.max_body_bytes)
-    positive("server.rate_limit_per_ip", s.server.rate_limit_per_ip)
-    positive("server.rate_limit_per_store", s.server.rate_limit_per_store)
-    positive("bigcommerce.timeout", s.bigcommerce.timeout)
-    positive("celerypay.timeout", s.celerypay.timeout)
-    within("bigcommerce.max_retries", s.bigcommerce.max_retries, 0, 20)
-    within("celerypay.max_retries", s.celerypay.max_retries, 0, 20)
-    positive("outbox.max_attempts", s.outbox.max_attempts)
-    positive("outbox.lease_seconds", s.outbox.lease_seconds)
-    positive("outbox.concurrency", s.outbox.concurrency)
-    positive("outbox.backoff_base", s.outbox.backoff_base)
-    positive("outbox.backoff_cap", s.outbox.backoff_cap)
-    within("outbox.poll_interval", s.outbox.poll_interval, 0.001, 60)
-    within("outbox.sweep_interval", s.outbox.sweep_interval, 1, 86400)
-    within("outbox.event_retention_days", s.outbox.event_retention_days, 30, 36500)  # dedupe needs 30
-    positive("payments.max_order_age", s.payments.max_order_age)
-    within("payments.status_poll_interval", s.payments.status_poll_interval, 0, 3600)  # 0: ask every time
-    within("payments.unstarted_after", s.payments.unstarted_after, 0, 10 * 365 * 86400)
+    for path in POSITIVE:
+        positive(path, _value(s, path))
+    for path, low, high in RANGES:
+        within(path, _value(s, path), low, high)
     if s.app.secret_key:
         from bcpay.crypto import check_key
 
