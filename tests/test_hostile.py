@@ -114,6 +114,7 @@ async def test_a_flood_from_one_ip_is_rate_limited(sqlite_url: str, secret_key: 
         limited = await w.client.get("/api/v1/payments/nosuchtoken")
         assert int(limited.headers["retry-after"]) >= 1
         assert (await w.client.get("/healthz")).status_code == 200  # health is never limited
+        assert (await w.client.get("/metrics")).status_code == 429  # it counts rows in the database
 
 
 async def test_null_bytes_and_unicode_in_paths_are_handled(db_url: str, secret_key: str) -> None:

@@ -150,9 +150,9 @@ class TokenBucket:
 
 
 class RateLimit:
-    """Per-client-IP limit on the public endpoints (``/api/``, ``/pay/``)."""
+    """Per-client-IP limit on the public endpoints (``/api/``, ``/pay/``) and ``/metrics`` (database counts)."""
 
-    PREFIXES = ("/api/", "/pay/")
+    PREFIXES = ("/api/", "/pay/", "/metrics")
 
     def __init__(self, app: ASGIApp, bucket: TokenBucket) -> None:
         self.app = app
