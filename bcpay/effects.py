@@ -221,14 +221,29 @@ async def refund(rt: Runtime, job: JobRecord) -> str:
     return "apply"
 
 
+class NotForThisWorker(Exception):
+    """The job wants another version of bcpay (a rolling deploy): give it back, uncounted, for later."""
+
+    retry_after = 30.0
+
+
 async def refresh_script(rt: Runtime, job: JobRecord) -> str:
-    """Put the current snippet tag on a store (a new bcpay release, a new public_url or method name)."""
+    """Put the current snippet tag on a store (a new bcpay release, a new public_url or method name).
+
+    The job names the tag it was queued for: during a rolling deploy a worker
+    of the other version must not install its own tag (its snippet file is one
+    the new servers answer 404 for) and mark the job done.
+    """
     from bcpay import provisioning
 
     async with rt.db.read() as conn:
         store = await q.get_store_by_id(conn, int(job.store_id or 0))
     if not store.installed or not store.access_token_enc or store.script_uuid is None:
         return "skipped"  # uninstalled, or its snippet was removed on purpose
+    if job.payload.get("digest", "") != provisioning.script_digest(rt, store):
+        if store.script_hash == provisioning.script_digest(rt, store):
+            return "skipped"  # this version's tag is already there: the job is stale
+        raise NotForThisWorker
     await provisioning.install_script(rt, store)
     return "apply"
 
@@ -287,10 +302,11 @@ class Worker:
             await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=cfg.backoff_base,
                                      error=f"took longer than {budget:.0f} s", max_attempts=cfg.max_attempts)
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="timeout")
-        except RateLimited as exc:
+        except (RateLimited, NotForThisWorker) as exc:
             await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=exc.retry_after,
                                      error=repr(exc), max_attempts=cfg.max_attempts, counts=False)
-            rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="rate_limited")
+            rt.metrics.inc("bcpay_jobs_total", kind=job.kind,
+                           result="rate_limited" if isinstance(exc, RateLimited) else "deferred")
         except (UpstreamRejected, ConflictError) as exc:
             await outbox.kill(rt.db, job, owner=self.owner, now=rt.now(), error=repr(exc))
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="dead")
@@ -349,8 +365,8 @@ class Worker:
             if digest == store.script_hash:
                 continue
             async with rt.db.transaction() as conn:
-                queued += await outbox.enqueue(conn, "refresh_script", {}, now=rt.now(), store_id=store.id,
-                                               dedupe_key=f"refresh_script:{store.id}:{digest[:16]}")
+                queued += await outbox.enqueue(conn, "refresh_script", {"digest": digest}, now=rt.now(),
+                                               store_id=store.id, dedupe_key=f"refresh_script:{store.id}:{digest[:16]}")
         return queued
 
     async def run_forever(self, stop: asyncio.Event) -> None:
