@@ -8,6 +8,7 @@ nothing: that is what makes "exactly once" hold with an at-least-once queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -221,6 +222,9 @@ async def refund(rt: Runtime, job: JobRecord) -> str:
     return "apply"
 
 
+LOOP_BACKOFF_MAX = 5.0  # seconds between a failing worker loop's rounds at most
+
+
 class NotForThisWorker(Exception):
     """The job wants another version of bcpay (a rolling deploy): give it back, uncounted, for later."""
 
@@ -380,6 +384,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         next_sweep = loop.time()
         running: set[asyncio.Task[None]] = set()
+        failures = 0  # consecutive loop errors (the database away): back off, log the first only
         while not stop.is_set():
             claimed = 0
             try:
@@ -398,7 +403,15 @@ class Worker:
                     next_sweep = loop.time() + cfg.sweep_interval
                     await self.sweep()
             except Exception:
-                log.exception("worker loop error")
+                failures += 1
+                if failures == 1:
+                    log.exception("worker loop error; retrying with backoff")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=min(LOOP_BACKOFF_MAX, cfg.poll_interval * 2**failures))
+                continue
+            if failures:
+                log.warning("worker loop recovered after %d failed rounds", failures)
+                failures = 0
             if claimed and len(running) < self.batch:
                 continue  # more may be due right now
             self.wakeup.clear()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 
 import httpx
@@ -109,3 +110,64 @@ async def test_a_job_is_cut_off_before_its_lease_runs_out_even_after_a_slow_clai
     assert ran == ["started"]
     [back] = await outbox.list_jobs(world.rt.db, state=outbox.QUEUED)
     assert back.last_error == "took longer than 2 s"
+
+
+async def test_a_worker_whose_database_is_away_backs_off_and_logs_once(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PostgreSQL restart must not make every process log a traceback twenty times a second."""
+    import logging
+
+    from bcpay import outbox
+
+    calls: list[float] = []
+    real_claim = outbox.claim
+
+    async def failing_claim(*args: object, **kwargs: object) -> list[object]:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) <= 5:
+            raise OSError("connection refused")
+        return await real_claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbox, "claim", failing_claim)
+    stop = asyncio.Event()
+    caplog.set_level(logging.INFO, logger="bcpay.effects")
+    task = asyncio.create_task(world.worker.run_forever(stop))
+    for _ in range(100):
+        await asyncio.sleep(0.1)
+        if len(calls) > 6:
+            break
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    gaps = [b - a for a, b in itertools.pairwise(calls[:6])]
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps)), gaps  # growing waits
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "retrying with backoff" in errors[0].getMessage()
+    assert any("recovered after 5 failed rounds" in r.getMessage() for r in caplog.records)
+
+
+async def test_shutdown_with_a_job_still_running_is_clean(
+    sqlite_url: str, secret_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process worker gets a grace period; a job past it is stopped without the lifespan failing."""
+    from bcpay import effects, outbox
+    from bcpay.server import app as app_module
+    from tests.world import world_settings
+
+    started = asyncio.Event()
+
+    async def slow(rt: object, job: object) -> str:
+        started.set()
+        await asyncio.sleep(30)
+        return "apply"
+
+    monkeypatch.setitem(effects.HANDLERS, "slow", slow)
+    monkeypatch.setattr(app_module, "SHUTDOWN_GRACE", 0.2)
+    app = create_app(world_settings(sqlite_url, secret_key), run_worker=True)
+    async with app.router.lifespan_context(app):
+        rt = app.state.runtime
+        async with rt.db.transaction() as conn:
+            await outbox.enqueue(conn, "slow", {}, now=rt.now())
+        app.state.worker.wakeup.set()
+        await asyncio.wait_for(started.wait(), timeout=10)
+    # leaving the lifespan did not raise: the job was stopped after the grace period

@@ -36,6 +36,7 @@ from bcpay.storage import migrate
 from bcpay.storage import queries as q
 
 log = logging.getLogger("bcpay.server")
+SHUTDOWN_GRACE = 10.0  # seconds the in-process worker's running jobs get to finish at shutdown
 
 
 class OriginCache:
@@ -158,8 +159,13 @@ def create_app(
                 stop.set()
                 if task is not None:
                     app.state.worker.wakeup.set()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait_for(task, timeout=10)
+                    try:
+                        await asyncio.wait_for(task, timeout=SHUTDOWN_GRACE)
+                    except TimeoutError:  # 3.11's wait_for raises it; the task is cancelled by then
+                        log.warning("jobs still running at shutdown were stopped; their leases run out and "
+                                    "another worker takes them (the effects are idempotent)")
+                    except asyncio.CancelledError:
+                        pass
 
     metrics = Metrics()
     app = Starlette(
