@@ -97,6 +97,10 @@ class DatabaseSettings:
     """Where bcpay keeps its state."""
 
     url: str = "sqlite:///bcpay.db"
+    # PostgreSQL connections per process: every `serve` worker, `bcpay worker` and CLI command opens up to
+    # pool_size + max_overflow; keep processes x that under the server's max_connections.
+    pool_size: int = 10
+    max_overflow: int = 10
 
 
 @dataclass(frozen=True)
@@ -341,8 +345,10 @@ POSITIVE = (
     "server.workers", "server.max_body_bytes", "server.rate_limit_per_ip", "server.rate_limit_per_store",
     "bigcommerce.timeout", "celerypay.timeout", "outbox.max_attempts", "outbox.lease_seconds",
     "outbox.concurrency", "outbox.backoff_base", "outbox.backoff_cap", "payments.max_order_age",
+    "database.pool_size",
 )
 RANGES = (
+    ("database.max_overflow", 0, 1000),
     ("bigcommerce.max_retries", 0, 20),
     ("celerypay.max_retries", 0, 20),
     ("outbox.poll_interval", 0.001, 60),

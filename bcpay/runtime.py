@@ -206,7 +206,8 @@ async def open_runtime(
     metrics: Metrics | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the database and HTTP client for one process (or one CLI command)."""
-    db = Database(settings.database.url)
+    db = Database(settings.database.url, pool_size=settings.database.pool_size,
+                  max_overflow=settings.database.max_overflow)
     own_http = http is None
     client = http or make_http(settings)
     try:

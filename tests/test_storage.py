@@ -381,3 +381,16 @@ async def test_two_settings_saves_at_once_keep_both_changes(db_url: str, secret_
         await asyncio.gather(*saves)
         async with rt.db.read() as conn:
             assert (await q.require_store(conn, STORE_HASH)).settings == {"on_expired": "cancel", "return_to": "bcpay"}
+
+
+@pytest.mark.postgres
+async def test_the_postgresql_pool_takes_its_size_from_the_settings(pg_database: str, secret_key: str) -> None:
+    """database.pool_size / max_overflow: several processes must fit the server's max_connections."""
+    from bcpay.config import load_settings
+    from bcpay.runtime import open_runtime
+
+    settings = load_settings(environ={}, overrides={
+        "app": {"secret_key": secret_key}, "database": {"url": pg_database, "pool_size": 3, "max_overflow": 1}})
+    async with open_runtime(settings) as rt:
+        pool = rt.db._pg.pool  # type: ignore[attr-defined]
+        assert (pool.size(), pool._max_overflow) == (3, 1)

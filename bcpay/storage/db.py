@@ -263,7 +263,7 @@ class Conn:
 class Database:
     """One engine and the two ways in: :meth:`read` and :meth:`transaction`."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10, max_overflow: int = 10) -> None:
         self.url = url
         target = driver_url(url)
         self.is_sqlite = target.startswith("sqlite")
@@ -278,7 +278,7 @@ class Database:
             _configure_sqlite(self._sqlite)
             self.sqlalchemy_dialect: Dialect = self._sqlite.dialect
         else:
-            self._pg = create_async_engine(target, echo=echo, pool_size=10, max_overflow=10,
+            self._pg = create_async_engine(target, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
                                            pool_pre_ping=True)
             self.sqlalchemy_dialect = self._pg.dialect
 
