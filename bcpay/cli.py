@@ -191,9 +191,13 @@ def rotate_key(
     """Re-encrypt every stored secret under a new key, in one transaction.
 
     Access tokens, CeleryPay merchant secrets (current and old) and webhook
-    secrets are re-sealed. Afterwards set app.secret_key to the new key and
-    restart the servers. The key is never taken as a plain argument: keep it
+    secrets are re-sealed. The key is never taken as a plain argument: keep it
     in a file first, or everything is sealed under a key nobody has.
+
+    Without downtime: 1. give every process app.other_secret_key = the new
+    key and restart them (they now open values sealed with either key);
+    2. run this command; 3. swap: app.secret_key = the new key,
+    app.other_secret_key = the old one (or empty), and restart again.
 
     Example: bcpay keygen > new.key && BCPAY_NEW_KEY="$(cat new.key)" bcpay rotate-key --new-key-env BCPAY_NEW_KEY
     """

@@ -67,6 +67,9 @@ class AppSettings:
     client_id: str = ""
     client_secret: Secret = field(default_factory=lambda: Secret(""))
     secret_key: Secret = field(default_factory=lambda: Secret(""))
+    # A second key that opens stored secrets but never seals: the next key before `rotate-key`,
+    # the previous one after, so running processes never meet a value they cannot open.
+    other_secret_key: Secret = field(default_factory=lambda: Secret(""))
     sandbox: bool = False
     control_panel_origins: tuple[str, ...] = (
         "https://store-*.mybigcommerce.com",
@@ -407,10 +410,12 @@ def _validate(s: Settings) -> None:
         positive(path, _value(s, path))
     for path, low, high in RANGES:
         within(path, _value(s, path), low, high)
-    if s.app.secret_key:
+    if s.app.secret_key or s.app.other_secret_key:
         from bcpay.crypto import check_key
 
-        check_key(s.app.secret_key.get(), "app.secret_key")
+        for path, key in (("app.secret_key", s.app.secret_key), ("app.other_secret_key", s.app.other_secret_key)):
+            if key:
+                check_key(key.get(), path)
 
 
 __all__ = [

@@ -176,10 +176,12 @@ def settle_heap() -> None:
 
 
 def make_vault(settings: Settings) -> Vault:
-    """The vault for ``app.secret_key`` (a fixed, public key in sandbox mode only)."""
+    """The vault for ``app.secret_key`` (a fixed, public key in sandbox mode only), also opening
+    values sealed with ``app.other_secret_key`` (a key rotation in progress)."""
     settings.require_secret_key()
     key = settings.app.secret_key.get() or SANDBOX_KEY
-    return Vault(key)
+    other = settings.app.other_secret_key.get()
+    return Vault(key, other) if other else Vault(key)
 
 
 def make_http(settings: Settings, **kwargs: Any) -> httpx.AsyncClient:

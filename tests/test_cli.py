@@ -643,3 +643,24 @@ def test_serve_and_worker_on_the_public_sandbox_key_say_so(capsys: pytest.Captur
     assert "public sandbox key" in capsys.readouterr().err
     warn_if_sandbox_key(load_settings(environ={}, overrides={"app": {"sandbox": True, "secret_key": generate_key()}}))
     assert capsys.readouterr().err == ""
+
+
+def test_a_key_rotation_without_downtime(env: Env) -> None:
+    """Processes given app.other_secret_key = the new key keep opening every secret while rotate-key
+    re-seals them, and after the swap (new key current, old one other) as well."""
+    from bcpay.config import load_settings
+    from bcpay.runtime import make_vault
+
+    env.add_store()
+    old, new = env.secret_key, generate_key()
+    running = make_vault(load_settings(environ={}, overrides={"app": {"secret_key": old, "other_secret_key": new}}))
+    before = env.query(select(stores))[0]
+    assert running.open(before["access_token_enc"]) == ACCESS_TOKEN
+    env.ok("rotate-key", "--new-key-env", "BCPAY_NEW_KEY", env={"BCPAY_NEW_KEY": new})
+    [row] = env.query(select(stores))
+    assert running.open(row["access_token_enc"]) == ACCESS_TOKEN  # re-sealed under the new key, still open
+    swapped = make_vault(load_settings(environ={}, overrides={"app": {"secret_key": new, "other_secret_key": old}}))
+    assert swapped.open(row["celerypay_secret_enc"]) == MERCHANT_SECRET
+    assert Vault(new).open(swapped.seal("x")) == "x"  # the current key seals
+    with pytest.raises(ConfigError, match="app.other_secret_key"):
+        load_settings(environ={}, overrides={"app": {"secret_key": new, "other_secret_key": "not-a-key"}})
