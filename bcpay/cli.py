@@ -106,8 +106,7 @@ async def _database_ready(rt: "Runtime") -> None:
 
     if not await rt.db.ping():
         raise BcpayError("the database does not answer: check database.url", code="db_unreachable")
-    if not rt.db.is_sqlite and not await migrate.is_current(rt.db):
-        raise BcpayError("the database schema is not current: run `bcpay db upgrade`", code="db_outdated")
+    await migrate.ready_schema(rt.db)
 
 
 @app.command()

@@ -27,7 +27,6 @@ from bcpay import notifications, provisioning, stores
 from bcpay.clients.celerypay import parse_event
 from bcpay.errors import (
     BcpayError,
-    ConfigError,
     ConflictError,
     InvalidInputError,
     NotFoundError,
@@ -137,10 +136,7 @@ async def remove_store(rt: Runtime, store_hash: str) -> list[str]:
 
 async def ensure_schema(rt: Runtime) -> None:
     """Migrate SQLite on start (one file, one host); PostgreSQL must be migrated by the operator."""
-    if rt.db.is_sqlite:
-        await migrate.upgrade(rt.db)
-    elif not await migrate.is_current(rt.db):
-        raise ConfigError("the database schema is not current: run `bcpay db upgrade`", code="db_outdated")
+    await migrate.ready_schema(rt.db)
 
 
 # --- payments -----------------------------------------------------------------------------

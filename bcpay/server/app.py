@@ -138,10 +138,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_runtime(settings, http=http, clock=clock, metrics=metrics) as rt:
-            if rt.db.is_sqlite:
-                await migrate.upgrade(rt.db)
-            elif not await migrate.is_current(rt.db):
-                raise BcpayError("the database schema is not current: run `bcpay db upgrade`", code="db_outdated")
+            await migrate.ready_schema(rt.db)
             app.state.runtime = rt
             origins.runtime = rt
             stop = asyncio.Event()

@@ -15,6 +15,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from bcpay.errors import ConfigError
 from bcpay.storage.db import Database
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -57,6 +58,26 @@ async def upgrade(db: Database, revision: str = "head") -> tuple[str | None, str
 async def is_current(db: Database) -> bool:
     """True when the database is at the head revision."""
     return await current_revision(db) == head_revision()
+
+
+def known_revisions() -> set[str]:
+    """Every revision this version of bcpay ships."""
+    return {script.revision for script in ScriptDirectory.from_config(_config(None)).walk_revisions()}
+
+
+async def ready_schema(db: Database) -> None:
+    """Make sure this version can run on ``db``: SQLite is migrated now; PostgreSQL must be at this
+    version's head (``bcpay db upgrade``). A schema from a newer bcpay is named as such."""
+    current = await current_revision(db)
+    if current is not None and current not in known_revisions():
+        raise ConfigError(
+            f"the database schema ({current}) is from a newer bcpay than this one (which knows up to "
+            f"{head_revision()}): run that version", code="db_newer",
+        )
+    if db.is_sqlite:
+        await upgrade(db)
+    elif current != head_revision():
+        raise ConfigError("the database schema is not current: run `bcpay db upgrade`", code="db_outdated")
 
 
 def autogenerate(db_url: str, message: str) -> None:  # pragma: no cover - developer tool
