@@ -244,8 +244,9 @@ async def refresh_script(rt: Runtime, job: JobRecord) -> str:
         store = await q.get_store_by_id(conn, int(job.store_id or 0))
     if not store.installed or not store.access_token_enc or store.script_uuid is None:
         return "skipped"  # uninstalled, or its snippet was removed on purpose
-    if job.payload.get("digest", "") != provisioning.script_digest(rt, store):
-        if store.script_hash == provisioning.script_digest(rt, store):
+    ours = provisioning.script_digest(rt, store)
+    if job.payload.get("digest", "") != ours:
+        if store.script_hash == ours:
             return "skipped"  # this version's tag is already there: the job is stale
         raise NotForThisWorker
     await provisioning.install_script(rt, store)

@@ -521,8 +521,11 @@ async def test_a_poll_answers_what_bcpay_knows_when_celerypay_refuses_the_lookup
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
 
 
-async def test_the_never_created_sweep_leaves_an_attempt_that_moved_on(world: World) -> None:
-    """Failing a stale 'creating' attempt is conditional: one that became pending meanwhile stays pending."""
+async def test_the_conditional_update_the_never_created_sweep_uses_leaves_an_attempt_that_moved_on(
+    world: World,
+) -> None:
+    """update_payment_if, which the sweep uses to fail a stale 'creating' attempt: one that became pending
+    meanwhile stays pending (the race itself is not staged here)."""
     from bcpay.storage import queries as q
 
     order = world.place_order()
