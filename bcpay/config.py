@@ -114,6 +114,10 @@ class BigCommerceSettings:
     login_url: str = "https://login.bigcommerce.com"
     timeout: float = 15.0
     max_retries: int = 5
+    # Every process takes its requests from one count per store in the database, so several
+    # processes together stay inside the store's quota. "auto": on with PostgreSQL (several
+    # processes or hosts), off with SQLite (one host; the count would cost a write per call).
+    shared_quota: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass(frozen=True)

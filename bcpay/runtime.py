@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from bcpay import quota
 from bcpay.clients.bigcommerce import BigCommerceClient
 from bcpay.clients.celerypay import CeleryPayClient
 from bcpay.clients.ratelimit import RateLimiterRegistry
@@ -213,7 +214,8 @@ async def open_runtime(
     own_http = http is None
     client = http or make_http(settings)
     try:
-        rt = Runtime(settings=settings, db=db, http=client, vault=make_vault(settings), metrics=metrics or Metrics())
+        rt = Runtime(settings=settings, db=db, http=client, vault=make_vault(settings),
+                     limiters=quota.limiters(settings, db), metrics=metrics or Metrics())
         if clock is not None:
             rt.clock = clock
         yield rt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,7 +14,7 @@ import respx
 from builders import STORE_HASH, order_json
 
 from bcpay.clients.bigcommerce import BigCommerceClient
-from bcpay.clients.ratelimit import RateLimiter, RateLimiterRegistry
+from bcpay.clients.ratelimit import RateLimiter, RateLimiterRegistry, Report
 
 BASE = f"https://api.bc.test/stores/{STORE_HASH}"
 
@@ -175,6 +176,51 @@ async def test_a_transport_error_frees_the_slot(limiter: RateLimiter) -> None:
     await limiter.acquire()
     limiter.record(None)
     assert limiter.in_flight == 0
+
+
+class Ledger:
+    """A quota ledger that answers from a script and keeps what it was told."""
+
+    def __init__(self, *answers: float | Exception) -> None:
+        self.answers = list(answers)
+        self.reports: list[Report | None] = []
+
+    async def claim(self, *, quota: int, window: float, reserve: int, report: Report | None) -> float:
+        self.reports.append(report)
+        answer = self.answers.pop(0) if self.answers else 0.0
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_with_a_ledger_a_refused_slot_waits_for_the_window_the_ledger_names(ft: FakeTime) -> None:
+    """The probe goes unclaimed; then the ledger decides, and BigCommerce's count rides along."""
+    ledger = Ledger(7.5, 0.0)
+    limiter = RateLimiter(reserve=2, margin=0.0, clock=ft.clock, sleep=ft.sleep, ledger=ledger,
+                          wall=lambda: 5000.0)
+    await limiter.acquire()
+    assert ledger.reports == []
+    limiter.record(answer(left=100, reset_ms=20000))
+    await limiter.acquire()
+    assert ft.sleeps == [7.5] and limiter.in_flight == 1
+    assert ledger.reports == [Report(window_end=5020.0, used=50), None]
+
+
+async def test_a_failing_ledger_leaves_the_process_paced_alone_and_says_so_once(
+    ft: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database outage must not stop BigCommerce calls: one warning, then one note when it is back."""
+    caplog.set_level(logging.INFO, logger="bcpay.ratelimit")
+    ledger = Ledger(OSError("database away"), OSError("database away"), 0.0)
+    limiter = RateLimiter(reserve=2, margin=0.0, clock=ft.clock, sleep=ft.sleep, ledger=ledger)
+    await limiter.acquire()
+    limiter.record(answer(left=100, reset_ms=20000))
+    for _ in range(3):
+        await limiter.acquire()
+    assert ft.sleeps == [] and limiter.in_flight == 3
+    messages = [r.getMessage() for r in caplog.records if r.name == "bcpay.ratelimit"]
+    assert messages == ["the shared BigCommerce quota is unavailable; pacing this process alone",
+                        "the shared BigCommerce quota is available again"]
 
 
 def test_the_registry_shares_one_limiter_per_store() -> None:

@@ -15,15 +15,29 @@ on one store share one :class:`RateLimiter` (``RateLimiterRegistry.for_store``):
 
 So a reconcile over thousands of orders with N concurrent tasks runs at the
 quota without being throttled. Clock and sleep are injectable for tests.
+
+Several processes working one store each see the same count of requests
+left, and at every window turnover each would spend all of it: the store
+gets 429s in every window. With a :class:`QuotaLedger` (one row per store in
+bcpay's database, ``bcpay.quota``) every request past the first also takes a
+slot of the current window from the ledger, so all processes together stay
+inside the quota; BigCommerce's own count, reported on every answer, is
+passed along with the next claim and keeps the ledger honest about other
+apps and aligned with BigCommerce's windows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
+
+log = logging.getLogger("bcpay.ratelimit")
 
 LEFT = "x-rate-limit-requests-left"
 RESET_MS = "x-rate-limit-time-reset-ms"
@@ -48,6 +62,23 @@ def reset_seconds(response: httpx.Response) -> float | None:
     return None if ms is None else ms / 1000.0
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What BigCommerce last said about the window: when it ends (wall clock) and how much is used."""
+
+    window_end: float
+    used: int
+
+
+class QuotaLedger(Protocol):
+    """The store's quota shared by every process (``bcpay.quota.DbQuotaLedger``)."""
+
+    async def claim(self, *, quota: int, window: float, reserve: int, report: Report | None) -> float:
+        """Take one request slot of the current window: 0.0 when granted, else seconds until the window
+        ends. ``report`` is BigCommerce's newest count, folded in first."""
+        ...
+
+
 class RateLimiter:
     """The shared view of one store's BigCommerce quota."""
 
@@ -59,10 +90,16 @@ class RateLimiter:
         default_block: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        ledger: QuotaLedger | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         """``reserve`` requests are left for other apps and stragglers; ``margin``
-        seconds are added to every reset so we never wake a hair too early."""
+        seconds are added to every reset so we never wake a hair too early;
+        ``ledger`` shares the quota with other processes (``wall`` dates its reports)."""
         self.reserve = reserve
+        self.ledger = ledger
+        self._wall = wall
+        self._report: Report | None = None  # BigCommerce's newest count, for the ledger's next claim
         self.margin = margin
         self.default_block = default_block
         self._clock = clock
@@ -74,6 +111,7 @@ class RateLimiter:
         self.blocked_until = 0.0
         self.in_flight = 0
         self.throttled = 0  # 429s seen, for tests and metrics
+        self.ledger_failed = False
 
     def _can_go(self, now: float) -> bool:
         if now >= self.reset_at and self.left is not None:
@@ -92,7 +130,14 @@ class RateLimiter:
                 continue
             if self._can_go(now):
                 self.in_flight += 1
-                return
+                if self.ledger is None or self.quota is None:
+                    return  # alone, or the probe that learns the quota
+                wait = await self._claim()
+                if not wait:
+                    return
+                self.in_flight -= 1
+                await self._sleep(wait + self.margin)
+                continue
             if self.left is None:
                 # Another task is learning the quota; its answer comes soon.
                 await self._sleep(0.005)
@@ -102,6 +147,24 @@ class RateLimiter:
                 # Quota known to be tiny (<= reserve) and the window is over.
                 await self._sleep(self.margin)
                 self.left = None
+
+    async def _claim(self) -> float:
+        """A slot from the ledger; its failure falls back to this process's own view (logged once)."""
+        assert self.ledger is not None and self.quota is not None
+        report, self._report = self._report, None
+        try:
+            wait = await self.ledger.claim(quota=self.quota, window=self.window, reserve=self.reserve,
+                                           report=report)
+        except Exception:  # any failure of the database behind it: payments go on, paced by this process
+            if not self.ledger_failed:
+                log.warning("the shared BigCommerce quota is unavailable; pacing this process alone",
+                            exc_info=True)
+            self.ledger_failed = True
+            return 0.0
+        if self.ledger_failed:
+            log.info("the shared BigCommerce quota is available again")
+            self.ledger_failed = False
+        return wait
 
     def record(self, response: httpx.Response | None) -> None:
         """Free the slot taken by ``acquire`` and learn from the answer's headers."""
@@ -117,6 +180,8 @@ class RateLimiter:
         if response.status_code == 429:
             self.throttled += 1
             wait = reset if reset is not None else self.default_block
+            if reset is not None and quota is not None:
+                self._report = Report(self._wall() + reset, quota)
             self.blocked_until = max(self.blocked_until, now + wait + self.margin)
             self.left = 0
             # The 429's reset is the newest word on when the quota returns: it replaces the
@@ -125,6 +190,8 @@ class RateLimiter:
             return
         if left is None or reset is None:
             return
+        if self.quota is not None:
+            self._report = Report(self._wall() + reset, self.quota - left)
         window = _header_int(response, WINDOW_MS)
         resized = bool(window) and window != round(self.window * 1000)
         if window:
@@ -145,8 +212,8 @@ class RateLimiter:
 class RateLimiterRegistry:
     """One :class:`RateLimiter` per store hash, shared by every task of a process."""
 
-    def __init__(self, factory: Callable[[], RateLimiter] = RateLimiter) -> None:
-        """``factory`` makes a limiter for a store seen for the first time."""
+    def __init__(self, factory: Callable[[str], RateLimiter] = lambda _store_hash: RateLimiter()) -> None:
+        """``factory(store_hash)`` makes a limiter for a store seen for the first time."""
         self._factory = factory
         self._limiters: dict[str, RateLimiter] = {}
 
@@ -154,5 +221,5 @@ class RateLimiterRegistry:
         """The limiter of ``store_hash`` (created on first use)."""
         limiter = self._limiters.get(store_hash)
         if limiter is None:
-            limiter = self._limiters[store_hash] = self._factory()
+            limiter = self._limiters[store_hash] = self._factory(store_hash)
         return limiter

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,7 @@ from bcpay.storage.schema import (
     OPEN_STATUSES,
     anomalies,
     audit_log,
+    bc_quota,
     events,
     payments,
     stores,
@@ -425,6 +427,42 @@ async def use_jwt_once(conn: Conn, jti: str, expires_at: datetime, now: datetime
 async def record_webhook(conn: Conn, *, hash_: str, store_id: int, scope: str, now: datetime) -> bool:
     """Store a webhook delivery hash once; False for a duplicate delivery."""
     return await insert_ignore(conn, webhook_receipts, hash=hash_, store_id=store_id, scope=scope, received_at=now)
+
+
+_QUOTA_LOCKED = Prepared(select(bc_quota).where(bc_quota.c.store_hash == bindparam("store_hash")).with_for_update())
+_UPDATE_QUOTA = Prepared(update(bc_quota).where(bc_quota.c.store_hash == bindparam("_store_hash")))
+
+
+async def claim_quota(
+    conn: Conn, store_hash: str, *, now: float, quota: int, window: float, reserve: int,
+    reported: tuple[float, int] | None,
+) -> float:
+    """Take one request slot of the store's current BigCommerce window: 0.0, or seconds until it ends.
+
+    ``reported`` is BigCommerce's newest word (window end, requests used). It is
+    the truth about where windows begin and about other apps' use: inside the
+    window we count, the higher count wins; a window half a window away from
+    ours replaces it (our guess of the phase was wrong). A window that ended
+    is followed by the next one in the same phase.
+    """
+    await insert_ignore(conn, bc_quota, store_hash=store_hash, window_end=0.0, used=0)
+    row = (await conn.run(_QUOTA_LOCKED, {"store_hash": store_hash})).one()
+    end, used = float(row["window_end"]), int(row["used"])
+    if end <= now:
+        end = end + window * (math.floor((now - end) / window) + 1) if end > 0 else now + window
+        used = 0
+    if reported is not None and reported[0] > now:
+        if abs(reported[0] - end) <= window / 2:
+            used = max(used, reported[1])
+        else:
+            end, used = reported
+    wait = 0.0
+    if used < max(1, quota - reserve):
+        used += 1
+    else:
+        wait = end - now
+    await conn.run(_UPDATE_QUOTA, {"_store_hash": store_hash, "window_end": end, "used": used})
+    return wait
 
 
 async def count(conn: Conn, table: Any, *conds: Any) -> int:

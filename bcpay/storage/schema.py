@@ -31,6 +31,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -260,4 +261,14 @@ webhook_receipts = Table(
     Column("store_id", ForeignKey("stores.id"), nullable=False),
     Column("scope", String(64), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
+)
+
+# Each store's BigCommerce quota as every bcpay process spends it (``bcpay.quota``): the end of the
+# current window (wall clock, seconds since the epoch) and the requests taken in it.
+bc_quota = Table(
+    "bc_quota",
+    metadata,
+    Column("store_hash", String(32), primary_key=True),
+    Column("window_end", Float, nullable=False),
+    Column("used", Integer, nullable=False),
 )
