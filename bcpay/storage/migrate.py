@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -78,6 +79,34 @@ async def ready_schema(db: Database) -> None:
         await upgrade(db)
     elif current != head_revision():
         raise ConfigError("the database schema is not current: run `bcpay db upgrade`", code="db_outdated")
+
+
+def record_compat(revision: str, oldest_code: str) -> None:
+    """Record that code from revision ``oldest_code`` on can run on ``revision``'s schema.
+
+    Every migration from 0004 on calls this at the end of its ``upgrade()``.
+    The rule for ``oldest_code``:
+
+    - expand only (a new table, a nullable column or one with a server
+      default, an index, a wider type): code from before this migration never
+      notices, so name the oldest code the previous revision accepts (its own
+      ``oldest_code``; 0004 names 0003, which recorded none);
+    - contracting (a dropped or renamed table or column, NOT NULL or a
+      narrower type on an existing column, a constraint old code could break):
+      name this revision itself, and older processes refuse to start until
+      they are upgraded.
+
+    When unsure, name the revision itself: that is what happened before the
+    marker existed. A downgrade may leave the row: it is read only while the
+    database is at ``revision``. The table is written through a lightweight
+    ``sa.table`` so that a later change to the model cannot change what an old
+    migration does.
+    """
+    from alembic import op  # the running migration's operations: only valid inside one
+
+    marker = sa.table("schema_compat", sa.column("revision", sa.Text), sa.column("oldest_code", sa.Text))
+    op.execute(marker.delete().where(marker.c.revision == revision))
+    op.execute(marker.insert().values(revision=revision, oldest_code=oldest_code))
 
 
 def autogenerate(db_url: str, message: str) -> None:  # pragma: no cover - developer tool
