@@ -1,17 +1,35 @@
-"""Migrations on real SQLite and PostgreSQL: the compatibility marker each one records."""
+"""Migrations and the start-up schema check on real SQLite and PostgreSQL: the compatibility marker.
+
+A process whose code is older than the database's schema runs when the
+schema's ``schema_compat`` row names a revision this code knows, and is
+refused otherwise (``db_newer``). Revision 9999 stands for a newer bcpay's.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
+from bcpay.errors import ConfigError
 from bcpay.storage import migrate
 from bcpay.storage.db import Database
 from bcpay.storage.schema import schema_compat
+
+NewerSchema = Callable[[str | None], None]
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url)
+    yield database
+    await database.dispose()
 
 
 async def downgrade(db: Database, revision: str) -> None:
@@ -67,3 +85,103 @@ async def test_every_migration_from_0004_on_records_which_code_runs_on_it(empty_
             assert found[revision] in order[:order.index(revision) + 1], (revision, found[revision])
     finally:
         await db.dispose()
+
+
+async def test_a_newer_schema_that_accepts_this_code_runs_with_a_warning(
+    db: Database, newer_schema: NewerSchema, caplog: pytest.LogCaptureFixture
+) -> None:
+    """9999 names this version's head as the oldest code it accepts: start, say so, and leave it at 9999."""
+    head = migrate.head_revision()
+    newer_schema(head)
+    with caplog.at_level(logging.WARNING, logger="bcpay.storage"):
+        await migrate.ready_schema(db)
+    [warning] = [r for r in caplog.records if r.name == "bcpay.storage"]
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage() == (
+        f"the database schema (9999) is from a newer bcpay; this one ({head}) runs on it because that "
+        f"schema accepts bcpay from revision {head} on: upgrade this host"
+    )
+    assert await migrate.current_revision(db) == "9999"  # SQLite is not "upgraded" past its own head
+
+
+async def test_a_newer_schema_that_accepts_older_code_than_this_runs_too(
+    db: Database, newer_schema: NewerSchema
+) -> None:
+    """An expand-only chain can name an older revision than this head: this code is after it, so it runs."""
+    newer_schema("0003")
+    await migrate.ready_schema(db)
+    assert (await migrate.schema_status(db)).state == "newer_compatible"
+
+
+async def test_a_newer_schema_that_names_itself_needs_a_newer_bcpay(db: Database, newer_schema: NewerSchema) -> None:
+    """A contracting migration names its own revision: this code does not know it and refuses."""
+    newer_schema("9999")
+    with pytest.raises(ConfigError, match=(
+        rf"^the database schema \(9999\) is from a newer bcpay than this one \(which knows up to "
+        rf"{migrate.head_revision()}\) and needs a newer bcpay \(one at revision 9999 or later\): run that version$"
+    )) as refused:
+        await migrate.ready_schema(db)
+    assert refused.value.code == "db_newer"
+
+
+async def test_a_newer_schema_without_a_marker_needs_a_newer_bcpay(db: Database, newer_schema: NewerSchema) -> None:
+    """No row for the unknown revision: refused as before the marker, never 'run bcpay db upgrade'."""
+    await migrate.ready_schema(db)  # at this version's head: nothing to say
+    newer_schema(None)
+    with pytest.raises(ConfigError, match=(
+        rf"^the database schema \(9999\) is from a newer bcpay than this one \(which knows up to "
+        rf"{migrate.head_revision()}\) and needs a newer bcpay: run that version$"
+    )) as refused:
+        await migrate.ready_schema(db)
+    assert refused.value.code == "db_newer"
+
+
+async def test_a_newer_schema_without_the_marker_table_needs_a_newer_bcpay(empty_db_url: str) -> None:
+    """An unknown revision on a database with no schema_compat table at all is refused too."""
+    db = Database(empty_db_url)
+    try:
+        await migrate.upgrade(db, "0003")
+        async with db.transaction() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        with pytest.raises(ConfigError, match=r"schema \(9999\) .* and needs a newer bcpay: run that version$"):
+            await migrate.ready_schema(db)
+        assert (await migrate.schema_status(db)).state == "newer"
+    finally:
+        await db.dispose()
+
+
+async def test_the_schema_status_from_empty_to_newer(empty_db_url: str) -> None:
+    """Empty and older are behind (PostgreSQL still refuses them as outdated), head is current, 9999 is newer."""
+    head = migrate.head_revision()
+    db = Database(empty_db_url)
+    try:
+        assert await migrate.schema_status(db) == migrate.SchemaStatus(None, head, "behind")
+        await migrate.upgrade(db, "0003")
+        assert await migrate.schema_status(db) == migrate.SchemaStatus("0003", head, "behind")
+        if db.is_sqlite:
+            await migrate.ready_schema(db)  # SQLite is migrated on start
+        else:
+            with pytest.raises(ConfigError, match=r"^the database schema is not current: run `bcpay db upgrade`$"):
+                await migrate.ready_schema(db)
+            await migrate.upgrade(db)
+        assert await migrate.schema_status(db) == migrate.SchemaStatus(head, head, "current")
+        async with db.transaction() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        assert await migrate.schema_status(db) == migrate.SchemaStatus("9999", head, "newer")
+        async with db.transaction() as conn:
+            await conn.execute(schema_compat.insert().values(revision="9999", oldest_code=head))
+        assert await migrate.schema_status(db) == migrate.SchemaStatus("9999", head, "newer_compatible", head)
+    finally:
+        await db.dispose()
+
+
+async def test_upgrade_refuses_a_newer_schema_without_touching_it(db: Database, newer_schema: NewerSchema) -> None:
+    """Not Alembic's "Can't locate revision": a ConfigError that names both revisions, and 9999 stays."""
+    newer_schema(migrate.head_revision())
+    with pytest.raises(ConfigError, match=(
+        rf"^the database schema \(9999\) is from a newer bcpay than this one \(which knows up to "
+        rf"{migrate.head_revision()} and can still run on it\): there is nothing here to upgrade; "
+        r"run `bcpay db upgrade` with that version$"
+    )):
+        await migrate.upgrade(db)
+    assert await migrate.current_revision(db) == "9999"
