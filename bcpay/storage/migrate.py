@@ -177,7 +177,8 @@ def record_compat(revision: str, oldest_code: str) -> None:
     - contracting (a dropped or renamed table or column, NOT NULL or a
       narrower type on an existing column, a constraint old code could break):
       name this revision itself, and older processes refuse to start until
-      they are upgraded.
+      they are upgraded (or, in the second half of an expand/contract pair,
+      the revision whose code stopped using what this one removes).
 
     When unsure, name the revision itself: that is what happened before the
     marker existed. A downgrade may leave the row: it is read only while the
