@@ -148,7 +148,8 @@ def worker(ctx: typer.Context) -> None:
 def db_upgrade(ctx: typer.Context) -> None:
     """Migrate the database schema to this version of bcpay; prints the revisions before and after.
 
-    Safe to run again: an up-to-date database is left as it is.
+    Safe to run again: an up-to-date database is left as it is. A database
+    already migrated by a newer bcpay is refused (run that version's upgrade).
 
     Example: bcpay db upgrade
     """

@@ -532,6 +532,21 @@ def callback_url_check(rt: Runtime, store: StoreRecord) -> Check:
          "only on a loopback address, and only in sandbox)."])
 
 
+def schema_check(status: migrate.SchemaStatus) -> Check:
+    """The database schema against this version; a newer schema that accepts this code passes."""
+    if status.state == "current":
+        return Check("schema", True, "current")
+    if status.state == "newer_compatible":
+        return Check("schema", True, f"newer but compatible: {status.revision} is from a newer bcpay and accepts "
+                                     f"this one ({status.head}) from revision {status.oldest_code} on; upgrade "
+                                     "this host when you can")
+    if status.state == "newer":
+        return Check("schema", False, f"from a newer bcpay: {status.revision} needs a newer bcpay than this one "
+                                      f"({status.head})",
+                     ["Run the bcpay release that migrated the database."])
+    return Check("schema", False, "not migrated", ["Run `bcpay db upgrade`."])
+
+
 async def doctor(rt: Runtime, store_hash: str | None = None) -> list[tuple[str, Check]]:
     """One report of what works and what to fix: (section, check) pairs; all ok means healthy."""
     report: list[tuple[str, Check]] = [("bcpay", Check("configuration", True, "valid"))]
@@ -539,10 +554,9 @@ async def doctor(rt: Runtime, store_hash: str | None = None) -> list[tuple[str, 
         report.append(("bcpay", Check("database", False, "unreachable", ["Check database.url."])))
         return report
     report.append(("bcpay", Check("database", True, f"{rt.db.dialect} reachable")))
-    current = await migrate.is_current(rt.db)
-    report.append(("bcpay", Check("schema", current, "current" if current else "not migrated",
-                                  [] if current else ["Run `bcpay db upgrade`."])))
-    if not current:
+    schema = schema_check(await migrate.schema_status(rt.db))
+    report.append(("bcpay", schema))
+    if not schema.ok:
         return report
     report.append(("bcpay", await check_public_url(rt)))
     report.append(("bcpay", webhook_destination_check(rt)))

@@ -70,6 +70,75 @@ def pg_database() -> Iterator[str]:
     _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def pg_empty(pg_database: str) -> Iterator[str]:
+    """A never-migrated PostgreSQL database next to the session's one, dropped afterwards."""
+    name = pg_database.rsplit("/", 1)[1] + "_old"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    yield pg_database.rsplit("/", 1)[0] + "/" + name
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A never-migrated database: a new SQLite file and a new PostgreSQL database, one test each."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'empty.db'}"
+    url: str = request.getfixturevalue("pg_empty")
+    return url
+
+
+FUTURE_REVISION = "9999"
+
+
+async def _put_revision(url: str, revision: str, oldest_code: str | None) -> None:
+    from sqlalchemy import delete, insert, text
+
+    from bcpay.storage.db import Database
+    from bcpay.storage.schema import schema_compat
+
+    db = Database(url)
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = :revision"), {"revision": revision})
+            await conn.execute(delete(schema_compat).where(schema_compat.c.revision == revision))
+            if oldest_code is not None:
+                await conn.execute(insert(schema_compat).values(revision=revision, oldest_code=oldest_code))
+    finally:
+        await db.dispose()
+
+
+async def _forget_future(url: str) -> None:
+    from sqlalchemy import delete, text
+
+    from bcpay.storage import migrate
+    from bcpay.storage.db import Database
+    from bcpay.storage.schema import schema_compat
+
+    db = Database(url)
+    try:
+        async with db.transaction() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = :head"),
+                               {"head": migrate.head_revision()})
+            await conn.execute(delete(schema_compat).where(schema_compat.c.revision.not_in(migrate.known_revisions())))
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture
+def newer_schema(db_url: str) -> Iterator[Callable[[str | None], None]]:
+    """``newer_schema(oldest_code)`` puts the test's database at revision 9999, as a newer bcpay would
+    leave it, with a compatibility marker naming ``oldest_code`` (None: no marker row).
+
+    The session's PostgreSQL database is shared, so the head revision comes back afterwards, failed
+    test or not.
+    """
+    try:
+        yield lambda oldest_code: _in_thread(lambda: _put_revision(db_url, FUTURE_REVISION, oldest_code))
+    finally:
+        _in_thread(lambda: _forget_future(db_url))
+
+
 async def _truncate(url: str) -> None:
     from sqlalchemy import text
 
@@ -77,7 +146,8 @@ async def _truncate(url: str) -> None:
     from bcpay.storage.schema import metadata
 
     db = Database(url)
-    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    # schema_compat belongs to the migrations, like alembic_version: it stays.
+    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables if t.name != "schema_compat")
     async with db.transaction() as conn:
         await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
     await db.dispose()

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from typer.testing import CliRunner, Result
 
 from bcpay import payflow
@@ -514,6 +514,43 @@ def test_db_upgrade_prints_revisions(tmp_path: Path, secret_key: str) -> None:
     assert first.exit_code == 0 and f"(empty) -> {migrate.head_revision()}" in first.stdout
     second = runner.invoke(app, ["--config", str(config), "db", "upgrade"])
     assert second.exit_code == 0 and "already current" in second.stdout
+
+
+def test_db_upgrade_refuses_a_schema_from_a_newer_bcpay(env: Env, newer_schema: Callable[[str | None], None]) -> None:
+    """An old binary's `bcpay db upgrade` after the new one's: one line saying so, no Alembic traceback."""
+    newer_schema(migrate.head_revision())
+    one_error_line(env.cli("db", "upgrade"), "schema (9999) is from a newer bcpay than this one "
+                   f"(which knows up to {migrate.head_revision()} and can still run on it): "
+                   "there is nothing here to upgrade")
+    newer_schema(None)
+    refused = env.cli("db", "upgrade")
+    one_error_line(refused, "schema (9999) is from a newer bcpay")
+    assert "can still run" not in refused.stderr
+    assert env.query(select(text("version_num")).select_from(text("alembic_version"))) == [{"version_num": "9999"}]
+
+
+def test_doctor_calls_a_newer_schema_that_accepts_this_code_newer_but_compatible(
+    env: Env, newer_schema: Callable[[str | None], None]
+) -> None:
+    """The schema line passes (the other checks still run); a schema that needs a newer bcpay fails it."""
+    head = migrate.head_revision()
+
+    def schema_check() -> dict[str, Any]:
+        report = json.loads(env.cli("doctor", "--json").stdout)
+        [check] = [c for c in report["checks"] if c["name"] == "schema"]
+        return {"names": [c["name"] for c in report["checks"]], **check}
+
+    newer_schema(head)
+    compatible = schema_check()
+    assert compatible["ok"] and compatible["detail"] == (
+        f"newer but compatible: 9999 is from a newer bcpay and accepts this one ({head}) from revision {head} on; "
+        "upgrade this host when you can")
+    assert "public URL" in compatible["names"]
+    newer_schema("9999")
+    refused = schema_check()
+    assert not refused["ok"] and refused["detail"] == f"from a newer bcpay: 9999 needs a newer bcpay than this one ({head})"
+    assert refused["fix"] == ["Run the bcpay release that migrated the database."]
+    assert refused["names"][-1] == "schema"
 
 
 def test_serve_and_worker_refuse_to_start_without_a_secret_key(tmp_path: Path) -> None:

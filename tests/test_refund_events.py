@@ -10,7 +10,7 @@ the VARCHAR length; there the long-id tests check the round trip only.)
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -46,17 +46,6 @@ async def world(db_url: str, secret_key: str) -> AsyncIterator[World]:
     async with open_world(db_url, secret_key, cp_options=FakeOptions(refund_auto=False)) as w:
         await w.add_store()
         yield w
-
-
-@pytest.fixture
-def pg_empty(pg_database: str) -> Iterator[str]:
-    """A never-migrated PostgreSQL database next to the session's one, dropped afterwards."""
-    from tests.conftest import _pg_admin
-
-    name = pg_database.rsplit("/", 1)[1] + "_old"
-    _pg_admin(f'CREATE DATABASE "{name}"')
-    yield pg_database.rsplit("/", 1)[0] + "/" + name
-    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def add_other_store(world: World) -> None:

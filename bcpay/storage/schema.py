@@ -17,7 +17,8 @@ but does not fit its column fails on PostgreSQL, is answered 500 and, after
 CeleryPay's 47 hours of retries, is lost. Its free strings (``failure_code``)
 have no limit in the contract, so they are ``Text``.
 
-Schema changes go through Alembic migrations in ``bcpay/storage/migrations``.
+Schema changes go through Alembic migrations in ``bcpay/storage/migrations``;
+each records which code can still run on it in ``schema_compat``.
 """
 
 from __future__ import annotations
@@ -261,6 +262,15 @@ webhook_receipts = Table(
     Column("store_id", ForeignKey("stores.id"), nullable=False),
     Column("scope", String(64), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
+)
+
+# Which code can run on a schema: each migration from 0004 on records the oldest code revision that can
+# run on it (migrate.record_compat); a process older than the schema reads its row (migrate.ready_schema).
+schema_compat = Table(
+    "schema_compat",
+    metadata,
+    Column("revision", Text, primary_key=True),
+    Column("oldest_code", Text, nullable=False),
 )
 
 # Each store's BigCommerce quota as every bcpay process spends it (``bcpay.quota``): the end of the

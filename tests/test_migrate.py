@@ -1,0 +1,210 @@
+"""Migrations and the start-up schema check on real SQLite and PostgreSQL: the compatibility marker.
+
+A process whose code is older than the database's schema runs when the
+schema's ``schema_compat`` row names a revision this code knows, and is
+refused otherwise (``db_newer``). Revision 9999 stands for a newer bcpay's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, select, text
+
+from bcpay.errors import ConfigError
+from bcpay.storage import migrate
+from bcpay.storage.db import Database
+from bcpay.storage.schema import schema_compat
+
+NewerSchema = Callable[[str | None], None]
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = Database(db_url)
+    yield database
+    await database.dispose()
+
+
+async def downgrade(db: Database, revision: str) -> None:
+    """Alembic's downgrade on ``db`` (bcpay itself never downgrades)."""
+
+    def run(conn: Any) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(migrate.MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+    async with db.transaction() as conn:
+        await conn.run_sync(run)
+
+
+async def markers(db: Database) -> list[tuple[str, str]] | None:
+    """The ``schema_compat`` rows, or None when the table does not exist."""
+    async with db.read() as conn:
+        if not await conn.run_sync(lambda c: inspect(c).has_table("schema_compat")):
+            return None
+        rows = await conn.execute(select(schema_compat.c.revision, schema_compat.c.oldest_code)
+                                  .order_by(schema_compat.c.revision))
+        return [(r.revision, r.oldest_code) for r in rows]
+
+
+async def test_0004_says_0003s_code_runs_on_it_and_downgrades_cleanly(empty_db_url: str) -> None:
+    """0003 -> 0004 adds the marker table with 0004's row; back to 0003 removes it; up again restores it."""
+    db = Database(empty_db_url)
+    try:
+        await migrate.upgrade(db, "0003")
+        assert await markers(db) is None
+        assert await migrate.upgrade(db, "0004") == ("0003", "0004")
+        assert await markers(db) == [("0004", "0003")]
+        await downgrade(db, "0003")
+        assert await migrate.current_revision(db) == "0003"
+        assert await markers(db) is None
+        await migrate.upgrade(db)
+        assert (await markers(db) or [])[0] == ("0004", "0003")
+    finally:
+        await db.dispose()
+
+
+async def test_every_migration_from_0004_on_records_which_code_runs_on_it(empty_db_url: str) -> None:
+    """The rule for migration authors, checked: each revision's row names itself or an older revision."""
+    order = [s.revision for s in reversed(list(ScriptDirectory(str(migrate.MIGRATIONS)).walk_revisions()))]
+    marked = order[order.index("0004"):]
+    db = Database(empty_db_url)
+    try:
+        for revision in marked:
+            await migrate.upgrade(db, revision)
+            found = dict(await markers(db) or [])
+            assert revision in found, f"migration {revision} records no schema_compat row"
+            assert found[revision] in order[:order.index(revision) + 1], (revision, found[revision])
+    finally:
+        await db.dispose()
+
+
+async def test_a_newer_schema_that_accepts_this_code_runs_with_a_warning(
+    db: Database, newer_schema: NewerSchema, caplog: pytest.LogCaptureFixture
+) -> None:
+    """9999 names this version's head as the oldest code it accepts: start, say so, and leave it at 9999."""
+    head = migrate.head_revision()
+    newer_schema(head)
+    with caplog.at_level(logging.WARNING, logger="bcpay.storage"):
+        await migrate.ready_schema(db)
+    [warning] = [r for r in caplog.records if r.name == "bcpay.storage"]
+    assert warning.levelno == logging.WARNING
+    assert warning.getMessage() == (
+        f"the database schema (9999) is from a newer bcpay; this one ({head}) runs on it because that "
+        f"schema accepts bcpay from revision {head} on: upgrade this host"
+    )
+    assert await migrate.current_revision(db) == "9999"  # SQLite is not "upgraded" past its own head
+
+
+async def test_a_newer_schema_that_accepts_older_code_than_this_runs_too(
+    db: Database, newer_schema: NewerSchema
+) -> None:
+    """An expand-only chain can name an older revision than this head: this code is after it, so it runs."""
+    newer_schema("0003")
+    await migrate.ready_schema(db)
+    assert (await migrate.schema_status(db)).state == "newer_compatible"
+
+
+async def test_a_newer_schema_that_names_itself_needs_a_newer_bcpay(db: Database, newer_schema: NewerSchema) -> None:
+    """A contracting migration names its own revision: this code does not know it and refuses."""
+    newer_schema("9999")
+    with pytest.raises(ConfigError, match=(
+        rf"^the database schema \(9999\) is from a newer bcpay than this one \(which knows up to "
+        rf"{migrate.head_revision()}\) and needs a newer bcpay \(one at revision 9999 or later\): run that version$"
+    )) as refused:
+        await migrate.ready_schema(db)
+    assert refused.value.code == "db_newer"
+
+
+async def test_a_newer_schema_without_a_marker_needs_a_newer_bcpay(db: Database, newer_schema: NewerSchema) -> None:
+    """No row for the unknown revision: refused as before the marker, never 'run bcpay db upgrade'."""
+    await migrate.ready_schema(db)  # at this version's head: nothing to say
+    newer_schema(None)
+    with pytest.raises(ConfigError, match=(
+        rf"^the database schema \(9999\) is from a newer bcpay than this one \(which knows up to "
+        rf"{migrate.head_revision()}\) and needs a newer bcpay: run that version$"
+    )) as refused:
+        await migrate.ready_schema(db)
+    assert refused.value.code == "db_newer"
+
+
+async def test_a_newer_schema_without_the_marker_table_needs_a_newer_bcpay(empty_db_url: str) -> None:
+    """An unknown revision on a database with no schema_compat table at all is refused too."""
+    db = Database(empty_db_url)
+    try:
+        await migrate.upgrade(db, "0003")
+        async with db.transaction() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        with pytest.raises(ConfigError, match=r"schema \(9999\) .* and needs a newer bcpay: run that version$"):
+            await migrate.ready_schema(db)
+        assert (await migrate.schema_status(db)).state == "newer"
+    finally:
+        await db.dispose()
+
+
+async def test_the_schema_status_from_empty_to_newer(empty_db_url: str) -> None:
+    """Empty and older are behind (PostgreSQL still refuses them as outdated), head is current, 9999 is newer."""
+    head = migrate.head_revision()
+    db = Database(empty_db_url)
+    try:
+        assert await migrate.schema_status(db) == migrate.SchemaStatus(None, head, "behind")
+        await migrate.upgrade(db, "0003")
+        assert await migrate.schema_status(db) == migrate.SchemaStatus("0003", head, "behind")
+        if db.is_sqlite:
+            await migrate.ready_schema(db)  # SQLite is migrated on start
+        else:
+            with pytest.raises(ConfigError, match=r"^the database schema is not current: run `bcpay db upgrade`$"):
+                await migrate.ready_schema(db)
+            await migrate.upgrade(db)
+        assert await migrate.schema_status(db) == migrate.SchemaStatus(head, head, "current")
+        async with db.transaction() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        assert await migrate.schema_status(db) == migrate.SchemaStatus("9999", head, "newer")
+        async with db.transaction() as conn:
+            await conn.execute(schema_compat.insert().values(revision="9999", oldest_code=head))
+        assert await migrate.schema_status(db) == migrate.SchemaStatus("9999", head, "newer_compatible", head)
+    finally:
+        await db.dispose()
+
+
+async def test_upgrade_refuses_a_newer_schema_without_touching_it(db: Database, newer_schema: NewerSchema) -> None:
+    """Not Alembic's "Can't locate revision": a ConfigError that names both revisions, and 9999 stays."""
+    newer_schema(migrate.head_revision())
+    with pytest.raises(ConfigError, match=(
+        rf"^the database schema \(9999\) is from a newer bcpay than this one \(which knows up to "
+        rf"{migrate.head_revision()} and can still run on it\): there is nothing here to upgrade; "
+        r"run `bcpay db upgrade` with that version$"
+    )):
+        await migrate.upgrade(db)
+    assert await migrate.current_revision(db) == "9999"
+
+
+async def test_0005_adds_the_shared_quota_table_for_code_from_0003_on_and_downgrades_cleanly(
+    empty_db_url: str,
+) -> None:
+    """0004 -> 0005 adds ``bc_quota`` and says 0003's code still runs; back to 0004 drops the table."""
+
+    async def has_quota_table(db: Database) -> bool:
+        async with db.read() as conn:
+            return bool(await conn.run_sync(lambda c: inspect(c).has_table("bc_quota")))
+
+    db = Database(empty_db_url)
+    try:
+        await migrate.upgrade(db, "0004")
+        assert not await has_quota_table(db)
+        assert await migrate.upgrade(db, "0005") == ("0004", "0005")
+        assert await has_quota_table(db) and ("0005", "0003") in (await markers(db) or [])
+        await downgrade(db, "0004")
+        assert not await has_quota_table(db) and await migrate.current_revision(db) == "0004"
+        await migrate.upgrade(db)
+        assert await has_quota_table(db)
+    finally:
+        await db.dispose()
