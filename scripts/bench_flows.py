@@ -13,13 +13,17 @@
    payments.unstarted_after, so each costs one BigCommerce read for its pay
    link; a report without --fix reads only the order list), the fake enforcing a quota scaled down
    in time with 20 ms latency. Rate / quota from the fake's own log; peak RSS
-   of the child from wait4().
+   of the child from wait4(). Then two reconcile processes at once over the
+   same orders, sharing the store's quota through the database
+   (``bigcommerce.shared_quota = "on"``), and the same without it (for
+   comparison): the quota must hold across processes too.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -194,6 +198,78 @@ def reconcile_run(cfg: FlowConfig, orders: int, workdir: Path) -> ReconcileRun:
                         len({e[5] for e in throttled}), span, cpu)
 
 
+@dataclass
+class SharedRun:
+    """Several reconcile processes at once against one enforced quota."""
+
+    processes: int
+    shared: bool
+    exits: list[int]
+    ok_requests: int
+    throttled: int
+    windows_429: int
+    span: float
+
+
+def reconcile_processes_run(cfg: FlowConfig, orders: int, workdir: Path, processes: int, shared: bool) -> SharedRun:
+    """``processes`` x ``bcpay reconcile --fix`` over the same orders at once, sharing the quota or not."""
+    tag = f"rc-{processes}p-{'shared' if shared else 'alone'}"
+    fakes = start_fakes(workdir, f"fakes-{tag}", orders=orders, age_hours=2.0, latency=cfg.rc_latency,
+                        quota=(cfg.quota, cfg.window_ms, True))
+    db = BenchDatabase("sqlite", workdir, tag.replace("-", "_"))
+    try:
+        config = write_config(workdir / f"bcpay-{tag}.toml", db_url=db.url, fakes=fakes, port=free_port(),
+                              run_worker=False)
+        provision(config, [])
+        time.sleep(cfg.window_ms / 1000)
+        fakes.reset()
+        env = bench_env(BCPAY_BIGCOMMERCE_SHARED_QUOTA="on" if shared else "off")
+        argv = [PYTHON, "-m", "bcpay", "--config", str(config), "reconcile", STORE_HASH, "--since", "7d", "--fix"]
+        budget = 120 + 2 * processes * orders / (cfg.quota / (cfg.window_ms / 1000))
+        children = [subprocess.Popen(argv, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    for _ in range(processes)]
+        exits = []
+        for child in children:
+            try:
+                exits.append(child.wait(budget))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                exits.append(child.wait())
+        entries = fakes.log()
+    finally:
+        fakes.child.stop()
+        db.drop()
+    throttled = [e for e in entries if e[4] == 429]
+    span = (max(e[1] for e in entries) - min(e[0] for e in entries)) if entries else 0.0
+    return SharedRun(processes, shared, exits, len(entries) - len(throttled), len(throttled),
+                     len({e[5] for e in throttled}), span)
+
+
+def shared_quota_rows(cfg: FlowConfig, workdir: Path) -> tuple[list[Row], list[str]]:
+    """Benchmark 3 across processes: two reconciles sharing the quota, and two that do not."""
+    orders = cfg.reconcile_sizes[0]
+    quota_rate = cfg.quota / (cfg.window_ms / 1000)
+    shared = reconcile_processes_run(cfg, orders, workdir, 2, shared=True)
+    log(f"reconcile {shared}")
+    alone = reconcile_processes_run(cfg, orders, workdir, 2, shared=False)
+    log(f"reconcile {alone}")
+    rate = shared.ok_requests / shared.span if shared.span else 0.0
+    ratio = rate / quota_rate
+    done = all(code == 0 for code in shared.exits)
+    rows = [
+        Row("3 reconcile x2 processes, shared quota: request rate / quota",
+            f"{rate:.1f} req/s of {quota_rate:.0f}/s ({shared.ok_requests} requests in {shared.span:.0f} s)",
+            ">= 0.90", ratio, ratio >= 0.9 and done),
+        Row("3 reconcile x2 processes, shared quota: windows with 429s",
+            f"{shared.windows_429} window(s), {shared.throttled} x 429", "<= 1 window",
+            shared.windows_429 / 1.0, shared.windows_429 <= 1 and done),
+        Row("3 reconcile x2 processes, each alone (for comparison): windows with 429s",
+            f"{alone.windows_429} window(s), {alone.throttled} x 429", "(info)", alone.windows_429 / 1.0, None),
+    ]
+    notes = [f"reconcile x2: {orders} orders each, exits {shared.exits} (shared) and {alone.exits} (alone)"]
+    return rows, notes
+
+
 def reconcile(cfg: FlowConfig, workdir: Path) -> tuple[list[Row], list[str]]:
     """Benchmark 3: rate / quota, 429 windows and peak RSS at two sizes."""
     small_n, big_n = cfg.reconcile_sizes
@@ -221,4 +297,5 @@ def reconcile(cfg: FlowConfig, workdir: Path) -> tuple[list[Row], list[str]]:
     rows.append(Row(f"3 reconcile peak RSS {big.orders:,} vs {small.orders:,} orders",
                     f"{big.rss_kib / 1024:.1f} MiB vs {small.rss_kib / 1024:.1f} MiB", "<= 1.10", mem,
                     mem <= 1.10 and small.exit == 0 and big.exit == 0))
-    return rows, notes
+    shared_rows, shared_notes = shared_quota_rows(cfg, workdir)
+    return rows + shared_rows, notes + shared_notes
