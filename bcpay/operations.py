@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from bcpay import notifications, provisioning, stores
+from bcpay import notifications, provisioning, quota, stores
 from bcpay.clients.celerypay import parse_event
 from bcpay.errors import (
     BcpayError,
@@ -547,6 +547,16 @@ def schema_check(status: migrate.SchemaStatus) -> Check:
     return Check("schema", False, "not migrated", ["Run `bcpay db upgrade`."])
 
 
+def quota_check(rt: Runtime) -> Check:
+    """How this process paces its BigCommerce calls: with every other process, or alone (informational)."""
+    if quota.shared(rt.settings, rt.db):
+        return Check("BigCommerce quota", True, "shared by every bcpay process through the database")
+    why = "bigcommerce.shared_quota = \"off\"" if rt.settings.bigcommerce.shared_quota == "off" else "SQLite"
+    return Check("BigCommerce quota", True,
+                 f"paced by each process alone ({why}): several processes calling BigCommerce for one store "
+                 "would overrun its quota together; set bigcommerce.shared_quota = \"on\" if they do")
+
+
 async def doctor(rt: Runtime, store_hash: str | None = None) -> list[tuple[str, Check]]:
     """One report of what works and what to fix: (section, check) pairs; all ok means healthy."""
     report: list[tuple[str, Check]] = [("bcpay", Check("configuration", True, "valid"))]
@@ -560,6 +570,7 @@ async def doctor(rt: Runtime, store_hash: str | None = None) -> list[tuple[str, 
         return report
     report.append(("bcpay", await check_public_url(rt)))
     report.append(("bcpay", webhook_destination_check(rt)))
+    report.append(("bcpay", quota_check(rt)))
     installed = [s for s in await list_stores(rt) if s.installed]
     report.append(("bcpay", secret_key_check(rt, installed)))
     chosen = [await get_store(rt, store_hash)] if store_hash is not None else installed

@@ -320,6 +320,25 @@ def test_doctor_exit_code_follows_the_checks(env: Env) -> None:
     assert "All checks passed." in healthy.stdout and "✓ CeleryPay credentials" in healthy.stdout
 
 
+def test_doctor_says_how_the_bigcommerce_quota_is_paced(env: Env) -> None:
+    """"auto": alone on SQLite (with what to set when several processes call BigCommerce), shared on
+    PostgreSQL; "on" and "off" are reported as such on both."""
+
+    def quota_detail(mode: str | None = None) -> str:
+        extra = {"BCPAY_BIGCOMMERCE_SHARED_QUOTA": mode} if mode else {}
+        report = json.loads(env.cli("doctor", "--json", env=extra).stdout)
+        return next(str(c["detail"]) for c in report["checks"] if c["name"] == "BigCommerce quota")
+
+    shared = "shared by every bcpay process through the database"
+    if env.db_url.startswith("sqlite"):
+        assert quota_detail().startswith("paced by each process alone (SQLite)")
+        assert 'set bigcommerce.shared_quota = "on"' in quota_detail()
+    else:
+        assert quota_detail() == shared
+    assert quota_detail("on") == shared
+    assert quota_detail("off").startswith('paced by each process alone (bigcommerce.shared_quota = "off")')
+
+
 # --- payments ---------------------------------------------------------------------------------------
 
 
