@@ -6,6 +6,7 @@ reach the database; nothing here returns or logs them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -16,7 +17,7 @@ from sqlalchemy import delete
 
 from bcpay import outbox
 from bcpay.clients.bigcommerce import BigCommerceClient, StoreInfo
-from bcpay.errors import InvalidInputError, NotFoundError
+from bcpay.errors import ConflictError, InvalidInputError, NotFoundError
 from bcpay.runtime import STORE_OVERRIDES, Runtime
 from bcpay.scopes import REQUIRED_SCOPES as REQUIRED_SCOPES  # re-exported for callers
 from bcpay.storage import queries as q
@@ -175,10 +176,28 @@ def _check_override(key: str, value: Any) -> Any:
     return value
 
 
-async def update_settings(rt: Runtime, store_hash: str, changes: dict[str, Any]) -> StoreRecord:
-    """Change per-store payment settings (``None`` removes an override)."""
+def settings_version(store: StoreRecord) -> str:
+    """A short digest of what the settings page shows and saves: it changes when any of it does."""
+    shown = json.dumps([store.settings, store.merchant_id, store.environment], sort_keys=True, default=str)
+    return hashlib.sha256(shown.encode()).hexdigest()[:16]
+
+
+async def update_settings(
+    rt: Runtime, store_hash: str, changes: dict[str, Any], *, expected_version: str | None = None
+) -> StoreRecord:
+    """Change per-store payment settings (``None`` removes an override).
+
+    ``expected_version`` (:func:`settings_version` of what the editor saw) makes
+    the save refuse, writing nothing, when someone else saved in between:
+    otherwise the second of two open settings pages would silently put back
+    every value the first one changed.
+    """
     async with rt.db.transaction() as conn:
         store = await q.require_store(conn, store_hash, lock=True)  # a read-modify-write of settings_json
+        if expected_version is not None and settings_version(store) != expected_version:
+            raise ConflictError(
+                f"the settings of {store_hash} were changed since they were read", code="settings_changed"
+            )
         merged = dict(store.settings)
         for key, value in changes.items():
             if value is None:

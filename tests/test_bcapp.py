@@ -523,6 +523,46 @@ def settings_form(csrf: str | None, **changes: str) -> dict[str, str]:
     return form
 
 
+def version_of(html: str) -> str:
+    found = re.search(r'name="version" value="([0-9a-f]{16})"', html)
+    assert found, "no settings version in the page"
+    return found.group(1)
+
+
+async def test_a_save_over_someone_elses_newer_save_is_refused_and_shows_what_is_stored(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """Two admins open the page; the second to save would put back every value the first changed.
+    It is refused (409, nothing written) and shows the stored settings; saved again from there, it goes."""
+    await world.add_store(configure=False)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=world.app),
+                                 base_url="https://127.0.0.1:8000") as other:
+        first_page = await open_settings(panel)
+        second_page = await open_settings(other, user={"id": 99, "email": "z@example.com"})
+        assert version_of(first_page) == version_of(second_page)
+        first = await panel.post("/bc/settings", data={
+            **settings_form(csrf_of(first_page), method_name="OKCloud Pay Now"), "version": version_of(first_page)})
+        assert first.status_code == 303
+        saved = await store_row(world)
+
+        # A typing mistake first: the 400 page keeps the version the admin started from.
+        typo = await other.post("/bc/settings", data={
+            **settings_form(csrf_of(second_page), method_name=""), "version": version_of(second_page)})
+        assert typo.status_code == 400 and version_of(typo.text) == version_of(second_page)
+        stale = await other.post("/bc/settings", data={
+            **settings_form(csrf_of(typo.text), on_expired="keep"), "version": version_of(typo.text)})
+        assert stale.status_code == 409 and "Someone changed these settings" in stale.text
+        assert await store_row(world) == saved
+        assert 'value="OKCloud Pay Now"' in stale.text and version_of(stale.text) != version_of(second_page)
+
+        again = await other.post("/bc/settings", data={
+            **settings_form(csrf_of(stale.text), method_name="OKCloud Pay Now", on_expired="keep"),
+            "version": version_of(stale.text)})
+        assert again.status_code == 303
+    assert json.loads((await store_row(world))["settings_json"])["method_name"] == "OKCloud Pay Now"
+    assert "on_expired" not in json.loads((await store_row(world))["settings_json"])  # "keep" is the default
+
+
 async def test_a_save_that_cannot_change_the_environment_changes_nothing(
     world: World, panel: httpx.AsyncClient
 ) -> None:

@@ -15,6 +15,7 @@ breaking the page.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import secrets
@@ -28,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from bcpay import outbox, provisioning, refunds, rules, stores
-from bcpay.errors import BcpayError, InvalidInputError, NotFoundError
+from bcpay.errors import BcpayError, ConflictError, InvalidInputError, NotFoundError
 from bcpay.money import format_amount, from_minor, to_minor
 from bcpay.provisioning import Check
 from bcpay.runtime import Runtime
@@ -144,8 +145,10 @@ async def render_settings(
     error: str = "",
     status: int = 200,
     entered: dict[str, Any] | None = None,
+    version: str | None = None,
 ) -> HTMLResponse:
-    """The settings page; ``entered`` keeps what the merchant typed after an error."""
+    """The settings page; ``entered`` keeps what the merchant typed after an error, and ``version``
+    the settings version that typing started from (else the store's current one)."""
     rt, store = runtime_of(request), viewer.store
     policy = rt.policy(store)
     checks = await health(rt, store)
@@ -173,6 +176,7 @@ async def render_settings(
         user=viewer.user,
         csrf=viewer.csrf,
         values=values,
+        version=version or stores.settings_version(store),
         checks=checks,
         fixable=fixable,
         secret_set=bool(store.celerypay_secret_enc),
@@ -234,6 +238,7 @@ async def settings_save(request: Request) -> Response:
     rt, store = runtime_of(request), viewer.store
     merchant_id, secret = field(form, "merchant_id", 64), field(form, "api_secret", 1024)
     environment = field(form, "environment", 20)
+    version = field(form, "version", 64)
     try:
         if environment not in ("sandbox", "production"):
             raise InvalidInputError("Choose sandbox or production.", code="invalid_environment")
@@ -253,8 +258,10 @@ async def settings_save(request: Request) -> Response:
                 "Enter the API secret of this merchant id.", code="missing_secret"
             )
         changes = settings_changes(form, rt)
-        # Everything is validated above, so neither call below can fail half-way.
-        updated = await stores.update_settings(rt, store.store_hash, changes)
+        # Everything is validated above, so neither call below can fail half-way. A form without a
+        # version (a page opened before this release) saves as before.
+        updated = await stores.update_settings(rt, store.store_hash, changes,
+                                               expected_version=version or None)
         if secret or (merchant_id and environment != store.environment):
             await stores.configure_merchant(
                 rt,
@@ -268,7 +275,17 @@ async def settings_save(request: Request) -> Response:
         for key in ("paid_status_id", "mismatch_status_id"):
             entered[key] = int(entered[key]) if entered[key].isascii() and entered[key].isdigit() else None
         return await render_settings(
-            request, viewer, error=exc.message, status=400, entered=entered
+            request, viewer, error=exc.message, status=400, entered=entered, version=version or None
+        )
+    except ConflictError:
+        # Someone saved in between: show what is stored now, with its version, and write nothing.
+        async with rt.db.read() as conn:
+            current = await q.require_store(conn, store.store_hash)
+        return await render_settings(
+            request, dataclasses.replace(viewer, store=current), status=409,
+            error="Someone changed these settings after you opened this page (another admin, or this "
+                  "page in another tab). Nothing was saved: the page now shows the settings as stored; "
+                  "make your change again.",
         )
     log.info("settings of %s changed by user %s", store.store_hash, viewer.user.user_id)
     if rt.policy(updated).method_name != rt.policy(store).method_name:
