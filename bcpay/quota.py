@@ -39,7 +39,7 @@ class DbQuotaLedger:
         """Take one slot of the current window (see :func:`bcpay.storage.queries.claim_quota`)."""
         async with self.db.transaction() as conn:
             return await queries.claim_quota(
-                conn, self.store_hash, now=self._wall(), quota=quota, window=window, reserve=reserve,
+                conn, self.store_hash, clock=self._wall, quota=quota, window=window, reserve=reserve,
                 reported=None if report is None else (report.window_end, report.used),
             )
 

@@ -56,33 +56,35 @@ async def claims(ledger: quota.DbQuotaLedger, n: int, report: Report | None = No
     return out
 
 
-async def test_claims_stop_at_the_quota_and_the_next_window_keeps_the_phase(db: Database) -> None:
-    """8 of 10 (2 in reserve) per window; then the wait to the window's end; then a new window,
-    ending a whole number of windows after the first."""
+async def test_claims_stop_at_the_quota_and_the_next_window_starts_with_the_next_claim(db: Database) -> None:
+    """8 of 10 (2 in reserve) per window, counted 2 % longer than the window; then the wait to its end;
+    after it, a new window from the next claim on, however long after."""
     wall = Wall()
     ledger = quota.DbQuotaLedger(db, STORE_HASH, wall)
     start = wall.now
     assert await claims(ledger, 8) == [0.0] * 8
     wall.now += 12.5
-    assert await claims(ledger, 1) == [pytest.approx(17.5)]
-    assert await row(db) == (pytest.approx(start + 30), 8)
-    wall.now = start + 75.0  # two windows later, mid-window
+    assert await claims(ledger, 1) == [pytest.approx(18.1)]
+    assert await row(db) == (pytest.approx(start + 30.6), 8)
+    wall.now = start + 75.0  # long after
     assert await claims(ledger, 1) == [0.0]
-    assert await row(db) == (pytest.approx(start + 90), 1)
+    assert await row(db) == (pytest.approx(start + 105.6), 1)
 
 
-async def test_bigcommerce_count_wins_inside_the_window(db: Database) -> None:
-    """Other apps used the store's quota too: BigCommerce's higher count replaces ours."""
+async def test_bigcommerce_count_and_end_win_inside_the_window(db: Database) -> None:
+    """Other apps used the store's quota too, and BigCommerce's window ends a little later or earlier
+    than our guess: its count (when higher) and its end replace ours."""
     wall = Wall()
     ledger = quota.DbQuotaLedger(db, STORE_HASH, wall)
     await claims(ledger, 1)
-    report = Report(window_end=wall.now + 29.0, used=7)  # within half a window of our end
-    assert await claims(ledger, 2, report) == [0.0, pytest.approx(30.0)]
-    assert (await row(db))[1] == 8
+    assert await claims(ledger, 2, Report(window_end=wall.now + 31.0, used=7)) == [0.0, pytest.approx(31.0)]
+    assert await row(db) == (pytest.approx(wall.now + 31.0), 8)
+    assert await claims(ledger, 1, Report(window_end=wall.now + 29.0, used=1)) == [pytest.approx(29.0)]
+    assert await row(db) == (pytest.approx(wall.now + 29.0), 8)
 
 
 async def test_a_report_of_another_phase_moves_the_window(db: Database) -> None:
-    """Our guess of where the window ends was wrong: BigCommerce's end and count replace it."""
+    """Our window is half a window away from BigCommerce's: its end and count replace ours."""
     wall = Wall()
     ledger = quota.DbQuotaLedger(db, STORE_HASH, wall)
     await claims(ledger, 3)
@@ -91,31 +93,76 @@ async def test_a_report_of_another_phase_moves_the_window(db: Database) -> None:
     assert await row(db) == (pytest.approx(wall.now + 5.0), 2)
 
 
-async def test_a_report_of_a_window_that_ended_changes_nothing(db: Database) -> None:
-    """A count carried over from a window that has ended since says nothing about this one."""
+@pytest.mark.parametrize("ends_in", [-1.0, 0.0, 0.5])
+async def test_a_report_of_a_window_that_ended_or_is_ending_changes_nothing(db: Database, ends_in: float) -> None:
+    """A count carried by a late answer from the window that just ended (or ends within a fiftieth of a
+    window) would put the count back, and the next claim would start the new window a second time."""
     wall = Wall()
     ledger = quota.DbQuotaLedger(db, STORE_HASH, wall)
     await claims(ledger, 2)
-    assert await claims(ledger, 1, Report(window_end=wall.now - 1.0, used=10)) == [0.0]
-    assert await row(db) == (pytest.approx(wall.now + 30.0), 3)
+    assert await claims(ledger, 1, Report(window_end=wall.now + ends_in, used=10)) == [0.0]
+    assert await row(db) == (pytest.approx(wall.now + 30.6), 3)
+
+
+async def test_the_time_is_read_once_the_row_is_locked(db_url: str) -> None:
+    """A claim waiting for another process's lock on the row judges the window by the time it gets the
+    row: a time taken before the wait could see a window that the other process has since ended."""
+    holder, claimer = Database(db_url), Database(db_url)
+    held = False
+    seen: list[bool] = []
+
+    def clock() -> float:
+        seen.append(held)
+        return 1_800_000_000.0
+
+    ledger = quota.DbQuotaLedger(claimer, STORE_HASH, clock)
+    try:
+        await ledger.claim(quota=10, window=30.0, reserve=2, report=None)  # the row exists
+        async with holder.transaction() as conn:
+            await conn.execute(select(bc_quota).where(bc_quota.c.store_hash == STORE_HASH).with_for_update())
+            held = True
+            waiting = asyncio.create_task(ledger.claim(quota=10, window=30.0, reserve=2, report=None))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()
+            held = False
+        assert await waiting == 0.0
+        assert seen == [False, False]
+    finally:
+        await holder.dispose()
+        await claimer.dispose()
 
 
 class QuotaServer:
-    """A fake BigCommerce: ``quota`` requests per fixed window of real time, answered after ``latency``."""
+    """A fake BigCommerce: ``quota`` requests per window of real time, answered after ``latency``.
 
-    def __init__(self, quota: int, window: float, latency: float) -> None:
-        self.quota, self.window, self.latency = quota, window, latency
+    ``periodic``: windows follow each other back to back; else (as the sandbox's
+    fake) a window starts with the first request after the last one ended.
+    """
+
+    def __init__(self, quota: int, window: float, latency: float, periodic: bool) -> None:
+        self.quota, self.window, self.latency, self.periodic = quota, window, latency, periodic
         self.start = time.monotonic()
+        self.window_start = self.start
+        self.index = 0
         self.counts: dict[int, int] = {}
         self.throttled: list[int] = []
 
+    def _window(self, now: float) -> tuple[int, float]:
+        """The current window's index and end."""
+        if self.periodic:
+            index = int((now - self.start) // self.window)
+            return index, self.start + (index + 1) * self.window
+        if now >= self.window_start + self.window:
+            self.index, self.window_start = self.index + 1, now
+        return self.index, self.window_start + self.window
+
     async def __call__(self, request: httpx.Request) -> httpx.Response:
-        elapsed = time.monotonic() - self.start
-        index = int(elapsed // self.window)
+        now = time.monotonic()
+        index, end = self._window(now)
         headers = {
             "X-Rate-Limit-Requests-Quota": str(self.quota),
             "X-Rate-Limit-Time-Window-Ms": str(int(self.window * 1000)),
-            "X-Rate-Limit-Time-Reset-Ms": str(int(((index + 1) * self.window - elapsed) * 1000)),
+            "X-Rate-Limit-Time-Reset-Ms": str(int((end - now) * 1000)),
         }
         used = self.counts.get(index, 0)
         if used >= self.quota:
@@ -127,9 +174,11 @@ class QuotaServer:
         return httpx.Response(200, json=order_json(id=int(request.url.path.rsplit("/", 1)[1])), headers=headers)
 
 
-async def run_processes(db_url: str | None, processes: int, tasks: int, orders: int) -> QuotaServer:
+async def run_processes(
+    db_url: str | None, processes: int, tasks: int, orders: int, *, periodic: bool = True
+) -> QuotaServer:
     """``processes`` limiters (with their own Database when ``db_url``) work one queue of orders."""
-    server = QuotaServer(quota=20, window=0.4, latency=0.005)
+    server = QuotaServer(quota=20, window=0.4, latency=0.005, periodic=periodic)
     queue: asyncio.Queue[int] = asyncio.Queue()
     for oid in range(1, orders + 1):
         queue.put_nowait(oid)
@@ -158,11 +207,13 @@ async def run_processes(db_url: str | None, processes: int, tasks: int, orders: 
     return server
 
 
-async def test_three_processes_share_the_quota_without_429s(db_url: str) -> None:
+@pytest.mark.parametrize("periodic", [True, False], ids=["back-to-back-windows", "window-on-first-request"])
+async def test_three_processes_share_the_quota_without_429s(db_url: str, periodic: bool) -> None:
     """Three processes, ten tasks each: 429s at most in the first window (each process's first
-    request learns the quota before it claims), none after, and no window left idle."""
+    request learns the quota before it claims), none after, and no window left idle; whether
+    BigCommerce's windows follow each other or start with the first request after one ended."""
     started = time.monotonic()
-    server = await run_processes(db_url, processes=3, tasks=10, orders=120)
+    server = await run_processes(db_url, processes=3, tasks=10, orders=120, periodic=periodic)
     elapsed = time.monotonic() - started
     assert [w for w in server.throttled if w > 0] == []
     assert max(server.counts.values()) <= 20

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -434,28 +433,36 @@ _UPDATE_QUOTA = Prepared(update(bc_quota).where(bc_quota.c.store_hash == bindpar
 
 
 async def claim_quota(
-    conn: Conn, store_hash: str, *, now: float, quota: int, window: float, reserve: int,
+    conn: Conn, store_hash: str, *, clock: Callable[[], float], quota: int, window: float, reserve: int,
     reported: tuple[float, int] | None,
 ) -> float:
     """Take one request slot of the store's current BigCommerce window: 0.0, or seconds until it ends.
 
-    ``reported`` is BigCommerce's newest word (window end, requests used). It is
-    the truth about where windows begin and about other apps' use: inside the
-    window we count, the higher count wins; a window half a window away from
-    ours replaces it (our guess of the phase was wrong). A window that ended
-    is followed by the next one in the same phase.
+    ``clock`` (wall time) is read once the row is locked: a time taken before
+    waiting for the lock could see a window that another process has since
+    ended. ``reported`` is BigCommerce's newest word (window end, requests
+    used); its end is the truth, earlier or later than ours, and in the same
+    window the higher count wins; a window half a window away from ours is
+    another one, counted from BigCommerce's figure alone. A report of a window
+    that ends within a fiftieth of a window is ignored: it may be the one
+    that just ended, carried by a late answer, and taking it would put the
+    count back and start the next window twice.
+
+    A window that has ended is followed by one starting with this claim, as
+    BigCommerce starts a store's next window with the first request after
+    the last one ended, counted a fiftieth of a window longer: before
+    BigCommerce says where its window ends, our guess must not end first
+    (every process would start a window BigCommerce has not).
     """
     await insert_ignore(conn, bc_quota, store_hash=store_hash, window_end=0.0, used=0)
     row = (await conn.run(_QUOTA_LOCKED, {"store_hash": store_hash})).one()
+    now, slack = clock(), window / 50
     end, used = float(row["window_end"]), int(row["used"])
     if end <= now:
-        end = end + window * (math.floor((now - end) / window) + 1) if end > 0 else now + window
-        used = 0
-    if reported is not None and reported[0] > now:
-        if abs(reported[0] - end) <= window / 2:
-            used = max(used, reported[1])
-        else:
-            end, used = reported
+        end, used = now + window + slack, 0
+    if reported is not None and reported[0] > now + slack:
+        same = abs(reported[0] - end) <= window / 2
+        end, used = reported[0], max(used, reported[1]) if same else reported[1]
     wait = 0.0
     if used < max(1, quota - reserve):
         used += 1
