@@ -57,5 +57,7 @@ def script_tag(public_url: str, store_hash: str, method_name: str, lang: str = "
         "data-lang": lang,
     }
     rendered = " ".join(f'{k}="{html.escape(v, quote=True)}"' for k, v in attrs.items())
-    # Stencil substitutes {{checkout.order.id}} on the confirmation page; left raw elsewhere.
-    return f'<script {rendered} data-order-id="{{{{checkout.order.id}}}}" defer></script>'
+    # Stencil substitutes {{checkout.order.id}} on the confirmation page; left raw elsewhere. async, not
+    # defer: a deferred script holds back DOMContentLoaded (the theme's and tag managers' "ready") until
+    # bcpay's host has answered; the snippet waits for the document itself.
+    return f'<script {rendered} data-order-id="{{{{checkout.order.id}}}}" async></script>'

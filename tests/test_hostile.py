@@ -115,6 +115,10 @@ async def test_a_flood_from_one_ip_is_rate_limited(sqlite_url: str, secret_key: 
         assert int(limited.headers["retry-after"]) >= 1
         assert (await w.client.get("/healthz")).status_code == 200  # health is never limited
         assert (await w.client.get("/metrics")).status_code == 429  # it counts rows in the database
+        # The snippet must be able to read the 429 (status, Retry-After) from the store's origin.
+        cors = await w.client.get("/api/v1/payments/nosuchtoken", headers={"Origin": STORE_URL})
+        assert cors.status_code == 429 and cors.headers["access-control-allow-origin"] == STORE_URL
+        assert "Retry-After" in cors.headers["access-control-expose-headers"]
 
 
 async def test_null_bytes_and_unicode_in_paths_are_handled(db_url: str, secret_key: str) -> None:

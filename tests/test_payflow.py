@@ -397,8 +397,25 @@ async def test_pay_link_for_an_order_that_never_reached_the_cashier(world: World
     await world.cp.deliver_due()
     await world.run_jobs()
     assert world.order(order["id"])["status_id"] == 11
+    # Back from the cashier, this shopper (no BigCommerce session, maybe another device) comes back to
+    # bcpay's page, not to a store confirmation page that cannot show the order.
+    back = await world.client.get(f"{path}/return?celerypay_status=succeeded")
+    assert back.status_code == 303 and back.headers["location"] == path
     page = await world.client.get(path)
     assert "Payment received" in page.text and "Pay now" not in page.text
+
+
+async def test_the_pay_page_shows_only_its_own_words_for_an_error(world: World) -> None:
+    """``?error=`` is anyone's to write: a known code gets its fixed text, anything else the generic one."""
+    from bcpay import payflow
+
+    order = world.place_order("5.00")
+    path = (await payflow.pay_link(world.rt, STORE_HASH, order["id"])).removeprefix("http://127.0.0.1:8000")
+    final = await world.client.get(path + "?error=order_not_awaiting_payment")
+    assert "This order no longer awaits payment" in final.text and "try again" not in final.text
+    planted = await world.client.get(path + "?error=Call%20%2B1-555-0100%20to%20pay%20by%20phone")
+    assert "555-0100" not in planted.text and "We could not start the payment. Please try again" in planted.text
+    assert "role=\"alert\"" not in (await world.client.get(path)).text
 
 
 async def test_return_hop_sends_the_shopper_to_the_confirmation_page_or_bcpay(world: World) -> None:

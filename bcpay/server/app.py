@@ -31,7 +31,7 @@ from bcpay.errors import BcpayError, SignatureError
 from bcpay.metrics import Metrics
 from bcpay.runtime import Runtime, open_runtime, settle_heap
 from bcpay.server import api, bcapp, pages, settings_page
-from bcpay.server.middleware import BodyLimit, RateLimit, RequestContext, StoreCors, TokenBucket
+from bcpay.server.middleware import BodyLimit, RateLimit, RequestContext, StoreCors, TokenBucket, route_name
 from bcpay.storage import migrate
 from bcpay.storage import queries as q
 
@@ -86,7 +86,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path)
+    log.exception("unhandled error on %s %s", request.method, route_name(request.scope))  # no raw path: tokens
     return JSONResponse({"error": {"code": "internal_error", "message": "internal error"}}, status_code=500)
 
 
@@ -170,8 +170,10 @@ def create_app(
         middleware=[
             Middleware(RequestContext, metrics=metrics),
             Middleware(BodyLimit, max_bytes=settings.server.max_body_bytes),
-            Middleware(RateLimit, bucket=TokenBucket(settings.server.rate_limit_per_ip)),
+            # CORS outside the rate limit: a 429 must carry the CORS headers, or the snippet cannot read
+            # its status and Retry-After and shows "could not reach" instead of backing off.
             Middleware(StoreCors, allowed=origins.allowed),
+            Middleware(RateLimit, bucket=TokenBucket(settings.server.rate_limit_per_ip)),
         ],
         exception_handlers={
             BcpayError: _bcpay_error,

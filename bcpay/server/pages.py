@@ -75,6 +75,22 @@ async def _load(rt: Runtime, token: str) -> tuple[payflow.PaymentView, str, str]
     return view, store.name or store.store_hash, store.store_url
 
 
+VIA_PAGE_COOKIE = "bcpay_via_page"
+
+# What the pay page says when starting a payment failed (``?error=<code>``, set by ``pay_now``). Only these
+# texts are shown: the query string is anyone's to write, and the page is on bcpay's host.
+PAY_ERRORS = {
+    "try_again": "We could not start the payment. Please try again in a moment.",
+    "order_not_awaiting_payment": "This order no longer awaits payment, so it cannot be paid here.",
+    "wrong_payment_method": "This order is not paid with OKCloud Pay.",
+    "order_too_old": "This order is too old to be paid online. Please contact the store.",
+    "nothing_to_pay": "This order has nothing to pay.",
+    "currency_not_supported": "OKCloud Pay does not take this order's currency. Please contact the store.",
+    "gateway_rejected": "OKCloud Pay could not start this payment. Please contact the store.",
+    "store_not_configured": "This store cannot take OKCloud Pay payments yet. Please contact the store.",
+}
+
+
 async def pay_page(request: Request) -> Response:
     """GET /pay/{token}: order, amount, status, a Pay now button, a link back."""
     rt = _rt(request)
@@ -87,7 +103,8 @@ async def pay_page(request: Request) -> Response:
         view=view,
         store_name=store_name,
         store_url=store_url,
-        error=request.query_params.get("error", "")[:100],
+        error=PAY_ERRORS.get(request.query_params.get("error", ""), PAY_ERRORS["try_again"])
+        if request.query_params.get("error") else "",
         can_pay=view.state in ("awaiting_payment", "failed", "expired", "cancelled"),
         token=view.token,
     )
@@ -106,7 +123,13 @@ async def pay_now(request: Request) -> Response:
     except BcpayError as exc:
         return RedirectResponse(f"/pay/{token}?" + urlencode({"error": exc.code}), status_code=303)
     if view.cashier_url:
-        return RedirectResponse(view.cashier_url, status_code=303)
+        go = RedirectResponse(view.cashier_url, status_code=303)
+        # This shopper came through bcpay's own page (a pay link, perhaps on another device, with no
+        # BigCommerce session): the return hop brings them back here, not to a confirmation page that
+        # cannot show their order. Only sent to this token's paths; nothing secret in it.
+        go.set_cookie(VIA_PAGE_COOKIE, view.token, max_age=86_400, path=f"/pay/{view.token}", httponly=True,
+                      samesite="lax", secure=request.url.scheme == "https")
+        return go
     return RedirectResponse(f"/pay/{view.token}", status_code=303)
 
 
@@ -125,7 +148,8 @@ async def pay_return(request: Request) -> Response:
     if attempt is None or store is None:
         return html_page("pay_missing.html", status=404)
     policy = rt.policy(store)
-    if policy.return_to == "bcpay" or not store.store_url:
+    via_page = request.cookies.get(VIA_PAGE_COOKIE) == token
+    if policy.return_to == "bcpay" or not store.store_url or via_page:
         return RedirectResponse(f"/pay/{token}", status_code=303)
     # A fragment, not a query: never sent to the store's server nor recorded by its analytics.
     target = f"{store.store_url.rstrip('/')}/checkout/order-confirmation#" + urlencode({"bcpay_token": token})

@@ -149,7 +149,7 @@ class FakeStore:
         if self.page.order_id_attr is not None:
             tag = tag.replace("{{checkout.order.id}}", self.page.order_id_attr)
         extra = "".join(f' {k}="{v}"' for k, v in self.page.attrs.items())
-        tag = tag.replace(" defer></script>", f"{extra} defer></script>")
+        tag = tag.replace(" async></script>", f"{extra} async></script>")
         return "\n".join([tag] * self.page.copies)
 
     async def confirmation(self, request: Request) -> Response:
