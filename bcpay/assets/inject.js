@@ -210,7 +210,7 @@
   }
 
   var cfg = null;
-  var ctx = { orderId: null, cartId: null, token: null, hint: '' };
+  var ctx = { orderId: null, cartId: null, token: null, hint: '', pageOrderId: null };
   var flow = 0; // generation counter: a newer flow silently ends older loops
   var redirectTimer = null;
 
@@ -299,7 +299,7 @@
     return id ? { id: id, via: 'url' } : null;
   }
 
-  function findOrderId() {
+  function findOrderId(waitMs) {
     return new Promise(function (resolve) {
       var first = (cfg.orderId && { id: cfg.orderId, via: 'attribute' }) ||
         fromCheckoutConfig() || fromResources() || fromPath();
@@ -317,7 +317,7 @@
       setState('waiting_order');
       onPageCall = found;
       installHooks();
-      var deadline = now() + cfg.orderWaitMs;
+      var deadline = now() + (waitMs == null ? cfg.orderWaitMs : waitMs);
       timer = setInterval(safe(function () {
         var c = fromCheckoutConfig() || fromResources();
         if (c) found(c.id, c.via);
@@ -329,16 +329,20 @@
   // ---------------------------------------------------------------- network
   async function readOrder(id) {
     for (var attempt = 0; attempt < 3; attempt++) {
+      // Bounded like bcpay's own calls: a hanging storefront API must not leave the panel waiting.
+      var ctl = typeof AbortController === 'function' ? new AbortController() : null;
+      var timer = ctl ? setTimeout(function () { ctl.abort(); }, cfg.timeoutMs) : null;
       try {
         var res = await nativeFetch.call(window, '/api/storefront/orders/' + id + '?include=payments', {
-          credentials: 'include', cache: 'no-store', headers: { Accept: 'application/vnd.bc.v1+json' }
+          credentials: 'include', cache: 'no-store', headers: { Accept: 'application/vnd.bc.v1+json' },
+          signal: ctl ? ctl.signal : undefined
         });
         if (res.ok) {
           var order = await res.json();
           return order && typeof order === 'object' ? order : null;
         }
         if (res.status < 500) return null;
-      } catch (e) { /* network: retry below */ }
+      } catch (e) { /* network or timeout: retry below */ } finally { if (timer) clearTimeout(timer); }
       await sleep(300 * (attempt + 1));
     }
     return null;
@@ -619,11 +623,12 @@
   function showLoading() {
     render({ state: 'loading', tone: 'info', title: say('pay_title'), body: say('loading'), spin: true });
   }
-  function showPay(target, autoRedirect) {
+  function showPay(target, autoRedirect, checkToken) {
+    var buttons = [[say('pay_button'), function () { go(target); }]];
+    if (checkToken) buttons.push([say('check_again'), function () { return follow(checkToken, true); }, true]);
     render({
       state: 'pay', tone: 'info', title: say('pay_title'), body: say('pay_body'),
-      amount: amountLine('amount_due'), note: autoRedirect ? say('redirecting') : '',
-      buttons: [[say('pay_button'), function () { go(target); }]]
+      amount: amountLine('amount_due'), note: autoRedirect ? say('redirecting') : '', buttons: buttons
     });
   }
   function showConfirming() {
@@ -647,7 +652,7 @@
   function showPending(token) {
     var link = ctx.view ? safeUrl(ctx.view.pay_url) : null;
     render({ state: 'pending', tone: 'info', title: say('pending_title'), body: say('pending_body'),
-      buttons: [[say('check_again'), function () { return follow(token); }, true]],
+      buttons: [[say('check_again'), function () { return follow(token, true); }, true]],
       link: link ? [say('pending_link'), link] : null });
   }
   function showUnreachable(again) {
@@ -709,8 +714,11 @@
     var cashier = safeUrl(view.cashier_url);
     var target = cashier || safeUrl(view.pay_url);
     if (!target) return showUnavailable('no_payment_url');
-    showPay(target, Boolean(cashier));
-    if (cashier) {
+    // Back from the cashier, or a reload, brings the shopper here on purpose: going to the cashier
+    // again by itself would make Back a trap (it would, without sessionStorage, on every Back).
+    var auto = Boolean(cashier) && (userInitiated || !revisited());
+    showPay(target, auto, auto ? null : view.token);
+    if (auto) {
       redirectTimer = setTimeout(safe(function () {
         if (gen === flow && api.state === 'pay') go(cashier);
       }), userInitiated ? 0 : cfg.redirectMs);
@@ -730,19 +738,28 @@
   // A token from the URL that belongs to another order than the one this page shows (a link
   // passed around) is treated as unknown: the page's own order decides.
   function otherOrder(view) {
-    var id = positiveInt(view.order_id);
-    return Boolean(cfg.orderId && id && id !== cfg.orderId);
+    var id = positiveInt(view.order_id), page = cfg.orderId || ctx.pageOrderId;
+    return Boolean(page && id && id !== page);
+  }
+  // Back, forward or reload: the shopper came to this page on purpose, not from the cashier's return.
+  function revisited() {
+    try {
+      var nav = performance.getEntriesByType('navigation')[0];
+      return Boolean(nav) && (nav.type === 'back_forward' || nav.type === 'reload');
+    } catch (e) { return false; }
   }
 
   // Poll with backoff. "awaiting_payment" only ever means "still confirming": a slow
   // notification must never look like a failure. Resolves 'unknown' if bcpay does not
-  // know the token (the caller then falls back to the order).
-  async function follow(token) {
+  // know the token (the caller then falls back to the order). ``returned``: the shopper comes
+  // back from the cashier; else (Back, reload) an unpaid payment offers Pay now and Check
+  // again rather than two minutes of "confirming" with nothing to press.
+  async function follow(token, returned) {
     var gen = ++flow;
     if (redirectTimer) clearTimeout(redirectTimer);
     ctx.token = token;
     api.token = token;
-    showConfirming();
+    if (returned) showConfirming(); else showLoading();
     var started = now(), delay = cfg.pollMs, failures = 0, answered = false;
     for (;;) {
       var r = await bcpay('GET', '/api/v1/payments/' + encodeURIComponent(token));
@@ -758,11 +775,15 @@
           showOutcome(outcome, r.data);
           return 'done';
         }
+        if (!returned) {
+          var resume = safeUrl(r.data.cashier_url) || safeUrl(r.data.pay_url);
+          if (resume) { showPay(resume, false, token); return 'done'; }
+        }
         showConfirming();
       } else if (r.status === 0 || r.status >= 500) {
         failures++;
         if (!answered && failures >= 3) {
-          showUnreachable(function () { return follow(token); });
+          showUnreachable(function () { return follow(token, returned); });
           return 'done';
         }
       } else if (r.status === 429) {
@@ -774,7 +795,7 @@
       }
       if (now() - started >= cfg.pollTotalMs) {
         if (answered) showPending(token);
-        else showUnreachable(function () { return follow(token); });
+        else showUnreachable(function () { return follow(token, returned); });
         return 'done';
       }
       await sleep(delay);
@@ -789,14 +810,19 @@
     var back = readReturn();
     var urlToken = back.token;
     ctx.hint = back.hint;
-    if (urlToken && (await follow(urlToken)) !== 'unknown') return;
-    var id = await findOrderId();
+    // Which order this page shows, before a token from the URL is believed: a link passed around,
+    // or a return hop landing on the session's newest order, may carry another order's token.
+    // A returning shopper is not kept waiting long on a page that names no order.
+    var id = await findOrderId(urlToken ? Math.min(cfg.orderWaitMs, 3000) : cfg.orderWaitMs);
+    ctx.pageOrderId = id;
+    if (urlToken && (await follow(urlToken, true)) !== 'unknown') return;
+    if (!id && urlToken) id = await findOrderId();
     if (!id) return setState('no_order');
     ctx.orderId = id;
     var stored = recall(id);
     if (stored && stored.t !== urlToken) {
       ctx.cartId = stored.c;
-      if ((await follow(stored.t)) !== 'unknown') return;
+      if ((await follow(stored.t, !revisited())) !== 'unknown') return;
     }
     setState('reading_order');
     var order = await readOrder(id);
@@ -811,7 +837,7 @@
   function onPageShow(event) {
     if (event.persisted && api.state === 'redirecting' && ctx.token) {
       var token = ctx.token;
-      run(function () { return follow(token); });
+      run(function () { return follow(token, false); });
     }
   }
 

@@ -386,3 +386,65 @@ def test_works_under_a_strict_content_security_policy(world: World, page: Page) 
     assert page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle") == "solid"
     page.keyboard.press("Enter")
     page.wait_for_url(f"{world.cashier_url}/cashier/tokCsp00001")
+
+
+def test_back_from_the_cashier_without_paying_offers_pay_now_and_check_again(world: World, page: Page) -> None:
+    """Back from the cashier: not two minutes of "confirming" with nothing to press, and no second trip
+    to the cashier by itself; Pay now goes there, Check again follows the payment."""
+    token = "tokBack0001"
+    bc = world.bcpay
+    bc.start_replies = [(200, bc.view(token))]
+    bc.status_replies[token] = [bc.view(token)]
+    world.store.page.attrs["data-redirect-ms"] = "50"
+    page.goto(world.confirmation_url)
+    page.wait_for_url(f"{world.cashier_url}/cashier/{token}")
+    page.go_back()
+    page.wait_for_url(f"{world.confirmation_url}**")
+    wait_state(page, "pay")
+    panel = page.locator(PANEL)
+    expect(panel.get_by_role("button", name="Pay now")).to_be_visible()
+    expect(panel.get_by_role("button", name="Check again")).to_be_visible()
+    page.wait_for_timeout(600)  # ten times the redirect delay: still here
+    assert page.url.startswith(world.confirmation_url) and snippet_state(page)["state"] == "pay"
+    assert "confirming" not in snippet_state(page)["history"]
+    bc.status_replies[token] = [bc.view(token, "paid")]
+    panel.get_by_role("button", name="Check again").click()
+    wait_state(page, "received")
+    panel.get_by_role("heading").wait_for()
+    assert len(bc.posts()) == 1
+
+
+def test_back_from_the_cashier_without_session_storage_is_not_a_trap(world: World, page: Page) -> None:
+    """With sessionStorage refused, Back reloads the page and the same pending payment comes back:
+    it is offered, never followed by itself, so Back leaves the cashier for good."""
+    token = "tokTrap0001"
+    bc = world.bcpay
+    bc.start_replies = [(200, bc.view(token)), (200, bc.view(token))]
+    world.store.page.attrs["data-redirect-ms"] = "50"
+    page.add_init_script("Object.defineProperty(window, 'sessionStorage', {get() { throw new Error('denied'); }})")
+    page.goto(world.confirmation_url)
+    page.wait_for_url(f"{world.cashier_url}/cashier/{token}")
+    page.go_back()
+    page.wait_for_url(f"{world.confirmation_url}**")
+    wait_state(page, "pay")
+    page.wait_for_timeout(600)
+    assert page.url.startswith(world.confirmation_url) and snippet_state(page)["state"] == "pay"
+    expect(page.locator(PANEL).get_by_role("button", name="Pay now")).to_be_visible()
+
+
+def test_a_url_token_of_another_order_is_ignored_on_a_page_without_the_order_attribute(
+    world: World, page: Page
+) -> None:
+    """The theme did not fill data-order-id: the page's own order (from its storefront call) is found
+    first, and a paid token of another order never says "Payment received" here. (A page that names
+    its order nowhere at all leaves only the token to go by; it is followed as before.)"""
+    bc = world.bcpay
+    bc.status_replies["tokOther002"] = [bc.view("tokOther002", "paid", order_id=ORDER_ID + 1)]
+    bc.start_replies = [(200, bc.view("tokFresh002"))]
+    world.store.page.order_id_attr = None
+    world.store.page.mode = "fetch"
+    page.goto(f"{world.confirmation_url}#bcpay_token=tokOther002")
+    wait_state(page, "pay")
+    expect_pay_panel(page)
+    assert "received" not in snippet_state(page)["history"]
+    assert len(bc.posts()) == 1
