@@ -15,6 +15,7 @@ transaction per BigCommerce call for little gain.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -31,13 +32,16 @@ class DbQuotaLedger:
         self.db = db
         self.store_hash = store_hash
         self._wall = wall
+        # One claim at a time per process: at a window's turnover every waiting task claims at once, and
+        # each would hold a pooled connection while queued on the row's lock, starving payments of them.
+        self._one_at_a_time = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"DbQuotaLedger(store_hash={self.store_hash!r})"
 
     async def claim(self, *, quota: int, window: float, reserve: int, report: Report | None) -> float:
         """Take one slot of the current window (see :func:`bcpay.storage.queries.claim_quota`)."""
-        async with self.db.transaction() as conn:
+        async with self._one_at_a_time, self.db.transaction() as conn:
             return await queries.claim_quota(
                 conn, self.store_hash, clock=self._wall, quota=quota, window=window, reserve=reserve,
                 reported=None if report is None else (report.window_end, report.used),

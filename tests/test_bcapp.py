@@ -540,23 +540,36 @@ async def test_a_save_over_someone_elses_newer_save_is_refused_and_shows_what_is
         first_page = await open_settings(panel)
         second_page = await open_settings(other, user={"id": 99, "email": "z@example.com"})
         assert version_of(first_page) == version_of(second_page)
+        # The second admin's typing mistake: the 400 page keeps the version they started from.
+        typo = await other.post("/bc/settings", data={
+            **settings_form(csrf_of(second_page), method_name=""), "version": version_of(second_page)})
+        assert typo.status_code == 400 and version_of(typo.text) == version_of(second_page)
         first = await panel.post("/bc/settings", data={
             **settings_form(csrf_of(first_page), method_name="OKCloud Pay Now"), "version": version_of(first_page)})
         assert first.status_code == 303
         saved = await store_row(world)
 
-        # A typing mistake first: the 400 page keeps the version the admin started from.
-        typo = await other.post("/bc/settings", data={
-            **settings_form(csrf_of(second_page), method_name=""), "version": version_of(second_page)})
-        assert typo.status_code == 400 and version_of(typo.text) == version_of(second_page)
         stale = await other.post("/bc/settings", data={
             **settings_form(csrf_of(typo.text), on_expired="keep"), "version": version_of(typo.text)})
         assert stale.status_code == 409 and "Someone changed these settings" in stale.text
         assert await store_row(world) == saved
         assert 'value="OKCloud Pay Now"' in stale.text and version_of(stale.text) != version_of(second_page)
 
+        # A stale form is a conflict even when it no longer fits what is stored (merchant id changed,
+        # no secret typed): 409, not "enter the API secret".
+        from bcpay import stores as store_ops
+
+        await store_ops.configure_merchant(world.rt, STORE_HASH, merchant_id="mch_OtherMerchant0001",
+                                           api_secret="sk_test_" + "b" * 32, environment="sandbox")
+        stale_again = await other.post("/bc/settings", data={
+            **settings_form(csrf_of(stale.text), api_secret="", method_name="OKCloud Pay Now"),
+            "version": version_of(stale.text)})
+        assert stale_again.status_code == 409 and "Someone changed these settings" in stale_again.text
+        stale = stale_again
+
         again = await other.post("/bc/settings", data={
-            **settings_form(csrf_of(stale.text), method_name="OKCloud Pay Now", on_expired="keep"),
+            **settings_form(csrf_of(stale.text), merchant_id="mch_OtherMerchant0001", api_secret="",
+                            method_name="OKCloud Pay Now", on_expired="keep"),
             "version": version_of(stale.text)})
         assert again.status_code == 303
     assert json.loads((await store_row(world))["settings_json"])["method_name"] == "OKCloud Pay Now"

@@ -73,16 +73,21 @@ async def test_0004_says_0003s_code_runs_on_it_and_downgrades_cleanly(empty_db_u
 
 
 async def test_every_migration_from_0004_on_records_which_code_runs_on_it(empty_db_url: str) -> None:
-    """The rule for migration authors, checked: each revision's row names itself or an older revision."""
+    """The rule for migration authors, checked: each revision's row names itself or an older revision,
+    and never older code than the revision before it accepts (after a contracting migration, no later
+    one can let the code from before it run again)."""
     order = [s.revision for s in reversed(list(ScriptDirectory(str(migrate.MIGRATIONS)).walk_revisions()))]
     marked = order[order.index("0004"):]
     db = Database(empty_db_url)
+    oldest_so_far = order[0]
     try:
         for revision in marked:
             await migrate.upgrade(db, revision)
             found = dict(await markers(db) or [])
             assert revision in found, f"migration {revision} records no schema_compat row"
             assert found[revision] in order[:order.index(revision) + 1], (revision, found[revision])
+            assert order.index(found[revision]) >= order.index(oldest_so_far), (revision, found[revision])
+            oldest_so_far = found[revision]
     finally:
         await db.dispose()
 

@@ -206,21 +206,80 @@ async def test_with_a_ledger_a_refused_slot_waits_for_the_window_the_ledger_name
     assert ledger.reports == [Report(window_end=5020.0, used=50), None]
 
 
-async def test_a_failing_ledger_leaves_the_process_paced_alone_and_says_so_once(
+async def test_a_failing_ledger_leaves_the_process_paced_alone_for_a_while_and_says_so(
     ft: FakeTime, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A database outage must not stop BigCommerce calls: one warning, then one note when it is back."""
+    """A database outage must not stop BigCommerce calls: one warning, no claim for ``ledger_rest``
+    seconds, then a claim again, and one note when it answers."""
     caplog.set_level(logging.INFO, logger="bcpay.ratelimit")
-    ledger = Ledger(OSError("database away"), OSError("database away"), 0.0)
-    limiter = RateLimiter(reserve=2, margin=0.0, clock=ft.clock, sleep=ft.sleep, ledger=ledger)
+    ledger = Ledger(OSError("database away"), 0.0)
+    limiter = RateLimiter(reserve=2, margin=0.0, clock=ft.clock, sleep=ft.sleep, ledger=ledger, ledger_rest=30.0)
     await limiter.acquire()
     limiter.record(answer(left=100, reset_ms=20000))
     for _ in range(3):
         await limiter.acquire()
-    assert ft.sleeps == [] and limiter.in_flight == 3
+    assert ft.sleeps == [] and limiter.in_flight == 3 and len(ledger.reports) == 1  # one try, then rest
+    ft.now += 31.0
+    await limiter.acquire()
+    assert len(ledger.reports) == 2
+    assert ledger.reports[1] == ledger.reports[0]  # the report the failed claim carried is not lost
     messages = [r.getMessage() for r in caplog.records if r.name == "bcpay.ratelimit"]
-    assert messages == ["the shared BigCommerce quota is unavailable; pacing this process alone",
-                        "the shared BigCommerce quota is available again"]
+    assert messages == ["the shared BigCommerce quota is unavailable; this process paces itself alone and tries "
+                        "again in 30 s", "the shared BigCommerce quota is available again"]
+
+
+class HangingLedger:
+    """A ledger whose claims never answer (a process holding the row's lock, a database out of reach)."""
+
+    def __init__(self) -> None:
+        self.claims = 0
+
+    async def claim(self, *, quota: int, window: float, reserve: int, report: Report | None) -> float:
+        self.claims += 1
+        await asyncio.Event().wait()
+        return 0.0
+
+
+async def test_a_ledger_that_does_not_answer_in_time_counts_as_failed() -> None:
+    """Payments never wait on the ledger longer than ``ledger_timeout``."""
+    ledger = HangingLedger()
+    limiter = RateLimiter(reserve=2, ledger=ledger, ledger_timeout=0.05)
+    await limiter.acquire()
+    limiter.record(answer(left=100, reset_ms=20000))
+    started = time.monotonic()
+    await limiter.acquire()
+    await limiter.acquire()
+    assert time.monotonic() - started < 1.0 and ledger.claims == 1 and limiter.ledger_failed
+
+
+async def test_a_task_cancelled_while_claiming_gives_its_slot_back() -> None:
+    """A job's time limit can cancel a task waiting on the ledger: the slot must not stay taken."""
+    limiter = RateLimiter(reserve=2, ledger=HangingLedger(), ledger_timeout=60.0)
+    await limiter.acquire()
+    limiter.record(answer(left=100, reset_ms=20000))
+    waiting = [asyncio.create_task(limiter.acquire()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    assert limiter.in_flight == 5
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert limiter.in_flight == 0
+
+
+async def test_the_ledger_waits_until_the_window_is_known(ft: FakeTime) -> None:
+    """A first answer that is a 429 without the window header says the quota but not the window: no claim
+    yet (a guessed window would restart every process's count); the window header on a 429 is read."""
+    ledger = Ledger()
+    limiter = RateLimiter(reserve=2, margin=0.0, clock=ft.clock, sleep=ft.sleep, ledger=ledger)
+    await limiter.acquire()
+    limiter.record(httpx.Response(429, headers={"X-Rate-Limit-Requests-Quota": "150",
+                                                "X-Rate-Limit-Time-Reset-Ms": "1000"}))
+    await limiter.acquire()
+    assert ledger.reports == [] and not limiter.window_known
+    limiter.record(answer(left=0, reset_ms=1000, status=429))
+    assert limiter.window_known and limiter.window == 30.0
+    await limiter.acquire()
+    assert len(ledger.reports) == 1
 
 
 def test_the_registry_shares_one_limiter_per_store() -> None:

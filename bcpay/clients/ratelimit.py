@@ -92,6 +92,8 @@ class RateLimiter:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         ledger: QuotaLedger | None = None,
         wall: Callable[[], float] = time.time,
+        ledger_timeout: float = 2.0,
+        ledger_rest: float = 30.0,
     ) -> None:
         """``reserve`` requests are left for other apps and stragglers; ``margin``
         seconds are added to every reset so we never wake a hair too early;
@@ -112,6 +114,10 @@ class RateLimiter:
         self.in_flight = 0
         self.throttled = 0  # 429s seen, for tests and metrics
         self.ledger_failed = False
+        self.ledger_timeout = ledger_timeout
+        self.ledger_rest = ledger_rest
+        self._ledger_rest_until = 0.0
+        self.window_known = False  # X-Rate-Limit-Time-Window-Ms seen: the ledger needs the real window
 
     def _can_go(self, now: float) -> bool:
         if now >= self.reset_at and self.left is not None:
@@ -130,9 +136,13 @@ class RateLimiter:
                 continue
             if self._can_go(now):
                 self.in_flight += 1
-                if self.ledger is None or self.quota is None:
-                    return  # alone, or the probe that learns the quota
-                wait = await self._claim()
+                if not self._shared(now):
+                    return  # alone, or the probe that learns the quota and its window
+                try:
+                    wait = await self._claim(now)
+                except BaseException:  # cancelled (a job's time limit) while claiming: give the slot back
+                    self.in_flight -= 1
+                    raise
                 if not wait:
                     return
                 self.in_flight -= 1
@@ -148,19 +158,35 @@ class RateLimiter:
                 await self._sleep(self.margin)
                 self.left = None
 
-    async def _claim(self) -> float:
-        """A slot from the ledger; its failure falls back to this process's own view (logged once)."""
+    def _shared(self, now: float) -> bool:
+        """Whether this request takes its slot from the ledger: once the quota and its window are known,
+        and not while the ledger is resting after a failure."""
+        return (self.ledger is not None and self.quota is not None and self.window_known
+                and now >= self._ledger_rest_until)
+
+    async def _claim(self, now: float) -> float:
+        """A slot from the ledger. A failure, or no answer within ``ledger_timeout`` (a process holding the
+        row's lock, a database out of reach), leaves this process pacing itself alone for
+        ``ledger_rest`` seconds, then it tries again: payments never wait on the ledger."""
         assert self.ledger is not None and self.quota is not None
         report, self._report = self._report, None
         try:
-            wait = await self.ledger.claim(quota=self.quota, window=self.window, reserve=self.reserve,
-                                           report=report)
-        except Exception:  # any failure of the database behind it: payments go on, paced by this process
+            async with asyncio.timeout(self.ledger_timeout):
+                wait = await self.ledger.claim(quota=self.quota, window=self.window, reserve=self.reserve,
+                                               report=report)
+        except Exception:  # the database behind it failed or did not answer in time
+            if report is not None and self._report is None:
+                self._report = report
             if not self.ledger_failed:
-                log.warning("the shared BigCommerce quota is unavailable; pacing this process alone",
-                            exc_info=True)
+                log.warning("the shared BigCommerce quota is unavailable; this process paces itself alone "
+                            "and tries again in %.0f s", self.ledger_rest, exc_info=True)
             self.ledger_failed = True
+            self._ledger_rest_until = now + self.ledger_rest
             return 0.0
+        except BaseException:
+            if report is not None and self._report is None:
+                self._report = report
+            raise
         if self.ledger_failed:
             log.info("the shared BigCommerce quota is available again")
             self.ledger_failed = False
@@ -177,6 +203,11 @@ class RateLimiter:
         quota = _header_int(response, QUOTA)
         if quota is not None:
             self.quota = quota
+        window = _header_int(response, WINDOW_MS)
+        resized = bool(window) and window != round(self.window * 1000)
+        if window:
+            self.window = window / 1000.0
+            self.window_known = True
         if response.status_code == 429:
             self.throttled += 1
             wait = reset if reset is not None else self.default_block
@@ -192,10 +223,6 @@ class RateLimiter:
             return
         if self.quota is not None:
             self._report = Report(self._wall() + reset, self.quota - left)
-        window = _header_int(response, WINDOW_MS)
-        resized = bool(window) and window != round(self.window * 1000)
-        if window:
-            self.window = window / 1000.0
         new_reset = now + reset + self.margin
         # Answers arrive out of order. Within one window every answer implies
         # about the same reset time, so keep the lowest count. An implied reset

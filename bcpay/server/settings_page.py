@@ -240,6 +240,10 @@ async def settings_save(request: Request) -> Response:
     environment = field(form, "environment", 20)
     version = field(form, "version", 64)
     try:
+        if version and version != stores.settings_version(store):
+            # Someone saved since this form was shown: say so before judging the form against what is
+            # stored now (a changed merchant id would otherwise read as "enter the API secret").
+            raise ConflictError("the settings changed since the page was shown", code="settings_changed")
         if environment not in ("sandbox", "production"):
             raise InvalidInputError("Choose sandbox or production.", code="invalid_environment")
         if secret:

@@ -441,9 +441,9 @@ async def claim_quota(
     ``clock`` (wall time) is read once the row is locked: a time taken before
     waiting for the lock could see a window that another process has since
     ended. ``reported`` is BigCommerce's newest word (window end, requests
-    used); its end is the truth, earlier or later than ours, and in the same
-    window the higher count wins; a window half a window away from ours is
-    another one, counted from BigCommerce's figure alone. A report of a window
+    used); its end is the truth, earlier or later than ours, and the higher
+    count wins, except that a window starting half a window after ours is a
+    new one, counted from BigCommerce's figure alone. A report of a window
     that ends within a fiftieth of a window is ignored: it may be the one
     that just ended, carried by a late answer, and taking it would put the
     count back and start the next window twice.
@@ -461,8 +461,10 @@ async def claim_quota(
     if end <= now:
         end, used = now + window + slack, 0
     if reported is not None and reported[0] > now + slack:
-        same = abs(reported[0] - end) <= window / 2
-        end, used = reported[0], max(used, reported[1]) if same else reported[1]
+        # Our count still holds unless BigCommerce's window is a later one than ours (everything we
+        # counted then went into a window that has ended): ours began after BigCommerce's otherwise.
+        later = reported[0] > end + window / 2
+        end, used = reported[0], reported[1] if later else max(used, reported[1])
     wait = 0.0
     if used < max(1, quota - reserve):
         used += 1
