@@ -89,6 +89,9 @@ class ServerSettings:
     max_body_bytes: int = 65536
     rate_limit_per_ip: int = 120
     rate_limit_per_store: int = 600
+    # Order look-ups from the public API that find no such order (or the wrong cart), per store and
+    # minute; past it, orders bcpay has never seen wait (each look-up spends the store's BigCommerce quota).
+    failed_lookups_per_minute: int = 30
     log_format: Literal["text", "json"] = "text"
     log_level: str = "info"
     run_worker: bool = True
@@ -350,6 +353,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # poll interval spins the worker): refused at load, with the setting's name.
 POSITIVE = (
     "server.workers", "server.max_body_bytes", "server.rate_limit_per_ip", "server.rate_limit_per_store",
+    "server.failed_lookups_per_minute",
     "bigcommerce.timeout", "celerypay.timeout", "outbox.max_attempts", "outbox.lease_seconds",
     "outbox.concurrency", "outbox.backoff_base", "outbox.backoff_cap", "payments.max_order_age",
     "database.pool_size",

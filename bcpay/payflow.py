@@ -146,6 +146,13 @@ async def _read_order(rt: Runtime, store: StoreRecord, order_id: int) -> Order:
         raise NotFoundError("no such order", code="order_not_found") from None
 
 
+async def knows_order(rt: Runtime, store_hash: str, order_id: int) -> bool:
+    """Whether bcpay has an attempt for this order of this store (one read, no BigCommerce call)."""
+    async with rt.db.read() as conn:
+        store = await q.get_store(conn, store_hash)
+        return store is not None and bool(await q.order_attempts(conn, store.id, order_id))
+
+
 async def start_payment(rt: Runtime, store_hash: str, order_id: int, cart_id: str) -> PaymentView:
     """Start or resume the CeleryPay payment of an order; never trusts the browser.
 

@@ -165,3 +165,28 @@ async def test_metrics_answer_only_their_token_when_one_is_set(sqlite_url: str, 
             assert refused.status_code == 401 and "bcpay_" not in refused.text
         ok = await w.client.get("/metrics", headers={"Authorization": "Bearer " + "m" * 32})
         assert ok.status_code == 200 and "bcpay_outbox_depth" in ok.text
+
+
+async def test_junk_payment_starts_stop_spending_the_stores_bigcommerce_quota(sqlite_url: str, secret_key: str) -> None:
+    """Each start reads the order from BigCommerce. Past the budget of look-ups that find nothing, orders
+    bcpay has never seen wait (429, no BigCommerce call); a shopper resuming a known order goes on."""
+    async with open_world(sqlite_url, secret_key, server={"failed_lookups_per_minute": 3}) as w:
+        await w.add_store()
+        known = w.place_order("5.00")
+        assert (await w.start(known)).status_code == 200
+
+        def bc_calls() -> int:
+            return sum(w.rt.metrics.value("bcpay_bigcommerce_calls_total", status=s) for s in ("2xx", "4xx", "5xx"))
+
+        before = bc_calls()
+        junk = [(await w.client.post("/api/v1/payments", json={
+            "store_hash": STORE_HASH, "order_id": 900_000 + i, "cart_id": "00000000-0000-4000-8000-000000000000",
+        })).status_code for i in range(6)]
+        assert junk == [404, 404, 404, 429, 429, 429]
+        assert bc_calls() - before == 3
+        limited = await w.client.post("/api/v1/payments", json={
+            "store_hash": STORE_HASH, "order_id": 900_100, "cart_id": "00000000-0000-4000-8000-000000000000"})
+        assert limited.json()["error"]["code"] == "rate_limited" and int(limited.headers["retry-after"]) >= 1
+        assert (await w.start(known)).status_code == 200  # known to bcpay: resumed as before
+        fresh = w.place_order("7.00")
+        assert (await w.start(fresh)).status_code == 429  # new orders wait while the budget refills

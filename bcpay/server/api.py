@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from bcpay import notifications, outbox, payflow
-from bcpay.errors import InvalidInputError
+from bcpay.errors import InvalidInputError, NotFoundError
 from bcpay.runtime import Runtime
 from bcpay.snippet import asset
 
@@ -67,8 +67,22 @@ async def start_payment(request: Request) -> Response:
             status_code=429, headers={"Retry-After": str(max(1, int(wait + 0.999)))},
         )
     rt = runtime(request)
+    # Every look-up reads the order from BigCommerce, from the store's quota that the worker needs to mark
+    # orders paid. Look-ups that find nothing are what junk requests cost; past their budget only orders
+    # bcpay already knows go on (a shopper resuming), others wait.
+    failures = request.app.state.failed_lookups
+    wait = failures.peek(store_hash)
+    if wait and not await payflow.knows_order(rt, store_hash, order_id):
+        return JSONResponse(
+            {"error": {"code": "rate_limited", "message": "too many unknown orders for this store; try again"}},
+            status_code=429, headers={"Retry-After": str(max(1, int(wait + 0.999)))},
+        )
     try:
         view = await payflow.start_payment(rt, store_hash, order_id, cart_id)
+    except NotFoundError as exc:
+        if exc.code == "order_not_found":
+            failures.take(store_hash)
+        raise
     except payflow.AlreadyPaid as exc:
         return JSONResponse(
             {"error": {"code": exc.code, "message": exc.message}, "payment": exc.view.to_json()}, status_code=409

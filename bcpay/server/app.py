@@ -185,4 +185,5 @@ def create_app(
     app.state.settings = settings
     app.state.origins = origins
     app.state.store_bucket = TokenBucket(settings.server.rate_limit_per_store)
+    app.state.failed_lookups = TokenBucket(settings.server.failed_lookups_per_minute)
     return app

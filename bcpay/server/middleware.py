@@ -135,6 +135,12 @@ class TokenBucket:
         self.max_keys = max_keys
         self._buckets: dict[str, tuple[float, float]] = {}
 
+    def peek(self, key: str) -> float:
+        """0 when a request would be allowed now, else seconds until one would (nothing taken)."""
+        tokens, last = self._buckets.get(key, (self.capacity, self.clock()))
+        tokens = min(self.capacity, tokens + (self.clock() - last) * self.rate)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
     def take(self, key: str) -> float:
         """0 when allowed, else seconds until a request would be allowed."""
         now = self.clock()
