@@ -178,6 +178,12 @@ async def start_payment(rt: Runtime, store_hash: str, order_id: int, cart_id: st
     for _ in range(3):
         attempt = await _open_attempt(rt, store, order, amount, policy.expires_in)
         if attempt.status == rules.PENDING:
+            # Paid already, its notification still on the way? Then the cashier must not be offered
+            # again (the check is throttled per payment, like the status poll's).
+            attempt = await _refresh_quietly(rt, store, attempt)
+            if attempt.status != rules.PENDING:
+                await _raise_if_paid(rt, store, order_id)
+                continue
             fresh = attempt.expires_at is not None and attempt.expires_at > rt.now() + REUSE_MARGIN
             if fresh and attempt.amount == amount and attempt.currency == order.currency:
                 return view(rt, store, attempt)
@@ -474,6 +480,20 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
     return result.payment
 
 
+async def _refresh_quietly(rt: Runtime, store: StoreRecord, attempt: PaymentRecord) -> PaymentRecord:
+    """:func:`refresh`, but if CeleryPay cannot answer now (down, rate limit, or refusing us: a rotated
+    secret) the attempt as we know it; the next look asks again."""
+    if attempt.status not in rules.OPEN or not store.has_credentials:
+        return attempt
+    try:
+        return await refresh(rt, store, attempt)
+    except (UpstreamUnavailable, RateLimited):
+        return attempt
+    except UpstreamError as exc:
+        log.warning("status check of %s: CeleryPay refused the lookup (%s)", attempt.merchant_order_no, exc.code)
+        return attempt
+
+
 async def payment_status(rt: Runtime, token: str) -> PaymentView:
     """The real status of an attempt for the snippet's polling."""
     if not is_token(token):
@@ -483,16 +503,19 @@ async def payment_status(rt: Runtime, token: str) -> PaymentView:
         if attempt is None:
             raise NotFoundError("no such payment", code="payment_not_found")
         store = await q.get_store_by_id(conn, attempt.store_id)
-    if attempt.status in rules.OPEN and store.has_credentials:
-        # If CeleryPay cannot answer now (down, rate limit, or refusing us: a rotated secret),
-        # answer with what we know; the next poll asks again.
-        try:
-            attempt = await refresh(rt, store, attempt)
-        except (UpstreamUnavailable, RateLimited):
-            pass
-        except UpstreamError as exc:
-            log.warning("status poll of %s: CeleryPay refused the lookup (%s)", attempt.merchant_order_no, exc.code)
-    return view(rt, store, attempt)
+    return view(rt, store, await _refresh_quietly(rt, store, attempt))
+
+
+async def paid_attempt_of(rt: Runtime, token: str) -> PaymentView | None:
+    """The paid attempt of the order an attempt belongs to, if another one was paid."""
+    async with rt.db.read() as conn:
+        attempt = await q.get_payment_by_token(conn, token) if is_token(token) else None
+        if attempt is None:
+            return None
+        store = await q.get_store_by_id(conn, attempt.store_id)
+        attempts = await q.order_attempts(conn, attempt.store_id, attempt.order_id)
+    paid = [a for a in attempts if a.status in rules.PAID and a.token != token]
+    return view(rt, store, paid[0]) if paid and store is not None else None
 
 
 async def cancel_attempt(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, reason: str) -> PaymentRecord:

@@ -363,6 +363,22 @@ async def test_failed_payment_then_a_new_attempt_succeeds(world: World) -> None:
     assert world.order(order["id"])["status_id"] == 11
     merchant_nos = sorted(p["merchant_order_no"] for p in world.cp.payments.values())
     assert merchant_nos == [f"{STORE_HASH}-{order['id']}-1", f"{STORE_HASH}-{order['id']}-2"]
+    # The first attempt's page (a link the shopper kept) shows the paid one, never "try again".
+    page = await world.client.get(f"/pay/{first['token']}")
+    assert page.status_code == 303 and page.headers["location"] == f"/pay/{second['token']}"
+    again = await world.client.post(f"/pay/{first['token']}")
+    assert again.status_code == 303 and again.headers["location"] == f"/pay/{second['token']}"
+
+
+async def test_a_payment_paid_before_its_notification_is_not_offered_again(world: World) -> None:
+    """The shopper paid; the notification is still on its way; a new tab of the confirmation page starts
+    again: CeleryPay is asked before the cashier is offered, and the answer is "already paid"."""
+    order = world.place_order()
+    first = (await world.start(order)).json()
+    await world.cp.pay(payment_id_of(first))  # nothing delivered yet
+    again = await world.start(order)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_paid"
+    assert again.json()["payment"]["token"] == first["token"] and again.json()["payment"]["state"] == "paid"
 
 
 async def test_expired_payment_cancels_the_order_when_configured(db_url: str, secret_key: str) -> None:

@@ -638,8 +638,10 @@
   }
   function showOutcome(outcome, view) {
     if (outcome === 'received' || outcome === 'review') {
+      // Under review the capture did not match the order: the order's amount is not what was paid.
       render({ state: outcome, tone: 'success', title: say('received_title'),
-        body: say(outcome === 'review' ? 'review_body' : 'received_body'), amount: amountLine('amount_paid') });
+        body: say(outcome === 'review' ? 'review_body' : 'received_body'),
+        amount: outcome === 'review' ? '' : amountLine('amount_paid') });
     } else if (outcome === 'refunded') {
       render({ state: 'refunded', tone: 'neutral', title: say('refunded_title'), body: say('refunded_body') });
     } else {

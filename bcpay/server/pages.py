@@ -98,6 +98,11 @@ async def pay_page(request: Request) -> Response:
         view, store_name, store_url = await _load(rt, request.path_params["token"])
     except NotFoundError:
         return html_page("pay_missing.html", status=404)
+    if view.state in ("failed", "expired", "cancelled"):
+        # A later attempt paid this order: its page is the one to show, not "try again".
+        paid = await payflow.paid_attempt_of(rt, view.token)
+        if paid is not None:
+            return RedirectResponse(f"/pay/{paid.token}", status_code=303)
     return html_page(
         "pay.html",
         view=view,
@@ -116,8 +121,8 @@ async def pay_now(request: Request) -> Response:
     token = request.path_params["token"]
     try:
         view = await payflow.resume_by_token(rt, token)
-    except payflow.AlreadyPaid:
-        return RedirectResponse(f"/pay/{token}", status_code=303)
+    except payflow.AlreadyPaid as exc:
+        return RedirectResponse(f"/pay/{exc.view.token}", status_code=303)
     except NotFoundError:
         return html_page("pay_missing.html", status=404)
     except BcpayError as exc:

@@ -448,3 +448,14 @@ def test_a_url_token_of_another_order_is_ignored_on_a_page_without_the_order_att
     expect_pay_panel(page)
     assert "received" not in snippet_state(page)["history"]
     assert len(bc.posts()) == 1
+
+
+def test_a_payment_under_review_shows_no_amount(world: World, page: Page) -> None:
+    """Under review the capture did not match the order, so the order's amount is not shown as paid."""
+    review = world.bcpay.view("tokRevw0001", "under_review")
+    world.bcpay.start_replies = [(409, {"error": {"code": "already_paid", "message": "paid"}, "payment": review})]
+    page.goto(world.confirmation_url)
+    wait_state(page, "review")
+    panel = page.locator(PANEL)
+    expect(panel.locator("h2")).to_have_text("Payment received")
+    expect(panel).not_to_contain_text("19.99")
