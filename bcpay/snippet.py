@@ -14,6 +14,12 @@ import html
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import TYPE_CHECKING
+
+from bcpay.storage import queries as q
+
+if TYPE_CHECKING:
+    from bcpay.runtime import Runtime
 
 SCRIPT_NAME = "bcpay: OKCloud Pay on the order confirmation page"
 SCRIPT_DESCRIPTION = "Sends the shopper to OKCloud Pay (CeleryPay) and shows the payment status."
@@ -61,3 +67,17 @@ def script_tag(public_url: str, store_hash: str, method_name: str, lang: str = "
     # defer: a deferred script holds back DOMContentLoaded (the theme's and tag managers' "ready") until
     # bcpay's host has answered; the snippet waits for the document itself.
     return f'<script {rendered} data-order-id="{{{{checkout.order.id}}}}" async></script>'
+
+
+async def keep_current(rt: Runtime) -> None:
+    """Store this version in the database, so that every bcpay host can serve it (``bcpay serve`` start)."""
+    current = asset()
+    async with rt.db.transaction() as conn:
+        await q.save_snippet_version(conn, current.short_hash, current.body, rt.now())
+
+
+async def stored_version(rt: Runtime, short_hash: str) -> bytes | None:
+    """An earlier version some bcpay server served: stores' tags may still name it after a release, or
+    while old and new hosts run side by side, until the worker has rewritten them."""
+    async with rt.db.read() as conn:
+        return await q.snippet_version(conn, short_hash)

@@ -67,3 +67,30 @@ async def test_a_worker_of_another_version_gives_the_refresh_back(world: World) 
     [job] = await outbox.list_jobs(world.rt.db, state=outbox.QUEUED)
     assert job.attempts == 0 and job.run_after > world.rt.now() and "NotForThisWorker" in (job.last_error or "")
     assert [s["html"] for s in fake.scripts.values() if s["name"] == SCRIPT_NAME] == [old_tag]
+
+
+async def test_every_host_serves_every_version_a_bcpay_server_has_served(world: World) -> None:
+    """After a release, stores' tags still name the previous file until the worker rewrites them, and old
+    and new hosts run side by side: a version any server started with is served (immutable, its own
+    bytes, so its SRI still matches); a version nobody served, or a malformed hash, is a 404."""
+    import hashlib
+    from datetime import UTC, datetime
+
+    from bcpay.snippet import asset
+
+    current = asset()
+    async with world.rt.db.read() as conn:
+        assert await q.snippet_version(conn, current.short_hash) == current.body  # kept at start-up
+    old_body = b"/* the previous release's snippet */"
+    old_hash = hashlib.sha256(old_body).hexdigest()[:16]
+    async with world.rt.db.transaction() as conn:
+        assert await q.save_snippet_version(conn, old_hash, old_body, datetime.now(UTC))
+        assert not await q.save_snippet_version(conn, old_hash, b"other", datetime.now(UTC))  # kept once
+    old = await world.client.get(f"/static/inject.{old_hash}.js")
+    assert old.status_code == 200 and old.content == old_body
+    assert "immutable" in old.headers["cache-control"] and old.headers["etag"] == f'"{old_hash}"'
+    assert old.headers["access-control-allow-origin"] == "*"
+    now = await world.client.get(f"/static/inject.{current.short_hash}.js")
+    assert now.status_code == 200 and now.content == current.body
+    for wanted in ("0123456789abcdef", "not-a-hash", "A" * 16, "%00" * 3):
+        assert (await world.client.get(f"/static/inject.{wanted}.js")).status_code == 404, wanted

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from bcpay import notifications, outbox, payflow
+from bcpay import snippet as snippet_versions
 from bcpay.errors import InvalidInputError, NotFoundError
 from bcpay.runtime import Runtime
 from bcpay.snippet import asset
@@ -164,9 +165,10 @@ async def openapi_json(request: Request) -> Response:
     return JSONResponse(document())
 
 
-def _snippet_response(request: Request, *, immutable: bool) -> Response:
+def _snippet_response(request: Request, *, immutable: bool, short_hash: str | None = None,
+                      body: bytes | None = None) -> Response:
     current = asset()
-    etag = f'"{current.short_hash}"'
+    etag = f'"{short_hash or current.short_hash}"'
     headers = {
         "ETag": etag,
         "Access-Control-Allow-Origin": "*",  # SRI with crossorigin="anonymous" needs CORS
@@ -175,12 +177,22 @@ def _snippet_response(request: Request, *, immutable: bool) -> Response:
     }
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    return Response(current.body, media_type="text/javascript; charset=utf-8", headers=headers)
+    return Response(current.body if body is None else body, media_type="text/javascript; charset=utf-8",
+                    headers=headers)
+
+
+SNIPPET_HASH = re.compile(r"[0-9a-f]{16}")
 
 
 async def snippet(request: Request) -> Response:
-    """GET /static/inject.js (short cache) and /static/inject.{hash}.js (immutable)."""
+    """GET /static/inject.js (short cache) and /static/inject.{hash}.js (immutable): this server's version,
+    or any earlier one a bcpay server served (stores' tags may still name it after a release)."""
     wanted = request.path_params.get("hash")
-    if wanted is not None and wanted != asset().short_hash:
+    if wanted is None or wanted == asset().short_hash:
+        return _snippet_response(request, immutable=wanted is not None)
+    body = None
+    if SNIPPET_HASH.fullmatch(wanted):
+        body = await snippet_versions.stored_version(runtime(request), wanted)
+    if body is None:
         return JSONResponse({"error": {"code": "not_found", "message": "no such snippet version"}}, status_code=404)
-    return _snippet_response(request, immutable=wanted is not None)
+    return _snippet_response(request, immutable=True, short_hash=wanted, body=body)

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bcpay import snippet
 from bcpay.config import Settings
 from bcpay.effects import Worker
 from bcpay.errors import BcpayError, SignatureError
@@ -139,6 +140,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with open_runtime(settings, http=http, clock=clock, metrics=metrics) as rt:
             await migrate.ready_schema(rt.db)
+            await snippet.keep_current(rt)  # so that every host serves this version too
             app.state.runtime = rt
             origins.runtime = rt
             stop = asyncio.Event()

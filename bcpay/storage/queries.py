@@ -35,6 +35,7 @@ from bcpay.storage.schema import (
     bc_quota,
     events,
     payments,
+    snippet_versions,
     stores,
     used_jwts,
     webhook_receipts,
@@ -472,6 +473,18 @@ async def claim_quota(
         wait = end - now
     await conn.run(_UPDATE_QUOTA, {"_store_hash": store_hash, "window_end": end, "used": used})
     return wait
+
+
+async def save_snippet_version(conn: Conn, short_hash: str, body: bytes, now: datetime) -> bool:
+    """Keep a snippet version (once); False when it was already kept."""
+    return await insert_ignore(conn, snippet_versions, short_hash=short_hash, body=body, created_at=now)
+
+
+async def snippet_version(conn: Conn, short_hash: str) -> bytes | None:
+    """The body of a snippet version some bcpay server served, or None."""
+    row = (await conn.execute(select(snippet_versions.c.body).where(snippet_versions.c.short_hash == short_hash))
+           ).first()
+    return None if row is None else bytes(row.body)
 
 
 async def count(conn: Conn, table: Any, *conds: Any) -> int:

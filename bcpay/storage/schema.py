@@ -36,6 +36,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -281,4 +282,15 @@ bc_quota = Table(
     Column("store_hash", String(32), primary_key=True),
     Column("window_end", Float, nullable=False),
     Column("used", Integer, nullable=False),
+)
+
+# Every snippet version a bcpay server has served, by the short hash in its URL: after a release (or
+# while old and new hosts run side by side) a store's tag may still name an older version, and any
+# host serves it from here until the worker has rewritten the tag.
+snippet_versions = Table(
+    "snippet_versions",
+    metadata,
+    Column("short_hash", String(16), primary_key=True),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
 )
