@@ -44,6 +44,7 @@
       amount_paid: 'Amount: {amount}',
       pay_button: 'Pay now',
       redirecting: 'Taking you to {method}\u2026',
+      stay_here: 'Stay on this page',
       loading: 'Preparing your payment\u2026',
       confirming_title: 'Confirming your payment\u2026',
       confirming_body: 'This usually takes a few seconds. Please keep this page open.',
@@ -76,6 +77,7 @@
       amount_paid: '\u91d1\u989d\uff1a{amount}',
       pay_button: '\u7acb\u5373\u4ed8\u6b3e',
       redirecting: '\u6b63\u5728\u8df3\u8f6c\u5230 {method}\u2026',
+      stay_here: '\u7559\u5728\u6b64\u9875',
       loading: '\u6b63\u5728\u51c6\u5907\u4ed8\u6b3e\u2026',
       confirming_title: '\u6b63\u5728\u786e\u8ba4\u60a8\u7684\u4ed8\u6b3e\u2026',
       confirming_body: '\u901a\u5e38\u53ea\u9700\u51e0\u79d2\u949f\uff0c\u8bf7\u4e0d\u8981\u5173\u95ed\u6b64\u9875\u9762\u3002',
@@ -626,6 +628,14 @@
   function showPay(target, autoRedirect, checkToken) {
     var buttons = [[say('pay_button'), function () { go(target); }]];
     if (checkToken) buttons.push([say('check_again'), function () { return follow(checkToken, true); }, true]);
+    // The shopper may not want to be taken away (or needs longer to read the panel): one press stops it.
+    if (autoRedirect) {
+      buttons.push([say('stay_here'), function () {
+        if (redirectTimer) clearTimeout(redirectTimer);
+        redirectTimer = null;
+        showPay(target, false, ctx.token);
+      }, true]);
+    }
     render({
       state: 'pay', tone: 'info', title: say('pay_title'), body: say('pay_body'),
       amount: amountLine('amount_due'), note: autoRedirect ? say('redirecting') : '', buttons: buttons

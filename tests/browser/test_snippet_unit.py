@@ -459,3 +459,20 @@ def test_a_payment_under_review_shows_no_amount(world: World, page: Page) -> Non
     panel = page.locator(PANEL)
     expect(panel.locator("h2")).to_have_text("Payment received")
     expect(panel).not_to_contain_text("19.99")
+
+
+def test_the_shopper_can_stop_the_trip_to_the_cashier(world: World, page: Page) -> None:
+    """The automatic trip to the cashier can be stopped with one press; Pay now still goes there."""
+    world.bcpay.start_replies = [(200, world.bcpay.view("tokStay0001"))]
+    world.store.page.attrs["data-redirect-ms"] = "1500"
+    page.goto(world.confirmation_url)
+    wait_state(page, "pay")
+    panel = page.locator(PANEL)
+    expect(panel).to_contain_text("Taking you to OKCloud Pay")
+    panel.get_by_role("button", name="Stay on this page").click()
+    page.wait_for_timeout(2000)
+    assert page.url == world.confirmation_url and snippet_state(page)["state"] == "pay"
+    expect(panel).not_to_contain_text("Taking you to OKCloud Pay")
+    expect(panel.get_by_role("button", name="Stay on this page")).to_have_count(0)
+    panel.get_by_role("button", name="Pay now").click()
+    page.wait_for_url(f"{world.cashier_url}/cashier/tokStay0001")
