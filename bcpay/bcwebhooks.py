@@ -56,7 +56,7 @@ async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[st
         if scope == "store/order/statusUpdated":
             data = payload.get("data") or {}
             order_id = data.get("id")
-            if not isinstance(order_id, int) or isinstance(order_id, bool) or order_id <= 0:
+            if not isinstance(order_id, int) or isinstance(order_id, bool) or not 0 < order_id < 10**12:
                 raise InvalidInputError("webhook data.id is not an order id", code="invalid_webhook")
             await outbox.enqueue(conn, "order_status_changed", {"order_id": order_id}, now=rt.now(),
                                  store_id=store.id)

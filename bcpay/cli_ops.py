@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcpay.cli_common import err, failures, load, money, out, print_json, run, table
-from bcpay.errors import NotFoundError
+from bcpay.errors import InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:
     from bcpay.reconcile import Finding, Report
@@ -27,7 +27,20 @@ anomalies_app = typer.Typer(help="Money taken that an order must not keep (doubl
                             no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-StoreOpt = Annotated[str | None, typer.Option("--store", help="Only this store (store hash).")]
+def _store_hash_option(value: str | None) -> str | None:
+    """Given at all, --store must be a store hash: "--store $STORE" with STORE unset must not mean every store."""
+    if value is not None:
+        from bcpay.stores import check_store_hash
+
+        try:
+            check_store_hash(value if len(value) <= 32 else value[:33])  # a huge value is not echoed whole
+        except InvalidInputError as exc:
+            raise typer.BadParameter(exc.message) from None
+    return value
+
+
+StoreOpt = Annotated[str | None, typer.Option("--store", help="Only this store (store hash).",
+                                              callback=_store_hash_option)]
 Limit = Annotated[int, typer.Option(min=1, max=10_000, help="How many to show, newest first (1-10000).")]
 ROW_ID_MAX = 2**63 - 1  # a BIGINT: a larger id can name nothing, and the driver would refuse it
 
@@ -311,7 +324,7 @@ def events_prune(
 @jobs_app.command("list")
 def jobs_list(
     ctx: typer.Context, store: StoreOpt = None,
-    state: Annotated[str | None, typer.Option(help="queued, done, dead or cancelled.")] = None,
+    state: Annotated[str | None, typer.Option(help="queued, done, dead, cancelled or discarded.")] = None,
     limit: Limit = 50, json_: JsonFlag = False,
 ) -> None:
     """List outbox jobs (order updates, refunds), newest first.
@@ -320,7 +333,7 @@ def jobs_list(
     """
     from bcpay import operations, outbox
 
-    known = (outbox.QUEUED, outbox.DONE, outbox.DEAD, outbox.CANCELLED)
+    known = (outbox.QUEUED, outbox.DONE, outbox.DEAD, outbox.CANCELLED, outbox.DISCARDED)
     if state is not None and state not in known:
         raise typer.BadParameter(f"{state!r}: expected one of {', '.join(known)}", param_hint="--state")
 
@@ -358,6 +371,27 @@ def jobs_retry(
         with failures(ctx):
             raise NotFoundError(f"no dead job with id {job_id}")
     out().print(f"queued {count} job(s) again")
+
+
+@jobs_app.command("discard")
+def jobs_discard(
+    ctx: typer.Context,
+    job_id: Annotated[int | None, typer.Argument(min=1, max=ROW_ID_MAX, help="The dead job to give up on.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Give up on every dead job.")] = False,
+) -> None:
+    """Give up on dead jobs that can never succeed (they stay listed as discarded; doctor stops counting them).
+
+    Example: bcpay jobs discard 42
+    """
+    if (job_id is None) == (not all_):
+        raise typer.BadParameter("give a JOB_ID or --all (not both)")
+    from bcpay import outbox
+
+    count = run(ctx, lambda rt: outbox.discard_dead(rt.db, now=rt.now(), job_id=job_id))
+    if job_id is not None and count == 0:
+        with failures(ctx):
+            raise NotFoundError(f"no dead job with id {job_id}")
+    out().print(f"discarded {count} job(s)")
 
 
 def pay_link(

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bcpay.errors import ConfigError
+from bcpay.rules import status_choice_error
 
 ENV_PREFIX = "BCPAY_"
 DEFAULT_CONFIG_FILE = "bcpay.toml"
@@ -359,6 +360,7 @@ POSITIVE = (
     "database.pool_size",
 )
 RANGES = (
+    ("server.workers", 1, 64),
     ("database.max_overflow", 0, 1000),
     ("bigcommerce.max_retries", 0, 20),
     ("celerypay.max_retries", 0, 20),
@@ -404,12 +406,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"payments.expires_in: CeleryPay accepts 300 to 86400 seconds, got {s.payments.expires_in}"
         )
-    for path, status in (
-        ("payments.paid_status_id", s.payments.paid_status_id),
-        ("payments.mismatch_status_id", s.payments.mismatch_status_id),
-    ):
-        if not 0 <= status <= 14:
-            raise ConfigError(f"{path}: expected a BigCommerce status id 0-14, got {status}")
+    wrong_status = status_choice_error(s.payments.paid_status_id, s.payments.mismatch_status_id)
+    if wrong_status:
+        raise ConfigError("payments." + wrong_status)
+    if not s.server.host.strip():
+        raise ConfigError("server.host: must not be empty (an empty host listens on every interface)")
     if not s.payments.method_name.strip():
         raise ConfigError("payments.method_name: must not be empty")
     if s.server.log_level.lower() not in LOG_LEVELS:

@@ -23,7 +23,8 @@ from bcpay.storage.schema import jobs
 QUEUED = "queued"
 DONE = "done"
 DEAD = "dead"
-CANCELLED = "cancelled"
+CANCELLED = "cancelled"  # by an uninstall; a reinstall queues them again
+DISCARDED = "discarded"  # a dead job an operator gave up on (`bcpay jobs discard`)
 
 
 async def enqueue(
@@ -147,6 +148,16 @@ async def retry_dead(db: Database, *, now: datetime, job_id: int | None = None) 
         result = await conn.execute(
             update(jobs).where(*conds).values(state=QUEUED, attempts=0, run_after=now, updated_at=now)
         )
+        return int(result.rowcount or 0)
+
+
+async def discard_dead(db: Database, *, now: datetime, job_id: int | None = None) -> int:
+    """Give up on dead jobs (one, or all) that can never succeed; they stay listed; returns how many."""
+    conds = [jobs.c.state == DEAD]
+    if job_id is not None:
+        conds.append(jobs.c.id == job_id)
+    async with db.transaction() as conn:
+        result = await conn.execute(update(jobs).where(*conds).values(state=DISCARDED, updated_at=now))
         return int(result.rowcount or 0)
 
 

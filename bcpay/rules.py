@@ -29,6 +29,25 @@ REFUNDED = "refunded"
 OPEN = frozenset({CREATING, PENDING})
 UNPAID_FINAL = frozenset({FAILED, EXPIRED, CANCELLED})
 PAID = frozenset({SUCCEEDED, PARTIALLY_REFUNDED, REFUNDED})
+
+# The BigCommerce statuses bcpay may set. A paid order moves on to fulfilment: Shipped, Partially
+# Shipped, Awaiting Pickup, Awaiting Shipment, Completed, Awaiting Fulfillment (the default, 11). A
+# capture that does not match stops for a person: Manual Verification Required (the default, 12) or
+# Disputed. Anything else would hide a payment: Cancelled or Declined for a paid order, Awaiting
+# Payment (reconcile would then offer a paid order a pay link), Refunded with the money kept.
+PAID_STATUSES = frozenset({2, 3, 8, 9, 10, 11})
+MISMATCH_STATUSES = frozenset({12, 13})
+
+
+def status_choice_error(paid_status_id: int, mismatch_status_id: int) -> str | None:
+    """Why a pair of configured statuses would hide a payment, or None when they are fine."""
+    if paid_status_id not in PAID_STATUSES:
+        return (f"paid_status_id: {paid_status_id} is not a status for a paid order; choose one of "
+                f"{', '.join(map(str, sorted(PAID_STATUSES)))}")
+    if mismatch_status_id not in MISMATCH_STATUSES:
+        return (f"mismatch_status_id: {mismatch_status_id} does not stop the order for a person; choose one of "
+                f"{', '.join(map(str, sorted(MISMATCH_STATUSES)))}")
+    return None
 REMOTE_STATUSES = frozenset({PENDING, SUCCEEDED, FAILED, EXPIRED, CANCELLED, PARTIALLY_REFUNDED, REFUNDED})
 
 _FORWARD: dict[str, frozenset[str]] = {

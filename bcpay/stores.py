@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import delete
 
-from bcpay import outbox
+from bcpay import outbox, rules
 from bcpay.clients.bigcommerce import BigCommerceClient, StoreInfo
 from bcpay.errors import ConflictError, InvalidInputError, NotFoundError
 from bcpay.runtime import STORE_OVERRIDES, Runtime
@@ -167,8 +167,10 @@ def _check_override(key: str, value: Any) -> Any:
                "refund_duplicates": ("manual", "auto")}
     if key in choices and value not in choices[key]:
         raise InvalidInputError(f"{key}: expected one of {', '.join(choices[key])}", code="invalid_setting")
-    if key in ("paid_status_id", "mismatch_status_id") and not 0 <= value <= 14:
-        raise InvalidInputError(f"{key}: expected a BigCommerce status id 0-14", code="invalid_setting")
+    if key == "paid_status_id" and value not in rules.PAID_STATUSES:
+        raise InvalidInputError(rules.status_choice_error(value, 12) or key, code="invalid_setting")
+    if key == "mismatch_status_id" and value not in rules.MISMATCH_STATUSES:
+        raise InvalidInputError(rules.status_choice_error(11, value) or key, code="invalid_setting")
     if key == "expires_in" and not 300 <= value <= 86400:
         raise InvalidInputError("expires_in: CeleryPay accepts 300 to 86400 seconds", code="invalid_setting")
     if key == "method_name" and not value.strip():

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bcpay import provisioning
+from bcpay import outbox, provisioning
 from bcpay.storage import queries as q
 from bcpay.storage.schema import jobs
 from tests.world import STORE_HASH, World, open_world
@@ -105,9 +105,15 @@ async def test_app_uninstalled_webhook_forgets_the_store_secrets(world: World) -
     assert await post(world, payload("store/app/uninstalled", hash_="u2"), value) == 401
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"scope": "x"}', json.dumps({"scope": "store/order/statusUpdated", "hash": "z", "data": {"id": "7"}}).encode()])
-async def test_malformed_webhooks_get_400(world: World, body: bytes) -> None:
+@pytest.mark.parametrize("body", [
+    b"not json", b"[]", b'{"scope": "x"}',
+    json.dumps({"scope": "store/order/statusUpdated", "hash": "z", "data": {"id": "7"}}).encode(),
+    # An id no order can have (and SQLite cannot store): it queued a job that failed forever.
+    json.dumps({"scope": "store/order/statusUpdated", "hash": "z", "data": {"id": 10**26}}).encode(),
+])
+async def test_malformed_webhooks_get_400_and_queue_nothing(world: World, body: bytes) -> None:
     assert await post(world, body, await secret(world)) == 400
+    assert await outbox.list_jobs(world.rt.db, state=None, store_id=None, limit=10) == []
 
 
 async def test_webhooks_for_another_store_are_refused(world: World) -> None:

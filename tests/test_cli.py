@@ -197,7 +197,10 @@ def one_error_line(result: Result, text: str) -> None:
 @pytest.mark.parametrize(
     ("args", "text"),
     [(["--expires-in", "10"], "expires_in"), (["--on-expired", "delete"], "on_expired"),
-     (["--environment", "staging"], "sandbox or production")],
+     (["--environment", "staging"], "sandbox or production"),
+     # A paid order Cancelled (the money kept), or left Awaiting Payment: statuses that hide a payment.
+     (["--paid-status-id", "5"], "5 is not a status for a paid order"),
+     (["--mismatch-status-id", "11"], "11 does not stop the order for a person")],
 )
 def test_stores_configure_with_one_bad_value_changes_nothing(env: Env, args: list[str], text: str) -> None:
     """Merchant, environment and settings are all checked before the secret prompt and the first write."""
@@ -470,6 +473,21 @@ def test_anomalies_jobs_and_event_prune(env: Env) -> None:
     assert json.loads(env.ok("jobs", "list", "--state", "queued", "--json").stdout)[0]["id"] == dead["id"]
     assert env.cli("jobs", "retry").exit_code == 2
 
+    # A job that can never succeed: given up on, still listed, no longer dead (doctor stops counting it).
+    async def kill_again() -> None:
+        db = Database(env.db_url)
+        async with db.transaction() as conn:
+            await conn.execute(jobs.update().where(jobs.c.id == dead["id"]).values(state="dead"))
+        await db.dispose()
+
+    asyncio.run(kill_again())
+    one_error_line(env.cli("jobs", "discard", "9999"), "no dead job")
+    assert "discarded 1 job(s)" in env.ok("jobs", "discard", str(dead["id"])).stdout
+    assert [j["id"] for j in json.loads(env.ok("jobs", "list", "--state", "discarded", "--json").stdout)] == [dead["id"]]
+    assert json.loads(env.ok("jobs", "list", "--state", "dead", "--json").stdout) == []
+    assert "queued 0 job(s)" in env.ok("jobs", "retry", "--all").stdout  # a discarded job stays discarded
+    assert env.cli("jobs", "discard").exit_code == 2
+
     one_error_line(env.cli("events", "prune", "--older-than", "7d"), "at least 30 days")
     assert "deleted 0 event(s) older than 150 days" in env.ok("events", "prune", "--older-than", "150d").stdout
     kept = env.ok("events", "prune", env={"BCPAY_OUTBOX_EVENT_RETENTION_DAYS": "130"})  # the setting is the default
@@ -721,3 +739,12 @@ def test_a_key_rotation_without_downtime(env: Env) -> None:
     assert Vault(new).open(swapped.seal("x")) == "x"  # the current key seals
     with pytest.raises(ConfigError, match="app.other_secret_key"):
         load_settings(environ={}, overrides={"app": {"secret_key": new, "other_secret_key": "not-a-key"}})
+
+
+@pytest.mark.parametrize("command", [["payments", "list"], ["events", "list"], ["anomalies", "list"],
+                                     ["simulate-notify", "101"]])
+def test_an_empty_store_option_is_a_usage_error_not_every_store(env: Env, command: list[str]) -> None:
+    """"--store $STORE" with STORE unset must not act on every store."""
+    env.add_store()
+    result = env.cli(*command, "--store", "")
+    assert result.exit_code == 2 and "not a store hash" in result.output

@@ -86,6 +86,12 @@ def test_literal_and_range_validation(tmp_path: Path) -> None:
         ("BCPAY_BIGCOMMERCE_TIMEOUT", "-2", r"^bigcommerce\.timeout: must be"),
         ("BCPAY_CELERYPAY_MAX_RETRIES", "-1", r"^celerypay\.max_retries: expected 0 to 20"),
         ("BCPAY_SERVER_LOG_LEVEL", "verbose", r"^server\.log_level: expected one of critical, error"),
+        ("BCPAY_SERVER_WORKERS", "99999", r"^server\.workers: expected 1 to 64"),
+        ("BCPAY_SERVER_HOST", " ", r"^server\.host: must not be empty"),
+        # Statuses that would hide a payment: a paid order Cancelled, or left Awaiting Payment.
+        ("BCPAY_PAYMENTS_PAID_STATUS_ID", "5", r"^payments\.paid_status_id: 5 is not a status for a paid order"),
+        ("BCPAY_PAYMENTS_PAID_STATUS_ID", "7", r"^payments\.paid_status_id: 7 is not a status for a paid order"),
+        ("BCPAY_PAYMENTS_MISMATCH_STATUS_ID", "11", r"^payments\.mismatch_status_id: 11 does not stop the order"),
     ],
 )
 def test_values_that_would_break_the_server_or_worker_are_refused(variable: str, value: str, message: str) -> None:

@@ -185,7 +185,8 @@ async def render_settings(
         anomalies=[
             {**a, "amount_text": format_amount(a["amount"], a["currency"])} for a in anomalies
         ],
-        statuses=ORDER_STATUSES,
+        paid_statuses={k: v for k, v in ORDER_STATUSES.items() if k in rules.PAID_STATUSES},
+        mismatch_statuses={k: v for k, v in ORDER_STATUSES.items() if k in rules.MISMATCH_STATUSES},
         done=DONE_MESSAGES.get(request.query_params.get("done", ""), ""),
         error=error,
     )
@@ -214,7 +215,8 @@ def settings_changes(form: FormData, rt: Runtime) -> dict[str, Any]:
     wanted: dict[str, Any] = {"method_name": method}
     for key in ("paid_status_id", "mismatch_status_id"):
         text = field(form, key, 3)
-        if not (text.isascii() and text.isdigit()) or int(text) not in ORDER_STATUSES:
+        allowed = rules.PAID_STATUSES if key == "paid_status_id" else rules.MISMATCH_STATUSES
+        if not (text.isascii() and text.isdigit()) or int(text) not in allowed:
             raise InvalidInputError(
                 f"Choose an order status for {key.replace('_id', '').replace('_', ' ')}.",
                 code="invalid_setting",

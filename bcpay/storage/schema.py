@@ -203,7 +203,7 @@ jobs = Table(
     Column("kind", String(32), nullable=False),
     Column("payload", Text, nullable=False),
     Column("dedupe_key", String(160), unique=True),
-    Column("state", String(16), nullable=False),  # queued | done | dead | cancelled
+    Column("state", String(16), nullable=False),  # queued | done | dead | cancelled | discarded
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("run_after", UTCDateTime(), nullable=False),
     Column("lease_owner", String(64)),
