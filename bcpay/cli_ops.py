@@ -416,8 +416,13 @@ def refund(
         help="Amount in the payment's currency, e.g. 12.50 (default: all that is left).")] = None,
     reason: Annotated[str, typer.Option(help="Why (kept with the refund, sent to CeleryPay).")] = "",
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    again: Annotated[bool, typer.Option(
+        "--again", help="Refund even if the same amount was refunded on this order in the last 15 minutes.")] = False,
 ) -> None:
     """Refund an order's OKCloud Pay payment, fully or partly (never more than paid minus refunded).
+
+    Running it again with the same amount within 15 minutes (a dropped session, a retried script) is
+    refused unless --again says the second refund is meant.
 
     Example: bcpay refund 101 --store abc123 --amount 12.50 --reason "damaged item"
     """
@@ -439,7 +444,7 @@ def refund(
         shop = await operations.get_store(rt, store)
         paid = await refunds.paid_attempt(rt, shop, order_id)
         minor = to_minor(amount, paid.currency) if amount is not None else None
-        return await refunds.request_refund(rt, shop, paid, amount=minor, reason=reason)
+        return await refunds.request_refund(rt, shop, paid, amount=minor, reason=reason, again=again)
 
     result = run(ctx, work)
     out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: {result.status} "

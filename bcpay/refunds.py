@@ -19,6 +19,7 @@ from sqlalchemy import func, insert, select, update
 from bcpay import payflow, rules
 from bcpay.clients.celerypay import Refund
 from bcpay.errors import BcpayError, ConflictError, InvalidInputError, NotFoundError, UpstreamRejected
+from bcpay.money import format_amount
 from bcpay.notifications import record_refund_event_for
 from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
@@ -73,6 +74,7 @@ async def request_refund(
     amount: int | None = None,
     reason: str = "",
     key: str | None = None,
+    again: bool = True,
 ) -> RefundResult:
     """Refund ``amount`` (default: everything left) of a paid attempt.
 
@@ -83,6 +85,11 @@ async def request_refund(
     one with an answer is returned as it is. Without a key, requests left
     ``requested`` for a while are settled the same way before the amount left
     is computed, so a failed call never holds money back for good.
+
+    ``again=False`` (the CLI without ``--again``) refuses a refund of the same
+    amount as one asked for this payment in the last :data:`REPEAT_WINDOW`: an
+    operator running the command again after a dropped session would
+    otherwise refund twice.
     """
     if payment.status not in rules.PAID or not payment.celerypay_id:
         raise ConflictError("this payment was not captured; nothing to refund", code="not_refundable")
@@ -92,6 +99,8 @@ async def request_refund(
         payment = await q.get_payment(conn, payment.id)
         row = await _by_key(conn, payment.id, key[:64]) if key else None
         if row is None:
+            if not again:
+                await _refuse_repeat(conn, rt, payment, amount)
             row = await _open(conn, rt, payment, amount, reason, key)
         elif amount is not None and amount != row["amount"]:
             raise InvalidInputError("this refund key was used for another amount", code="refund_key_reused")
@@ -103,6 +112,22 @@ async def request_refund(
     return await _send(rt, store, payment, row)
 
 
+REPEAT_WINDOW = timedelta(minutes=15)
+
+
+async def _refuse_repeat(conn: Conn, rt: Runtime, payment: PaymentRecord, amount: int | None) -> None:
+    """A refund of this amount (the rest: any amount) asked for this payment within the window: refuse."""
+    since = rt.now() - REPEAT_WINDOW
+    query = select(refunds.c.amount, refunds.c.created_at).where(
+        refunds.c.payment_id == payment.id, refunds.c.status != "failed", refunds.c.created_at >= since)
+    for row in (await conn.execute(query)).mappings():
+        if amount is None or row["amount"] == amount:
+            minutes = max(1, int((rt.now() - row["created_at"]).total_seconds() // 60))
+            raise ConflictError(
+                f"a refund of {format_amount(row['amount'], payment.currency)} was asked for this payment "
+                f"{minutes} min ago; to refund once more, run again with --again", code="refund_repeated")
+
+
 async def _open(
     conn: Conn, rt: Runtime, payment: PaymentRecord, amount: int | None, reason: str, key: str | None
 ) -> dict[str, Any]:
@@ -111,9 +136,12 @@ async def _open(
         raise InvalidInputError("a refund amount must be greater than 0", code="invalid_amount")
     left = await refundable(conn, payment)
     amount = left if amount is None else amount
+    if left <= 0:
+        raise InvalidInputError("nothing is left to refund on this payment", code="over_refund")
     if amount <= 0 or amount > left:
         raise InvalidInputError(
-            f"refund of {amount} exceeds what can be refunded ({left}, minor units)", code="over_refund"
+            f"a refund of {format_amount(amount, payment.currency)} is more than what is left to refund "
+            f"({format_amount(left, payment.currency)})", code="over_refund"
         )
     n = int((await conn.execute(
         select(func.count()).select_from(refunds).where(refunds.c.payment_id == payment.id)

@@ -392,11 +392,16 @@ def test_refund_partial_then_up_to_the_total_then_over_refund_rejected(env: Env)
     order, pid = env.paid_order("20.00")
     first = env.ok("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "12.50", "--reason", "damaged", "--yes")
     assert f"refund {STORE_HASH}-{order['id']}-1-r1 of 12.50 USD" in first.stdout
+    # The same command again (a dropped session, a retried script) would refund twice: refused.
+    calls = len(env.servers.cp_switch.calls)
+    one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "12.50", "--yes"),
+                   "a refund of 12.50 USD was asked for this payment")
+    assert len(env.servers.cp_switch.calls) == calls
     env.ok("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "7.50", "--yes")
     assert env.cp.payments[pid]["refunded_amount"] == 2000
     calls = len(env.servers.cp_switch.calls)
-    one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "0.01", "--yes"),
-                   "exceeds what can be refunded")
+    one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "0.01", "--yes",
+                           "--again"), "nothing is left to refund")
     one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "1.001", "--yes"),
                    "more decimals")
     assert len(env.servers.cp_switch.calls) == calls
@@ -748,3 +753,14 @@ def test_an_empty_store_option_is_a_usage_error_not_every_store(env: Env, comman
     env.add_store()
     result = env.cli(*command, "--store", "")
     assert result.exit_code == 2 and "not a store hash" in result.output
+
+
+def test_a_second_refund_of_the_same_amount_goes_with_again(env: Env) -> None:
+    """Two items of the same price, refunded one after the other: --again says the second is meant."""
+    env.add_store()
+    order, pid = env.paid_order("20.00")
+    env.ok("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "5.00", "--yes")
+    env.ok("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "5.00", "--yes", "--again")
+    assert env.cp.payments[pid]["refunded_amount"] == 1000
+    one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "11.00", "--yes",
+                           "--again"), "more than what is left to refund (10.00 USD)")
