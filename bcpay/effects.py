@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -280,6 +281,10 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.batch = batch or rt.settings.outbox.concurrency
         self.wakeup = asyncio.Event()
+        # Jobs about one payment (or one order) run one at a time: each reads the order and then writes
+        # it, and two at once (two refunds' status jobs) both read the old status and both write.
+        self._subjects: weakref.WeakValueDictionary[tuple[object, ...], asyncio.Lock] = (
+            weakref.WeakValueDictionary())
 
     async def run_once(self) -> int:
         """Run every job due now (one batch); returns how many ran."""
@@ -289,6 +294,20 @@ class Worker:
         )
         await asyncio.gather(*(self._run(job) for job in jobs))
         return len(jobs)
+
+    def _subject_lock(self, job: JobRecord) -> asyncio.Lock:
+        """The lock of what the job is about: its payment, else its order, else the job alone."""
+        payload = job.payload if isinstance(job.payload, dict) else {}
+        if "payment_id" in payload:
+            key: tuple[object, ...] = ("payment", payload["payment_id"])
+        elif "order_id" in payload:
+            key = ("order", job.store_id, payload["order_id"])
+        else:
+            key = ("job", job.id)
+        lock = self._subjects.get(key)
+        if lock is None:
+            lock = self._subjects[key] = asyncio.Lock()
+        return lock
 
     async def _run(self, job: JobRecord) -> None:
         rt = self.rt
@@ -301,7 +320,7 @@ class Worker:
         try:
             if handler is None:
                 raise ConflictError(f"unknown job kind {job.kind!r}")
-            async with asyncio.timeout(budget):
+            async with asyncio.timeout(budget), self._subject_lock(job):
                 result = await handler(rt, job)
         except TimeoutError:
             await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=cfg.backoff_base,
