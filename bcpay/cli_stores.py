@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcpay.cli_common import (
+    err,
     fail_unless,
     failures,
     out,
@@ -169,8 +170,13 @@ def stores_configure(
     if merchant_id is not None and not keep_secret:
         secret = secret_input("BCPAY_CELERYPAY_SECRET", "CeleryPay API secret")
 
+    unchecked = False
+
     async def work(rt: "Runtime") -> "StoreRecord":
+        nonlocal unchecked
         store = await operations.get_store(rt, store_hash)
+        if merchant_id is not None and secret is not None:
+            unchecked = not await stores.verify_merchant(rt, store, merchant_id, secret, environment)
         if merchant_id is not None or environment is not None:
             store = await stores.configure_merchant(
                 rt, store_hash, merchant_id=merchant_id or store.merchant_id or "", api_secret=secret,
@@ -182,6 +188,9 @@ def stores_configure(
     store = run(ctx, work)
     out().print(f"Configured {store.store_hash}: merchant {store.merchant_id or '-'} ({store.environment}), "
                 f"secret {'set' if store.celerypay_secret_enc else 'not set'}.")
+    if unchecked:
+        err().print(f"Warning: CeleryPay could not be reached to check the credentials; run "
+                    f"`bcpay doctor {store.store_hash}` once it can.", markup=False)
 
 
 @stores_app.command("remove")

@@ -17,7 +17,8 @@ from sqlalchemy import delete
 
 from bcpay import outbox, rules
 from bcpay.clients.bigcommerce import BigCommerceClient, StoreInfo
-from bcpay.errors import ConflictError, InvalidInputError, NotFoundError
+from bcpay.clients.celerypay import CeleryPayClient
+from bcpay.errors import ConflictError, InvalidInputError, NotFoundError, UpstreamError, UpstreamRejected
 from bcpay.runtime import STORE_OVERRIDES, Runtime
 from bcpay.scopes import REQUIRED_SCOPES as REQUIRED_SCOPES  # re-exported for callers
 from bcpay.storage import queries as q
@@ -143,6 +144,31 @@ async def configure_merchant(
             values["celerypay_environment"] = environment
         await q.update_store(conn, store.id, rt.now(), **values)
         return await q.require_store(conn, store_hash)
+
+
+async def verify_merchant(rt: Runtime, store: StoreRecord, merchant_id: str, api_secret: str,
+                          environment: str | None = None) -> bool:
+    """Ask CeleryPay whether it takes these credentials before they are saved (a signed, harmless search).
+
+    Refused (wrong secret, unknown merchant): InvalidInputError, nothing is saved. Unreachable: False,
+    the caller saves and says it could not check (``bcpay doctor`` asks again later).
+    """
+    env = environment or store.environment
+    cfg = rt.settings.celerypay
+    client = CeleryPayClient(
+        rt.http, base_url=cfg.api_url if env == "production" else cfg.sandbox_api_url, merchant_id=merchant_id,
+        api_secret=api_secret, max_retries=0, environment="production" if env == "production" else "sandbox",
+    )
+    try:
+        await client.ping()
+    except UpstreamRejected as exc:
+        raise InvalidInputError(
+            f"CeleryPay refused these credentials ({exc.code}) in its {env} environment; nothing was saved",
+            code="credentials_refused",
+        ) from None
+    except UpstreamError:
+        return False
+    return True
 
 
 def check_settings(changes: dict[str, Any]) -> None:

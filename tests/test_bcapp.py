@@ -934,3 +934,16 @@ async def test_an_uninstall_by_webhook_also_ends_the_users_sessions(
     await stores_lib.uninstall(world.rt, STORE_HASH)  # what store/app/uninstalled does
     assert await rows(world, store_users) == []
     assert (await panel.get("/bc/settings")).status_code == 401
+
+
+async def test_credentials_celerypay_refuses_are_not_saved_from_the_settings_page(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """CeleryPay is asked before the secret is stored: a wrong one is a clear error and changes nothing."""
+    await world.add_store(configure=False)
+    html = await open_settings(panel)
+    before = await store_row(world)
+    answer = await panel.post("/bc/settings", data=settings_form(
+        csrf_of(html), api_secret="wrong-secret-but-long-enough-000000000000"))
+    assert answer.status_code == 400 and "CeleryPay refused these credentials" in answer.text
+    assert await store_row(world) == before

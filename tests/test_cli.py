@@ -764,3 +764,13 @@ def test_a_second_refund_of_the_same_amount_goes_with_again(env: Env) -> None:
     assert env.cp.payments[pid]["refunded_amount"] == 1000
     one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "11.00", "--yes",
                            "--again"), "more than what is left to refund (10.00 USD)")
+
+
+def test_stores_configure_refuses_credentials_celerypay_refuses_and_saves_nothing(env: Env) -> None:
+    """A wrong secret used to be saved ("secret set") and the next payment failed with invalid_signature."""
+    env.add_store()
+    before = env.query(select(stores))
+    result = env.cli("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID,
+                     env={"BCPAY_CELERYPAY_SECRET": "wrong-secret-but-long-enough-000000000000"})
+    one_error_line(result, "CeleryPay refused these credentials (invalid_signature)")
+    assert env.query(select(stores)) == before

@@ -264,6 +264,8 @@ async def settings_save(request: Request) -> Response:
                 "Enter the API secret of this merchant id.", code="missing_secret"
             )
         changes = settings_changes(form, rt)
+        if secret:  # CeleryPay must take them (unreachable: saved, and the health list says so after)
+            await stores.verify_merchant(rt, store, merchant_id, secret, environment)
         # Everything is validated above, so neither call below can fail half-way. A form without a
         # version (a page opened before this release) saves as before.
         updated = await stores.update_settings(rt, store.store_hash, changes,
