@@ -539,15 +539,14 @@ async def cancel_attempt(rt: Runtime, store: StoreRecord, attempt: PaymentRecord
 async def pay_link(rt: Runtime, store_hash: str, order_id: int) -> str:
     """The ``/pay/{token}`` URL for an order (ops send it to a shopper who closed the tab).
 
-    Reuses the order's latest attempt; for an order that never reached the
-    cashier it opens an attempt row (``creating``) without calling CeleryPay:
-    the shopper's "Pay now" does that, after the same checks as the snippet.
+    Only for an order that can still be paid (read from BigCommerce now: a
+    cancelled or paid order gets no link). Reuses the order's latest attempt;
+    for an order that never reached the cashier it opens an attempt row
+    (``creating``) without calling CeleryPay: the shopper's "Pay now" does
+    that, after the same checks as the snippet.
     """
     store = await _load_store(rt, store_hash)
-    async with rt.db.read() as conn:
-        attempts = await q.order_attempts(conn, store.id, order_id)
-    if attempts:
-        return rt.public_url(f"/pay/{attempts[-1].token}")
+    await _raise_if_paid(rt, store, order_id)
     order = await _read_order(rt, store, order_id)
     policy = rt.policy(store)
     refusal = rules.check_order_eligible(
@@ -555,6 +554,10 @@ async def pay_link(rt: Runtime, store_hash: str, order_id: int) -> str:
     )
     if refusal is not None:
         raise Refused(refusal.message, code=refusal.code)
+    async with rt.db.read() as conn:
+        attempts = await q.order_attempts(conn, store.id, order_id)
+    if attempts:
+        return rt.public_url(f"/pay/{attempts[-1].token}")
     amount = to_minor(order.total_inc_tax, order.currency)
     attempt = await _open_attempt(rt, store, order, amount, policy.expires_in)
     return rt.public_url(f"/pay/{attempt.token}")

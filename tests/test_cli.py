@@ -440,6 +440,11 @@ def test_pay_link_for_an_order_that_never_reached_the_cashier(env: Env) -> None:
     assert env.ok("pay-link", str(order["id"]), "--store", STORE_HASH).stdout.strip() == link
     one_error_line(env.cli("pay-link", "424242", "--store", STORE_HASH), "no such order")
     assert env.cli("pay-link", "abc", "--store", STORE_HASH).exit_code == 2
+    # An order that can no longer be paid gets no link, even with an attempt already open.
+    env.bc.set_order_status(STORE_HASH, order["id"], 5)
+    one_error_line(env.cli("pay-link", str(order["id"]), "--store", STORE_HASH), "not awaiting payment")
+    paid, _pid = env.paid_order("5.00")
+    one_error_line(env.cli("pay-link", str(paid["id"]), "--store", STORE_HASH), "already paid")
 
 
 # --- events, jobs, anomalies -------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def test_the_walk_finds_the_product_commands() -> None:
         "serve", "worker", "db upgrade", "keygen", "rotate-key", "stores add", "stores list", "stores show",
         "stores configure", "stores remove", "provision", "install-script", "webhooks register", "webhooks list",
         "webhooks remove", "doctor", "simulate-notify", "reconcile", "payments list", "payments show",
-        "events list", "events show", "events replay", "events prune", "jobs list", "jobs retry", "pay-link",
+        "events list", "events show", "events replay", "events prune", "jobs list", "jobs retry", "jobs discard", "pay-link",
         "refund", "anomalies list", "anomalies resolve", "sandbox",
     }
     assert expected <= names, sorted(expected - names)
