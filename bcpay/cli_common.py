@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -133,6 +134,13 @@ def secret_input(env_var: str, prompt: str) -> str:
     value = os.environ.get(env_var, "").strip()  # as a typed one: a trailing newline is no part of it
     if value:
         return value
+    if not sys.stdin.isatty():
+        # Piped in (or nothing at all, from a script): one line, no prompt and no echo warnings.
+        line = sys.stdin.readline().strip()
+        if not line:
+            err().print(f"Error: no {prompt}: set ${env_var}, or run this at a terminal to type it", markup=False)
+            raise typer.Exit(1)
+        return line
     entered: str = typer.prompt(prompt, hide_input=True)
     return entered.strip()
 

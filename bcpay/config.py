@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -209,6 +210,10 @@ def _show(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
 
+ENV_INT = re.compile(r"[+-]?[0-9]+")
+ENV_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def _coerce(path: str, tp: Any, value: Any, *, from_env: bool) -> Any:
     """Check (and for env strings, parse) one value against its annotation."""
     wrong = ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}")
@@ -235,19 +240,18 @@ def _coerce(path: str, tp: Any, value: Any, *, from_env: bool) -> Any:
         return value
     if tp is int:
         if from_env and isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise wrong from None
+            # Plain ASCII digits: int() also takes "1_1" and other scripts' digits ("١١").
+            if not ENV_INT.fullmatch(value.strip()):
+                raise wrong
+            return int(value.strip())
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong
         return value
     if tp is float:
         if from_env and isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise wrong from None
+            if not ENV_FLOAT.fullmatch(value.strip()) and value.strip().lower() not in ("nan", "inf", "-inf"):
+                raise wrong  # the validators below refuse nan and inf by the setting's name
+            return float(value.strip())
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise wrong
         return float(value)

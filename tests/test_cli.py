@@ -779,3 +779,11 @@ def test_stores_configure_refuses_credentials_celerypay_refuses_and_saves_nothin
                      env={"BCPAY_CELERYPAY_SECRET": "wrong-secret-but-long-enough-000000000000"})
     one_error_line(result, "CeleryPay refused these credentials (invalid_signature)")
     assert env.query(select(stores)) == before
+
+
+def test_a_secret_with_nothing_to_read_it_from_is_one_clear_error(env: Env) -> None:
+    """From a script with no $BCPAY_CELERYPAY_SECRET and nothing piped in: no prompt warnings, one line."""
+    env.add_store()
+    result = env.cli("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID, input="")
+    one_error_line(result, "no CeleryPay API secret: set $BCPAY_CELERYPAY_SECRET")
+    assert "Warning" not in result.output and "Aborted" not in result.output

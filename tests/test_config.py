@@ -87,6 +87,10 @@ def test_literal_and_range_validation(tmp_path: Path) -> None:
         ("BCPAY_CELERYPAY_MAX_RETRIES", "-1", r"^celerypay\.max_retries: expected 0 to 20"),
         ("BCPAY_SERVER_LOG_LEVEL", "verbose", r"^server\.log_level: expected one of critical, error"),
         ("BCPAY_SERVER_WORKERS", "99999", r"^server\.workers: expected 1 to 64"),
+        # Plain ASCII numbers only: int() and float() also take "1_1" and other scripts' digits.
+        ("BCPAY_PAYMENTS_PAID_STATUS_ID", "1_1", r"^payments\.paid_status_id: expected integer"),
+        ("BCPAY_SERVER_PORT", "\u0668\u0660", r"^server\.port: expected integer"),
+        ("BCPAY_BIGCOMMERCE_TIMEOUT", "1_5.0", r"^bigcommerce\.timeout: expected number"),
         ("BCPAY_SERVER_HOST", " ", r"^server\.host: must not be empty"),
         # Statuses that would hide a payment: a paid order Cancelled, or left Awaiting Payment.
         ("BCPAY_PAYMENTS_PAID_STATUS_ID", "5", r"^payments\.paid_status_id: 5 is not a status for a paid order"),
