@@ -5,7 +5,7 @@ stays fast (see :mod:`bcpay.cli_common`).
 """
 
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -352,6 +352,18 @@ def jobs_list(
            for j in found])
 
 
+def _dead_jobs(ctx: typer.Context, job_id: int | None, all_: bool,
+               act: "Callable[[Runtime], Awaitable[int]]") -> int:
+    """Run ``act`` on one dead job or all of them; a job id that names no dead job is an error."""
+    if (job_id is None) == (not all_):
+        raise typer.BadParameter("give a JOB_ID or --all (not both)")
+    count = run(ctx, act)
+    if job_id is not None and count == 0:
+        with failures(ctx):
+            raise NotFoundError(f"no dead job with id {job_id}")
+    return count
+
+
 @jobs_app.command("retry")
 def jobs_retry(
     ctx: typer.Context,
@@ -362,14 +374,9 @@ def jobs_retry(
 
     Example: bcpay jobs retry --all
     """
-    if (job_id is None) == (not all_):
-        raise typer.BadParameter("give a JOB_ID or --all (not both)")
     from bcpay import outbox
 
-    count = run(ctx, lambda rt: outbox.retry_dead(rt.db, now=rt.now(), job_id=job_id))
-    if job_id is not None and count == 0:
-        with failures(ctx):
-            raise NotFoundError(f"no dead job with id {job_id}")
+    count = _dead_jobs(ctx, job_id, all_, lambda rt: outbox.retry_dead(rt.db, now=rt.now(), job_id=job_id))
     out().print(f"queued {count} job(s) again")
 
 
@@ -383,14 +390,9 @@ def jobs_discard(
 
     Example: bcpay jobs discard 42
     """
-    if (job_id is None) == (not all_):
-        raise typer.BadParameter("give a JOB_ID or --all (not both)")
     from bcpay import outbox
 
-    count = run(ctx, lambda rt: outbox.discard_dead(rt.db, now=rt.now(), job_id=job_id))
-    if job_id is not None and count == 0:
-        with failures(ctx):
-            raise NotFoundError(f"no dead job with id {job_id}")
+    count = _dead_jobs(ctx, job_id, all_, lambda rt: outbox.discard_dead(rt.db, now=rt.now(), job_id=job_id))
     out().print(f"discarded {count} job(s)")
 
 
