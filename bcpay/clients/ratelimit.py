@@ -174,19 +174,18 @@ class RateLimiter:
             async with asyncio.timeout(self.ledger_timeout):
                 wait = await self.ledger.claim(quota=self.quota, window=self.window, reserve=self.reserve,
                                                report=report)
-        except Exception:  # the database behind it failed or did not answer in time
+        except BaseException as exc:
             if report is not None and self._report is None:
-                self._report = report
+                self._report = report  # not lost: the next claim carries it
+            if not isinstance(exc, Exception):
+                raise  # cancelled
+            # The database behind the ledger failed or did not answer in time.
             if not self.ledger_failed:
                 log.warning("the shared BigCommerce quota is unavailable; this process paces itself alone "
                             "and tries again in %.0f s", self.ledger_rest, exc_info=True)
             self.ledger_failed = True
             self._ledger_rest_until = now + self.ledger_rest
             return 0.0
-        except BaseException:
-            if report is not None and self._report is None:
-                self._report = report
-            raise
         if self.ledger_failed:
             log.info("the shared BigCommerce quota is available again")
             self.ledger_failed = False

@@ -91,6 +91,11 @@ PAY_ERRORS = {
 }
 
 
+def _error_text(code: str) -> str:
+    """The fixed text for ``?error=<code>``: a known code's own, any other the generic one."""
+    return PAY_ERRORS.get(code, PAY_ERRORS["try_again"]) if code else ""
+
+
 async def pay_page(request: Request) -> Response:
     """GET /pay/{token}: order, amount, status, a Pay now button, a link back."""
     rt = _rt(request)
@@ -108,8 +113,7 @@ async def pay_page(request: Request) -> Response:
         view=view,
         store_name=store_name,
         store_url=store_url,
-        error=PAY_ERRORS.get(request.query_params.get("error", ""), PAY_ERRORS["try_again"])
-        if request.query_params.get("error") else "",
+        error=_error_text(request.query_params.get("error", "")),
         can_pay=view.state in ("awaiting_payment", "failed", "expired", "cancelled"),
         token=view.token,
     )
