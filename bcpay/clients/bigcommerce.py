@@ -308,9 +308,11 @@ class BigCommerceClient:
                 return
             if not isinstance(data, list):
                 raise bad_response(SERVICE, "order list is not a list", response)
-            for item in data:
-                yield _parse(Order.from_json, item, response)
-            if len(data) < page_size:
+            orders = [_parse(Order.from_json, item, response) for item in data]
+            del data, response
+            for order in orders:
+                yield order
+            if len(orders) < page_size:
                 return
             page += 1
 

@@ -141,7 +141,6 @@ class Order:
             date_modified=_rfc2822(o, "date_modified", optional=True),
             channel_id=_int(o, "channel_id", optional=True) or 1,
             staff_notes=_str(o, "staff_notes", default=""),
-            raw=o,
         )
 
 
