@@ -110,7 +110,6 @@ class Order:
     date_modified: datetime | None
     channel_id: int
     staff_notes: str
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, obj: Any) -> Order:
