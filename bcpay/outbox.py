@@ -27,6 +27,17 @@ CANCELLED = "cancelled"  # by an uninstall; a reinstall queues them again
 DISCARDED = "discarded"  # a dead job an operator gave up on (`bcpay jobs discard`)
 
 
+def subject_of(store_id: int | None, payload: object) -> str | None:
+    """What a job is about: its payment, else its store's order, else nothing (None)."""
+    if not isinstance(payload, dict):
+        return None
+    if "payment_id" in payload:
+        return f"payment:{payload['payment_id']}"
+    if "order_id" in payload:
+        return f"order:{store_id}:{payload['order_id']}"
+    return None
+
+
 async def enqueue(
     conn: Conn,
     kind: str,
@@ -43,6 +54,7 @@ async def enqueue(
         "kind": kind,
         "payload": json.dumps(payload, separators=(",", ":"), sort_keys=True),
         "dedupe_key": dedupe_key,
+        "subject": subject_of(store_id, payload),
         "state": QUEUED,
         "attempts": 0,
         "run_after": now + timedelta(seconds=delay),

@@ -203,6 +203,10 @@ jobs = Table(
     Column("kind", String(32), nullable=False),
     Column("payload", Text, nullable=False),
     Column("dedupe_key", String(160), unique=True),
+    # What the job is about (``payment:<id>`` or ``order:<store id>:<order id>``, ``outbox.subject_of``):
+    # the claim never leases a job while another job of its subject is leased. NULL: about nothing
+    # in particular, or written before 0007.
+    Column("subject", String(64)),
     Column("state", String(16), nullable=False),  # queued | done | dead | cancelled | discarded
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("run_after", UTCDateTime(), nullable=False),
@@ -212,6 +216,7 @@ jobs = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_jobs_due", "state", "run_after"),
+    Index("ix_jobs_subject", "subject"),
 )
 
 audit_log = Table(
