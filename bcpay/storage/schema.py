@@ -11,6 +11,9 @@ Invariants live here as constraints, not only in code:
 - a CeleryPay event id is stored once (``events.event_id`` unique): the dedupe key;
 - an outbox job with a ``dedupe_key`` exists once.
 
+One invariant is not a constraint, because a lease ends with the clock, not
+with a write: at most one job per ``jobs.subject`` is leased (``outbox.claim``).
+
 Columns holding CeleryPay's identifiers are at least as wide as the ids
 ``bcpay.clients.celerypay_models`` accepts (``ID``): a notification that parses
 but does not fit its column fails on PostgreSQL, is answered 500 and, after
