@@ -282,9 +282,10 @@ class Worker:
         self.batch = batch or rt.settings.outbox.concurrency
         self.wakeup = asyncio.Event()
         # Jobs about one payment (or one order) run one at a time: each reads the order and then writes
-        # it, and two at once (two refunds' status jobs) both read the old status and both write.
-        self._subjects: weakref.WeakValueDictionary[tuple[object, ...], asyncio.Lock] = (
-            weakref.WeakValueDictionary())
+        # it, and two at once (two refunds' status jobs) both read the old status and both write. The
+        # claim keeps processes apart (outbox.claim); this lock covers what it cannot see: jobs queued
+        # before schema 0007, which have no subject in the database.
+        self._subjects: weakref.WeakValueDictionary[str | int, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def run_once(self) -> int:
         """Run every job due now (one batch); returns how many ran."""
@@ -296,14 +297,8 @@ class Worker:
         return len(jobs)
 
     def _subject_lock(self, job: JobRecord) -> asyncio.Lock:
-        """The lock of what the job is about: its payment, else its order, else the job alone."""
-        payload = job.payload if isinstance(job.payload, dict) else {}
-        if "payment_id" in payload:
-            key: tuple[object, ...] = ("payment", payload["payment_id"])
-        elif "order_id" in payload:
-            key = ("order", job.store_id, payload["order_id"])
-        else:
-            key = ("job", job.id)
+        """The lock of what the job is about (``outbox.subject_of``), else of the job alone."""
+        key = outbox.subject_of(job.store_id, job.payload) or job.id
         lock = self._subjects.get(key)
         if lock is None:
             lock = self._subjects[key] = asyncio.Lock()

@@ -1,11 +1,23 @@
 """The durable outbox: jobs written in the same transaction as the state change.
 
 A job is leased before it runs (``lease_owner``, ``lease_until``), so several
-processes on one PostgreSQL database never run one job twice at the same time
-(``FOR UPDATE SKIP LOCKED``); on SQLite every transaction is ``BEGIN
-IMMEDIATE``, which serialises the claim. A crashed worker's lease simply runs
-out and another worker takes the job. Failures back off exponentially; after
-``outbox.max_attempts`` a job is ``dead`` until an operator retries it.
+processes on one database never run one job twice at the same time. A crashed
+worker's lease simply runs out and another worker takes the job. Failures back
+off exponentially; after ``outbox.max_attempts`` a job is ``dead`` until an
+operator retries it.
+
+Jobs about one payment (or one order) never run at the same time, in one
+process or in several: each reads the order and then writes it, and two at
+once (two refunds' status jobs) both read the old status and both write it.
+A job's ``subject`` (:func:`subject_of`) is written when it is queued, and
+:func:`claim` leases no job while another job of its subject is leased, nor
+two jobs of one subject at once; such a job stays queued, uncounted, until
+the other is finished. That needs each claim to see the leases of the claims
+before it, so claims run one at a time: on SQLite every write transaction is
+``BEGIN IMMEDIATE``; on PostgreSQL a claim first takes a transaction-level
+advisory lock (``FOR UPDATE SKIP LOCKED`` alone would let two claims lease
+two jobs of one subject: neither sees the other's uncommitted lease). Jobs
+without a subject (written before schema 0007) are claimed as before.
 """
 
 from __future__ import annotations
@@ -14,7 +26,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import BindParameter, and_, bindparam, exists, func, insert, or_, select, text, update
 
 from bcpay.storage.db import Conn, Database, Prepared
 from bcpay.storage.records import JobRecord
@@ -25,6 +37,20 @@ DONE = "done"
 DEAD = "dead"
 CANCELLED = "cancelled"  # by an uninstall; a reinstall queues them again
 DISCARDED = "discarded"  # a dead job an operator gave up on (`bcpay jobs discard`)
+
+# The PostgreSQL advisory lock every claim transaction takes first ("bcpay" + 1). See claim().
+CLAIM_LOCK_KEY = 0x6263_7061_7900_0001
+
+
+def subject_of(store_id: int | None, payload: object) -> str | None:
+    """What a job is about: its payment, else its store's order, else nothing (None)."""
+    if not isinstance(payload, dict):
+        return None
+    if "payment_id" in payload:
+        return f"payment:{payload['payment_id']}"
+    if "order_id" in payload:
+        return f"order:{store_id}:{payload['order_id']}"
+    return None
 
 
 async def enqueue(
@@ -43,6 +69,7 @@ async def enqueue(
         "kind": kind,
         "payload": json.dumps(payload, separators=(",", ":"), sort_keys=True),
         "dedupe_key": dedupe_key,
+        "subject": subject_of(store_id, payload),
         "state": QUEUED,
         "attempts": 0,
         "run_after": now + timedelta(seconds=delay),
@@ -60,15 +87,28 @@ async def enqueue(
 async def claim(
     db: Database, *, owner: str, now: datetime, lease_seconds: int, limit: int = 10
 ) -> list[JobRecord]:
-    """Lease up to ``limit`` due jobs for ``owner``."""
+    """Lease up to ``limit`` due jobs for ``owner``, never one whose subject has a job leased.
+
+    Of several due jobs of one subject only the first (by ``run_after``, id)
+    is leased; the others stay queued, their attempts untouched.
+    """
     # An idle worker polls often; asking first in a read keeps it from taking SQLite's write lock
-    # (or a PostgreSQL row lock) only to find nothing due.
+    # (or the claim lock) only to find nothing due.
     async with db.read() as conn:
         if (await conn.run(_ANY_DUE, {"now": now})).first() is None:
             return []
     async with db.transaction() as conn:
+        if not db.is_sqlite:
+            # Claims one at a time, as BEGIN IMMEDIATE makes them on SQLite: under READ COMMITTED the
+            # SELECT below then sees every lease committed by the claims before, so the "subject not
+            # leased" test holds across processes. Row locks cannot do it: the lease that matters is on
+            # another row (a job of the same subject), uncommitted and invisible to this snapshot;
+            # SERIALIZABLE would, at the price of retrying failed claims. A claim lasts about a
+            # millisecond; SKIP LOCKED stays for rows other transactions hold (a job being finished).
+            await conn.execute(_CLAIM_LOCK)
         query = _DUE if db.is_sqlite else _DUE_SKIP_LOCKED
-        ids: list[int] = (await conn.run(query, {"now": now, "limit": limit})).scalars()
+        due = (await conn.run(query, {"now": now, "limit": limit})).rows
+        ids = _first_of_each_subject(due)
         if not ids:
             return []
         await conn.execute(_LEASE, {"ids": ids, "lease_owner": owner,
@@ -77,17 +117,38 @@ async def claim(
         return [JobRecord.from_row(r) for r in rows.mappings()]
 
 
+def _first_of_each_subject(due: list[dict[str, Any]]) -> list[int]:
+    """The ids of ``due`` (in claim order) without a second job of one subject."""
+    seen: set[str] = set()
+    ids = []
+    for row in due:
+        subject = row["subject"]
+        if subject is not None:
+            if subject in seen:
+                continue
+            seen.add(subject)
+        ids.append(row["id"])
+    return ids
+
+
 # Built once (statement construction costs more than running them; see bcpay.storage.queries).
 _INSERT = Prepared(insert(jobs))
+_busy = jobs.alias("busy")
 _IS_DUE = and_(
     jobs.c.state == QUEUED,
     jobs.c.run_after <= bindparam("now"),
     or_(jobs.c.lease_until.is_(None), jobs.c.lease_until < bindparam("now")),
+    # A NULL subject equals nothing: such a job never waits for another.
+    ~exists().where(
+        _busy.c.subject == jobs.c.subject, _busy.c.state == QUEUED, _busy.c.lease_until >= bindparam("now"),
+    ),
 )
 _ANY_DUE = Prepared(select(jobs.c.id).where(_IS_DUE).limit(1))
-_DUE_IDS = select(jobs.c.id).where(_IS_DUE).order_by(jobs.c.run_after, jobs.c.id).limit(bindparam("limit"))
+_DUE_IDS = (select(jobs.c.id, jobs.c.subject).where(_IS_DUE).order_by(jobs.c.run_after, jobs.c.id)
+            .limit(bindparam("limit")))
 _DUE = Prepared(_DUE_IDS)
-_DUE_SKIP_LOCKED = Prepared(_DUE_IDS.with_for_update(skip_locked=True))
+_DUE_SKIP_LOCKED = Prepared(_DUE_IDS.with_for_update(of=jobs, skip_locked=True))
+_CLAIM_LOCK = text(f"SELECT pg_advisory_xact_lock({CLAIM_LOCK_KEY})")
 _IDS: BindParameter[int] = bindparam("ids", expanding=True)
 _LEASE = update(jobs).where(jobs.c.id.in_(_IDS)).values(attempts=jobs.c.attempts + 1)
 _BY_IDS = select(jobs).where(jobs.c.id.in_(_IDS)).order_by(jobs.c.id)

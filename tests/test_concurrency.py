@@ -2,7 +2,7 @@
 
 Two apps (each with its own engine, pool and runtime, as two server
 processes would have) share the database and the fakes. On PostgreSQL this
-exercises row locks and SKIP LOCKED; on SQLite, BEGIN IMMEDIATE.
+exercises row locks, SKIP LOCKED and the claim lock; on SQLite, BEGIN IMMEDIATE.
 """
 
 from __future__ import annotations
@@ -15,8 +15,12 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from bcpay import effects, outbox, refunds
 from bcpay.effects import Worker
+from bcpay.sandbox.celerypay import FakeOptions
 from bcpay.server.app import create_app
+from bcpay.storage import queries as q
+from bcpay.storage.records import JobRecord
 from tests.world import STORE_HASH, World, open_world
 
 
@@ -80,6 +84,112 @@ async def test_same_notification_twenty_times_on_two_instances_applies_once(worl
         await asyncio.gather(world.run_jobs(), other_worker.run_once(), world.run_jobs(), other_worker.run_once())
     assert len(world.status_puts(order["id"])) == 1
     assert world.order(order["id"])["status_id"] == 11
+
+
+class Probe:
+    """A job handler that logs each job's entry and exit; the first ``hold`` jobs wait for ``release``."""
+
+    def __init__(self, hold: int) -> None:
+        self.hold = hold
+        self.log: list[tuple[str, int, str | None]] = []  # ("enter" | "exit", job id, the worker's owner)
+        self.release = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    async def __call__(self, rt: object, job: JobRecord) -> str:
+        entered = sum(1 for step, *_ in self.log if step == "enter")
+        self.log.append(("enter", job.id, job.lease_owner))
+        self._changed.set()
+        if entered < self.hold:
+            await self.release.wait()
+        self.log.append(("exit", job.id, job.lease_owner))
+        return "apply"
+
+    def inside(self) -> set[int]:
+        """The jobs entered and not yet left."""
+        return {i for step, i, _ in self.log if step == "enter"} - {i for step, i, _ in self.log if step == "exit"}
+
+    async def until_inside(self, n: int) -> None:
+        """Wait (10 s at most) until ``n`` jobs are inside at once."""
+        async with asyncio.timeout(10):
+            while len(self.inside()) < n:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def queue_probes(world: World, *payment_ids: int) -> None:
+    async with world.rt.db.transaction() as conn:
+        for payment_id in payment_ids:
+            await outbox.enqueue(conn, "probe", {"payment_id": payment_id}, now=world.rt.now())
+
+
+async def test_two_instances_never_run_two_jobs_of_one_payment_at_the_same_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one instance runs payment 1's first job, the other claims nothing; it runs the second
+    job once the first is done, counted as its first attempt."""
+    probe = Probe(hold=1)
+    monkeypatch.setitem(effects.HANDLERS, "probe", probe)
+    await queue_probes(world, 1, 1)
+    async with second_instance(world) as (_, other):
+        first, second = Worker(world.rt, owner="first", batch=1), Worker(other.rt, owner="second", batch=1)
+        running = asyncio.create_task(first.run_once())
+        await probe.until_inside(1)
+        assert await second.run_once() == 0
+        probe.release.set()
+        assert await running == 1
+        assert await second.run_once() == 1
+    assert probe.log == [("enter", 1, "first"), ("exit", 1, "first"), ("enter", 2, "second"), ("exit", 2, "second")]
+    assert [(j.id, j.state, j.attempts) for j in await outbox.list_jobs(world.rt.db)] == [(2, "done", 1), (1, "done", 1)]
+
+
+async def test_two_instances_run_jobs_of_two_payments_at_the_same_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs of different payments do not wait for each other: both are inside at once."""
+    probe = Probe(hold=2)
+    monkeypatch.setitem(effects.HANDLERS, "probe", probe)
+    await queue_probes(world, 1, 2)
+    async with second_instance(world) as (_, other):
+        first, second = Worker(world.rt, owner="first", batch=1), Worker(other.rt, owner="second", batch=1)
+        running = [asyncio.create_task(first.run_once())]
+        await probe.until_inside(1)
+        running.append(asyncio.create_task(second.run_once()))
+        await probe.until_inside(2)
+        assert probe.log == [("enter", 1, "first"), ("enter", 2, "second")]
+        probe.release.set()
+        assert await asyncio.gather(*running) == [1, 1]
+
+
+async def test_two_refunds_status_jobs_on_two_instances_update_the_order_once(db_url: str, secret_key: str) -> None:
+    """Each instance took one refund's status job of one payment: both read Paid and both wrote
+    Refunded (two PUTs, two staff notes). The second now waits, then finds the order refunded."""
+    async with open_world(db_url, secret_key, cp_options=FakeOptions(refund_auto=False)) as world:
+        await world.add_store()
+        order = world.place_order("20.00")
+        payment_id = (await world.start(order)).json()["cashier_url"].rsplit("/", 1)[1]
+        await world.cp.pay(payment_id)
+        await world.cp.deliver_due()
+        await world.run_jobs()
+        async with world.rt.db.read() as conn:
+            store = await q.require_store(conn, STORE_HASH)
+        for amount in (500, 1500):
+            attempt = await refunds.paid_attempt(world.rt, store, order["id"])
+            await refunds.request_refund(world.rt, store, attempt, amount=amount, reason="customer asked")
+            await world.cp.settle_refunds()
+        await world.cp.deliver_due()
+        assert [j.kind for j in await outbox.list_jobs(world.rt.db, state=outbox.QUEUED)] == ["refund_status"] * 2
+
+        async def network(seconds: float) -> None:  # a BigCommerce call lets other tasks run, as a real one does
+            for _ in range(20):
+                await asyncio.sleep(0)
+
+        world.bc.chaos.latency, world.bc.chaos.sleep = 0.05, network
+        async with second_instance(world) as (_, other):
+            first, second = Worker(world.rt, owner="first", batch=1), Worker(other.rt, owner="second", batch=1)
+            await asyncio.gather(first.run_once(), second.run_once())
+            await world.run_jobs()
+        assert [p["status_id"] for p in world.status_puts(order["id"])] == [11, 4]
+        assert world.order(order["id"])["staff_notes"].count("OKCloud Pay: refunded") == 1
 
 
 async def test_a_job_is_cut_off_before_its_lease_runs_out_even_after_a_slow_claim(

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, select, text
+from sqlalchemy import column, insert, inspect, select, table, text
 
+from bcpay import outbox
 from bcpay.errors import ConfigError
 from bcpay.storage import migrate
 from bcpay.storage.db import Database
-from bcpay.storage.schema import schema_compat
+from bcpay.storage.schema import UTCDateTime, schema_compat
 
 NewerSchema = Callable[[str | None], None]
 
@@ -211,5 +213,43 @@ async def test_0005_adds_the_shared_quota_table_for_code_from_0003_on_and_downgr
         assert not await has_quota_table(db) and await migrate.current_revision(db) == "0004"
         await migrate.upgrade(db)
         assert await has_quota_table(db)
+    finally:
+        await db.dispose()
+
+
+async def test_0007_adds_job_subjects_for_code_from_0003_on_and_downgrades_cleanly(empty_db_url: str) -> None:
+    """0006 -> 0007 adds ``jobs.subject`` and its index and says 0003's code still runs: a job written
+    as that code writes it (no subject) is claimed as before; back to 0006 drops both and keeps the job."""
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    old_jobs = table("jobs", *(column(name) for name in ("kind", "payload", "state", "attempts")),
+                     *(column(name, UTCDateTime()) for name in ("run_after", "created_at", "updated_at")))
+
+    async def subject_schema(db: Database) -> tuple[bool, bool]:
+        def read(conn: Any) -> tuple[bool, bool]:
+            found = inspect(conn)
+            return ("subject" in {c["name"] for c in found.get_columns("jobs")},
+                    "ix_jobs_subject" in {i["name"] for i in found.get_indexes("jobs")})
+
+        async with db.read() as conn:
+            return await conn.run_sync(read)
+
+    db = Database(empty_db_url)
+    try:
+        await migrate.upgrade(db, "0006")
+        assert await subject_schema(db) == (False, False)
+        assert await migrate.upgrade(db, "0007") == ("0006", "0007")
+        assert await subject_schema(db) == (True, True) and ("0007", "0003") in (await markers(db) or [])
+        async with db.transaction() as conn:
+            await conn.execute(insert(old_jobs).values(kind="refund_status", payload='{"payment_id":1}',
+                                                       state="queued", attempts=0, run_after=now, created_at=now,
+                                                       updated_at=now))
+        [job] = await outbox.claim(db, owner="w", now=now, lease_seconds=60)
+        assert (job.kind, job.subject, job.attempts) == ("refund_status", None, 1)
+        await downgrade(db, "0006")
+        assert await subject_schema(db) == (False, False) and await migrate.current_revision(db) == "0006"
+        async with db.read() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM jobs"))).scalar_one() == 1
+        await migrate.upgrade(db)
+        assert await subject_schema(db) == (True, True)
     finally:
         await db.dispose()

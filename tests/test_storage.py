@@ -17,7 +17,7 @@ from bcpay.storage import db as db_module
 from bcpay.storage import migrate
 from bcpay.storage import queries as q
 from bcpay.storage.db import Database, Prepared, driver_url, safe_url
-from bcpay.storage.schema import payments, stores
+from bcpay.storage.schema import jobs, payments, stores
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -111,6 +111,60 @@ async def test_outbox_lease_gives_each_job_to_one_worker(db: Database) -> None:
     assert await outbox.claim(db, owner="c", now=NOW, lease_seconds=60) == []
     later = await outbox.claim(db, owner="c", now=NOW + timedelta(seconds=61), lease_seconds=60)
     assert len(later) == 5 and all(j.attempts == 2 for j in later)
+
+
+async def test_a_job_waits_uncounted_while_another_job_of_its_payment_is_leased(db_url: str) -> None:
+    """Two processes: one claim leases the first job of payment 1 (not the second) and payment 2's;
+    the other claim gets nothing until the first job is done, and the wait cost no attempt."""
+    first, second = Database(db_url), Database(db_url)
+    try:
+        store_id = await make_store(first)
+        async with first.transaction() as conn:
+            for payment_id in (1, 1, 2):
+                await outbox.enqueue(conn, "refund_status", {"payment_id": payment_id}, now=NOW, store_id=store_id)
+        a = await outbox.claim(first, owner="a", now=NOW, lease_seconds=60)
+        assert [(j.id, j.subject) for j in a] == [(1, "payment:1"), (3, "payment:2")]
+        assert await outbox.claim(second, owner="b", now=NOW + timedelta(seconds=30), lease_seconds=60) == []
+        waiting = [j for j in await outbox.list_jobs(second) if j.id == 2]
+        assert [(j.state, j.attempts, j.lease_owner) for j in waiting] == [(outbox.QUEUED, 0, None)]
+        assert await outbox.complete(first, a[0], owner="a", now=NOW)
+        [b] = await outbox.claim(second, owner="b", now=NOW + timedelta(seconds=30), lease_seconds=60)
+        assert (b.id, b.subject, b.attempts) == (2, "payment:1", 1)
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def test_concurrent_claims_in_two_processes_never_lease_two_jobs_of_one_payment(db_url: str) -> None:
+    """Eight claims at once from two processes over three jobs each of four payments: one job per
+    payment is leased, whoever gets it (PostgreSQL: SKIP LOCKED alone leased p1's second job too)."""
+    processes = [Database(db_url), Database(db_url)]
+    try:
+        store_id = await make_store(processes[0])
+        async with processes[0].transaction() as conn:
+            for payment_id in (1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4):
+                await outbox.enqueue(conn, "refund_status", {"payment_id": payment_id}, now=NOW, store_id=store_id)
+        for round_ in range(3):
+            at = NOW + timedelta(seconds=61 * round_)  # the previous round's leases have run out
+            claimed = await asyncio.gather(*(
+                outbox.claim(processes[i % 2], owner=f"w{i}", now=at, lease_seconds=60, limit=1) for i in range(8)
+            ))
+            assert sorted(j.subject for jobs in claimed for j in jobs) == [f"payment:{p}" for p in (1, 2, 3, 4)]
+    finally:
+        for database in processes:
+            await database.dispose()
+
+
+async def test_a_job_queued_by_bcpay_before_0007_is_claimed_as_before(db: Database) -> None:
+    """No subject in the row: neither waits for a leased job of its payment nor for one in its batch."""
+    store_id = await make_store(db)
+    async with db.transaction() as conn:
+        for _ in range(3):
+            await outbox.enqueue(conn, "refund_status", {"payment_id": 1}, now=NOW, store_id=store_id)
+        await conn.execute(update(jobs).where(jobs.c.id > 1).values(subject=None))
+    [a] = await outbox.claim(db, owner="a", now=NOW, lease_seconds=60, limit=1)
+    assert (a.id, a.subject) == (1, "payment:1")
+    assert [j.id for j in await outbox.claim(db, owner="b", now=NOW, lease_seconds=60)] == [2, 3]
 
 
 async def test_outbox_complete_retry_and_dead(db: Database) -> None:

@@ -114,6 +114,7 @@ class JobRecord:
     kind: str
     payload: dict[str, Any]
     dedupe_key: str | None
+    subject: str | None
     state: str
     attempts: int
     run_after: datetime

@@ -11,6 +11,9 @@ Invariants live here as constraints, not only in code:
 - a CeleryPay event id is stored once (``events.event_id`` unique): the dedupe key;
 - an outbox job with a ``dedupe_key`` exists once.
 
+One invariant is not a constraint, because a lease ends with the clock, not
+with a write: at most one job per ``jobs.subject`` is leased (``outbox.claim``).
+
 Columns holding CeleryPay's identifiers are at least as wide as the ids
 ``bcpay.clients.celerypay_models`` accepts (``ID``): a notification that parses
 but does not fit its column fails on PostgreSQL, is answered 500 and, after
@@ -203,6 +206,10 @@ jobs = Table(
     Column("kind", String(32), nullable=False),
     Column("payload", Text, nullable=False),
     Column("dedupe_key", String(160), unique=True),
+    # What the job is about (``payment:<id>`` or ``order:<store id>:<order id>``, ``outbox.subject_of``):
+    # the claim never leases a job while another job of its subject is leased. NULL: about nothing
+    # in particular, or written before 0007.
+    Column("subject", String(64)),
     Column("state", String(16), nullable=False),  # queued | done | dead | cancelled | discarded
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("run_after", UTCDateTime(), nullable=False),
@@ -212,6 +219,7 @@ jobs = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_jobs_due", "state", "run_after"),
+    Index("ix_jobs_subject", "subject"),
 )
 
 audit_log = Table(
