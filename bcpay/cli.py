@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcpay import cli_ops, cli_stores
-from bcpay.cli_common import CliState, failures, load, out, run, state, warn_if_sandbox_key
+from bcpay.cli_common import CliState, failures, load, out, run, start_process, state
 from bcpay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def serve(
     with failures(ctx):
         settings = load(ctx, server={k: v for k, v in server.items() if v is not None})
         settings.require_secret_key()
-    warn_if_sandbox_key(settings)
+    start_process(settings)
     # The database answers and its schema is current, checked here: inside uvicorn's start-up a
     # failure is a traceback and exit 3, not the CLI's one line and exit 1.
     run(ctx, _database_ready, settings=settings)
@@ -128,7 +128,7 @@ def worker(ctx: typer.Context) -> None:
     with failures(ctx):
         settings = load(ctx)
         settings.require_secret_key()
-    warn_if_sandbox_key(settings)
+    start_process(settings)
 
     async def work(rt: "Runtime") -> None:
         await operations.ensure_schema(rt)

@@ -74,6 +74,24 @@ def warn_if_sandbox_key(settings: Settings) -> None:
                     style="yellow", markup=False)
 
 
+def start_process(settings: Settings) -> None:
+    """The start of ``serve`` and ``worker``: logging as configured, then warnings about the configuration.
+
+    An unknown ``BCPAY_*`` variable is a warning, not an error: a variable meant for something
+    else must not stop a fleet from restarting (README "Configuration").
+    """
+    import logging
+
+    from bcpay.config import unknown_env_names
+    from bcpay.logs import setup_logging
+
+    setup_logging(settings.server.log_format, settings.server.log_level)
+    log = logging.getLogger("bcpay.config")
+    for warning in unknown_env_names(os.environ):
+        log.warning("%s", warning)
+    warn_if_sandbox_key(settings)
+
+
 def load(ctx: typer.Context, **overrides: dict[str, Any]) -> Settings:
     """Settings: command line > environment > config file > defaults."""
     from bcpay.config import load_settings

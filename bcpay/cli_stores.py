@@ -316,9 +316,10 @@ def doctor(
 ) -> None:
     """One screen of what works and what to fix; exits 0 only when everything passes.
 
-    Checks the config, database and schema, the public URL, and per store the
-    token and scopes, the offline payment method, the snippet, the webhooks,
-    the CeleryPay credentials, dead jobs and open anomalies.
+    Checks the config (and BCPAY_* variables that are no setting), database
+    and schema, the public URL, and per store the token and scopes, the
+    offline payment method, the snippet, the webhooks, the CeleryPay
+    credentials, dead jobs and open anomalies.
 
     Example: bcpay doctor abc123
     """

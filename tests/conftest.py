@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -20,6 +21,15 @@ from typing import Any
 import pytest
 
 PG_ADMIN_DSN = os.environ.get("BCPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def _bcpay_logging_restored() -> Iterator[None]:
+    """``serve`` run in-process (CliRunner) sets up bcpay's loggers (no propagation): put them back."""
+    logger = logging.getLogger("bcpay")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 def _in_thread(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -323,6 +323,21 @@ def test_doctor_exit_code_follows_the_checks(env: Env) -> None:
     assert "All checks passed." in healthy.stdout and "✓ CeleryPay credentials" in healthy.stdout
 
 
+def test_doctor_fails_on_a_misspelled_variable_naming_the_setting_not_the_value(env: Env) -> None:
+    """BCPAY_PAYMENTS_PAID_STATUS (no _ID) is ignored by loading; doctor says which setting it meant."""
+    value = "value-that-may-be-a-secret-0042"
+    result = env.cli("doctor", "--json", env={"BCPAY_PAYMENTS_PAID_STATUS": value})
+    assert result.exit_code == 1 and value not in result.output
+    [check] = [c for c in json.loads(result.stdout)["checks"] if c["name"] == "environment"]
+    assert not check["ok"] and check["detail"] == (
+        "BCPAY_PAYMENTS_PAID_STATUS is not a bcpay setting and is ignored (did you mean BCPAY_PAYMENTS_PAID_STATUS_ID?)")
+    assert "BCPAY_<SECTION>_<KEY>" in check["fix"][0]
+    text = env.cli("doctor", env={"BCPAY_PAYMENTS_PAID_STATUS": value, "BCPAY_[red]X": "1"}).stdout
+    assert "✗ environment: BCPAY_PAYMENTS_PAID_STATUS is not" in text and "BCPAY_[red]X is not" in text
+    passing = json.loads(env.cli("doctor", "--json", env={"BCPAY_CELERYPAY_SECRET": "x"}).stdout)
+    assert {"name": "environment", "ok": True} in [{"name": c["name"], "ok": c["ok"]} for c in passing["checks"]]
+
+
 def test_doctor_says_how_the_bigcommerce_quota_is_paced(env: Env) -> None:
     """"auto": alone on SQLite (with what to set when several processes call BigCommerce), shared on
     PostgreSQL; "on" and "off" are reported as such on both."""
@@ -621,8 +636,8 @@ def test_sandbox_hands_its_options_to_the_runner(tmp_path: Path, monkeypatch: py
     assert isinstance(seen["settings"], Settings)
 
 
-def _bcpay_process(args: list[str], config: Path) -> subprocess.Popen[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("BCPAY_")}
+def _bcpay_process(args: list[str], config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    environment = {**{k: v for k, v in os.environ.items() if not k.startswith("BCPAY_")}, **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "bcpay", "--config", str(config), *args], env=environment,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -655,6 +670,24 @@ def test_serve_runs_the_app_factory_and_worker_stops_on_sigterm(tmp_path: Path, 
     worker.send_signal(signal.SIGTERM)
     rest, _ = worker.communicate(timeout=20)
     assert worker.returncode == 0 and "worker stopped" in rest
+
+
+def test_worker_warns_of_a_misspelled_variable_and_runs(tmp_path: Path, secret_key: str) -> None:
+    """A warning log line with the intended name (never the value), then the worker starts as usual."""
+    config = tmp_path / "bcpay.toml"
+    config.write_text(f'[app]\nsecret_key = "{secret_key}"\n[database]\nurl = "sqlite:///{tmp_path}/w.db"\n')
+    worker = _bcpay_process(["worker"], config, env={"BCPAY_OUTBOX_CONCURENCY": "value-0042"})
+    assert worker.stdout is not None
+    lines = [worker.stdout.readline()]
+    while lines[-1] and "worker running" not in lines[-1]:  # the warning comes before it
+        lines.append(worker.stdout.readline())
+    worker.send_signal(signal.SIGTERM)
+    rest, _ = worker.communicate(timeout=20)
+    warning = (" WARNING bcpay.config BCPAY_OUTBOX_CONCURENCY is not a bcpay setting and is ignored "
+               "(did you mean BCPAY_OUTBOX_CONCURRENCY?)")
+    assert any(warning in line for line in lines), lines
+    assert any("worker running" in line for line in lines), lines
+    assert worker.returncode == 0 and "value-0042" not in "".join(lines) + rest
 
 
 @pytest.mark.parametrize(
