@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcpay import cli_ops, cli_stores
-from bcpay.cli_common import CliState, failures, load, out, run, start_process, state
+from bcpay.cli_common import CliState, announce, failures, load, out, run, start_process, state
 from bcpay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def serve(
     """
     import uvicorn
 
-    from bcpay.server.entry import FACTORY
+    from bcpay.server.entry import FACTORY, uvicorn_log_config
 
     server = {"host": host, "port": port, "workers": workers, "proxy_headers": proxy_headers}
     with failures(ctx):
@@ -85,14 +85,15 @@ def serve(
         # uvicorn workers are other processes: they find the file through the environment.
         os.environ["BCPAY_CONFIG"] = str(state(ctx).config)
     s = settings.server
-    out().print(f"bcpay serving on http://{s.host}:{s.port} (public URL {settings.app.public_url})")
+    announce(settings, "bcpay.server",
+             f"bcpay serving on http://{s.host}:{s.port} (public URL {settings.app.public_url})")
     # uvicorn's own access line would repeat ours with the raw path, which holds the payment's
     # token (/api/v1/payments/{token}, /pay/{token}); bcpay.access logs the route template.
     try:
         uvicorn.run(
             FACTORY, factory=True, host=s.host, port=s.port, workers=s.workers, proxy_headers=s.proxy_headers,
             forwarded_allow_ips=s.forwarded_allow_ips, log_level=s.log_level, server_header=False,
-            access_log=False,
+            access_log=False, log_config=uvicorn_log_config(s.log_format),
         )
     except SystemExit as exc:  # uvicorn has logged why (a port in use...); exit 1 like every failure
         if exc.code not in (0, None):
@@ -137,9 +138,9 @@ def worker(ctx: typer.Context) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         settle_heap()
-        out().print("bcpay worker running (Ctrl+C to stop)")
+        announce(settings, "bcpay.worker", "bcpay worker running (Ctrl+C to stop)")
         await Worker(rt).run_forever(stop)
-        out().print("bcpay worker stopped")
+        announce(settings, "bcpay.worker", "bcpay worker stopped")
 
     run(ctx, work)
 

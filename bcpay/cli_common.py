@@ -69,9 +69,24 @@ def err() -> Console:
 def warn_if_sandbox_key(settings: Settings) -> None:
     """A server or worker sealing secrets with the public sandbox key says so, every start."""
     if settings.app.sandbox and not settings.app.secret_key:
-        err().print("Warning: app.sandbox is on and app.secret_key is empty: stored tokens and secrets are "
-                    "sealed with bcpay's public sandbox key. Local use only (see `bcpay doctor`).",
-                    style="yellow", markup=False)
+        message = ("app.sandbox is on and app.secret_key is empty: stored tokens and secrets are "
+                   "sealed with bcpay's public sandbox key. Local use only (see `bcpay doctor`).")
+        if settings.server.log_format == "json":
+            import logging
+
+            logging.getLogger("bcpay.config").warning("%s", message)
+        else:
+            err().print(f"Warning: {message}", style="yellow", markup=False)
+
+
+def announce(settings: Settings, logger: str, message: str) -> None:
+    """A start or stop line of ``serve`` and ``worker``: printed, or with JSON logs one more JSON line."""
+    if settings.server.log_format == "json":
+        import logging
+
+        logging.getLogger(logger).info("%s", message)
+    else:
+        out().print(message, markup=False)
 
 
 def start_process(settings: Settings) -> None:

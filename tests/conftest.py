@@ -24,12 +24,15 @@ PG_ADMIN_DSN = os.environ.get("BCPAY_TEST_PG", "postgresql://postgres@127.0.0.1:
 
 
 @pytest.fixture(autouse=True)
-def _bcpay_logging_restored() -> Iterator[None]:
-    """``serve`` run in-process (CliRunner) sets up bcpay's loggers (no propagation): put them back."""
-    logger = logging.getLogger("bcpay")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
+def _logging_restored() -> Iterator[None]:
+    """``serve`` run in-process (CliRunner) sets up bcpay's loggers (no propagation; with JSON the root
+    logger and Python's warnings too): put them back for the tests after it."""
+    loggers = [logging.getLogger("bcpay"), logging.getLogger()]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
     yield
-    logger.handlers[:], logger.level, logger.propagate = saved
+    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+    logging.captureWarnings(False)
 
 
 def _in_thread(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -642,6 +642,17 @@ def _bcpay_process(args: list[str], config: Path, env: dict[str, str] | None = N
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _healthz(server: subprocess.Popen[str], port: int) -> httpx.Response:
+    """GET /healthz of a starting ``bcpay serve`` as soon as it answers (20 s at most)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        except httpx.TransportError:
+            assert server.poll() is None and time.monotonic() < deadline, server.communicate()
+            time.sleep(0.1)
+
+
 def test_serve_runs_the_app_factory_and_worker_stops_on_sigterm(tmp_path: Path, secret_key: str) -> None:
     """Real processes: `serve` answers /healthz on a migrated SQLite database; `worker` exits 0 on SIGTERM."""
     sock = reserve_socket()
@@ -652,24 +663,55 @@ def test_serve_runs_the_app_factory_and_worker_stops_on_sigterm(tmp_path: Path, 
                       f'[server]\nport = {port}\nrun_worker = false\n')
     server = _bcpay_process(["serve"], config)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, server.communicate()[0]
-                time.sleep(0.1)
-        assert answer.json() == {"status": "ok"}
+        assert _healthz(server, port).json() == {"status": "ok"}
     finally:
         server.send_signal(signal.SIGINT)
-        server.communicate(timeout=20)
+        output, _ = server.communicate(timeout=20)
+    # Text logs as they always were: our line on stdout, uvicorn's own format for its lines.
+    assert f"bcpay serving on http://127.0.0.1:{port} (public URL " in output
+    assert f"INFO:     Uvicorn running on http://127.0.0.1:{port} (Press CTRL+C to quit)" in output
+    assert not any(line.startswith("{") for line in output.splitlines()), output
     worker = _bcpay_process(["worker"], config)
     assert worker.stdout is not None
     assert "worker running" in worker.stdout.readline()
     worker.send_signal(signal.SIGTERM)
     rest, _ = worker.communicate(timeout=20)
     assert worker.returncode == 0 and "worker stopped" in rest
+
+
+def test_serve_with_json_logs_writes_nothing_but_json_lines(tmp_path: Path) -> None:
+    """uvicorn's start-up and shutdown lines, bcpay's warnings and its own serving line: one JSON object each."""
+    sock = reserve_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    config = tmp_path / "bcpay.toml"  # the sandbox key and a misspelled variable: two warnings at start
+    config.write_text(f'[app]\nsandbox = true\n[database]\nurl = "sqlite:///{tmp_path}/s.db"\n'
+                      f'[server]\nport = {port}\nrun_worker = false\nlog_format = "json"\n')
+    server = subprocess.Popen([sys.executable, "-m", "bcpay", "--config", str(config), "serve"],
+                              env={**{k: v for k, v in os.environ.items() if not k.startswith("BCPAY_")},
+                                   "BCPAY_SERVER_WORKER": "2"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _healthz(server, port).status_code == 200
+        for path in ("/pay/" + "ü" * 3000, "/%00%0a{", ""):  # unicode, very long, control characters
+            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+    finally:
+        server.send_signal(signal.SIGINT)
+        stdout, stderr = server.communicate(timeout=20)
+    assert server.returncode == 0, stderr
+    lines = [line for line in (stdout + stderr).splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line parses
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records), records
+    messages = {(r["logger"], r["level"], r["message"]) for r in records}
+    assert ("uvicorn.error", "info", f"Uvicorn running on http://127.0.0.1:{port} (Press CTRL+C to quit)") in messages
+    assert any(r["message"].startswith("Started server process") for r in records)
+    assert any(r["message"].startswith("Finished server process") for r in records)
+    assert ("bcpay.server", "info",
+            f"bcpay serving on http://127.0.0.1:{port} (public URL http://127.0.0.1:8000)") in messages
+    assert ("bcpay.config", "warning", "BCPAY_SERVER_WORKER is not a bcpay setting and is ignored "
+            "(did you mean BCPAY_SERVER_WORKERS?)") in messages
+    assert any(r["logger"] == "bcpay.config" and "public sandbox key" in r["message"] for r in records)
+    assert any(r["logger"] == "bcpay.access" and r["message"] == "GET /healthz 200" for r in records)
 
 
 def test_worker_warns_of_a_misspelled_variable_and_runs(tmp_path: Path, secret_key: str) -> None:
