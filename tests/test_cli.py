@@ -26,7 +26,7 @@ from bcpay import payflow
 from bcpay.cli import app
 from bcpay.config import Settings, load_settings
 from bcpay.crypto import Vault, generate_key
-from bcpay.errors import ConfigError
+from bcpay.errors import ConfigError, ConflictError
 from bcpay.runtime import open_runtime
 from bcpay.sandbox.bc_state import FakeBigCommerce
 from bcpay.sandbox.bigcommerce import create_bigcommerce_api
@@ -35,7 +35,9 @@ from bcpay.server.app import create_app
 from bcpay.storage import migrate
 from bcpay.storage import queries as q
 from bcpay.storage.db import Database
+from bcpay.storage.records import StoreRecord
 from bcpay.storage.schema import events, jobs, payments, refunds, stores
+from bcpay.stores import settings_version, update_settings
 from tests.loopback import ServerThread, Switch, reserve_socket, url_of
 
 STORE_HASH = "abc123"
@@ -211,6 +213,86 @@ def test_stores_configure_with_one_bad_value_changes_nothing(env: Env, args: lis
                      *args, env={"BCPAY_CELERYPAY_SECRET": "n" * 40})
     one_error_line(result, text)
     assert env.query(select(stores)) == before
+
+
+def settings_of(env: Env) -> tuple[dict[str, Any], str]:
+    """The store's overrides as stored, and the version a settings page opened now would carry."""
+    [row] = env.query(select(stores))
+    return json.loads(row["settings_json"]), settings_version(StoreRecord.from_row(row))
+
+
+def shown_settings(result: Result) -> dict[str, str]:
+    """``key: value (source)`` lines of ``stores configure`` by key."""
+    return dict(line.strip().split(": ", 1) for line in result.stdout.splitlines()[1:])
+
+
+def test_stores_configure_reset_puts_a_store_back_on_the_global_config(env: Env) -> None:
+    """One override, then all of them, dropped: the store follows bcpay.toml / BCPAY_* again, and says so."""
+    env.add_store()
+    env.ok("stores", "configure", STORE_HASH, "--paid-status-id", "2", "--expires-in", "900",
+           "--on-expired", "cancel")
+    overrides, opened = settings_of(env)
+    assert overrides == {"paid_status_id": 2, "expires_in": 900, "on_expired": "cancel"}
+
+    result = env.ok("stores", "configure", STORE_HASH, "--reset", "paid_status_id", "--reset", "expires-in",
+                    env={"BCPAY_PAYMENTS_PAID_STATUS_ID": "10"})
+    shown = shown_settings(result)
+    assert shown["paid_status_id"] == "10 (global)"  # the global value in force, from BCPAY_*
+    assert shown["expires_in"] == "1800 (global)" and shown["on_expired"] == "cancel (store)"
+    overrides, after = settings_of(env)
+    assert overrides == {"on_expired": "cancel"}
+    assert after != opened  # a settings page opened before the reset cannot save over it
+    with pytest.raises(ConflictError, match="changed since they were read"):
+        asyncio.run(update_settings_as_of(env, opened))
+
+    again = env.ok("stores", "configure", STORE_HASH, "--reset", "paid_status_id")  # idempotent
+    assert shown_settings(again)["paid_status_id"] == "11 (global)"
+    assert settings_of(env) == (overrides, after)  # nothing changed: a page opened since still saves
+
+    everything = env.ok("stores", "configure", STORE_HASH, "--reset", "all")
+    assert settings_of(env)[0] == {}
+    assert "(store)" not in everything.stdout and shown_settings(everything)["accepted_methods"] == "OKCloud Pay (global)"
+    assert len(shown_settings(everything)) == 10 and shown_settings(everything)["extra_origins"] == "- (global)"
+    assert env.ok("stores", "configure", STORE_HASH, "--reset", "all").stdout == everything.stdout
+
+
+async def update_settings_as_of(env: Env, version: str) -> None:
+    """A settings-page save made from the page as it was at ``version``."""
+    async with open_runtime(env.settings) as rt:
+        await update_settings(rt, STORE_HASH, {"return_to": "bcpay"}, expected_version=version)
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [(["--reset", "paid_status"], "unknown store setting 'paid_status': expected all or one of method_name, "
+                                  "accepted_methods, paid_status_id,"),
+     (["--reset", ""], "unknown store setting ''"),
+     (["--reset", "PAID_STATUS_ID"], "unknown store setting 'PAID_STATUS_ID'"),
+     (["--reset", "päid_status_id"], "unknown store setting 'päid_status_id'"),
+     (["--reset", "paid_status_id\n"], "unknown store setting 'paid_status_id\\n'"),
+     (["--reset", "paid_status_id,expires_in"], "unknown store setting 'paid_status_id,expires_in'"),
+     (["--reset", "x" * 100_000], "unknown store setting '" + "x" * 40 + "…'"),
+     (["--reset", "all", "--reset", "bogus"], "unknown store setting 'bogus'"),
+     (["--reset", "paid_status_id", "--paid-status-id", "2"], "paid_status_id: given a value and reset at once"),
+     (["--reset", "all", "--expires-in", "900"], "expires_in: given a value and reset at once")],
+)
+def test_stores_configure_reset_of_an_unknown_setting_is_a_usage_error(
+    env: Env, args: list[str], text: str
+) -> None:
+    """Exit 2 naming the valid settings, before any write; the name is shown short and escaped."""
+    env.add_store()
+    env.ok("stores", "configure", STORE_HASH, "--on-expired", "cancel")
+    before = env.query(select(stores))
+    result = env.cli("stores", "configure", STORE_HASH, *args)
+    assert result.exit_code == 2, result.output
+    assert text in " ".join(result.output.replace("│", " ").split()), result.output
+    assert len(result.output) < 2000 and "Traceback" not in result.output
+    assert env.query(select(stores)) == before
+
+
+def test_stores_configure_reset_on_an_unknown_store_is_one_error_line(env: Env) -> None:
+    one_error_line(env.cli("stores", "configure", "zzz999", "--reset", "all"), "unknown store 'zzz999'")
+    one_error_line(env.cli("stores", "configure", "ZZZ-1", "--reset", "all"), "not a store hash")
 
 
 def test_stores_add_configure_show_and_list_never_leak_secrets(env: Env) -> None:
