@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcpay import cli_ops, cli_stores
-from bcpay.cli_common import CliState, failures, load, out, run, state, warn_if_sandbox_key
+from bcpay.cli_common import CliState, announce, failures, load, out, run, start_process, state
 from bcpay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -71,13 +71,13 @@ def serve(
     """
     import uvicorn
 
-    from bcpay.server.entry import FACTORY
+    from bcpay.server.entry import FACTORY, uvicorn_log_config
 
     server = {"host": host, "port": port, "workers": workers, "proxy_headers": proxy_headers}
     with failures(ctx):
         settings = load(ctx, server={k: v for k, v in server.items() if v is not None})
         settings.require_secret_key()
-    warn_if_sandbox_key(settings)
+    start_process(settings)
     # The database answers and its schema is current, checked here: inside uvicorn's start-up a
     # failure is a traceback and exit 3, not the CLI's one line and exit 1.
     run(ctx, _database_ready, settings=settings)
@@ -85,14 +85,15 @@ def serve(
         # uvicorn workers are other processes: they find the file through the environment.
         os.environ["BCPAY_CONFIG"] = str(state(ctx).config)
     s = settings.server
-    out().print(f"bcpay serving on http://{s.host}:{s.port} (public URL {settings.app.public_url})")
+    announce(settings, "bcpay.server",
+             f"bcpay serving on http://{s.host}:{s.port} (public URL {settings.app.public_url})")
     # uvicorn's own access line would repeat ours with the raw path, which holds the payment's
     # token (/api/v1/payments/{token}, /pay/{token}); bcpay.access logs the route template.
     try:
         uvicorn.run(
             FACTORY, factory=True, host=s.host, port=s.port, workers=s.workers, proxy_headers=s.proxy_headers,
             forwarded_allow_ips=s.forwarded_allow_ips, log_level=s.log_level, server_header=False,
-            access_log=False,
+            access_log=False, log_config=uvicorn_log_config(s.log_format),
         )
     except SystemExit as exc:  # uvicorn has logged why (a port in use...); exit 1 like every failure
         if exc.code not in (0, None):
@@ -128,7 +129,7 @@ def worker(ctx: typer.Context) -> None:
     with failures(ctx):
         settings = load(ctx)
         settings.require_secret_key()
-    warn_if_sandbox_key(settings)
+    start_process(settings)
 
     async def work(rt: "Runtime") -> None:
         await operations.ensure_schema(rt)
@@ -137,9 +138,9 @@ def worker(ctx: typer.Context) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         settle_heap()
-        out().print("bcpay worker running (Ctrl+C to stop)")
+        announce(settings, "bcpay.worker", "bcpay worker running (Ctrl+C to stop)")
         await Worker(rt).run_forever(stop)
-        out().print("bcpay worker stopped")
+        announce(settings, "bcpay.worker", "bcpay worker stopped")
 
     run(ctx, work)
 

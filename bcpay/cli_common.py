@@ -69,9 +69,42 @@ def err() -> Console:
 def warn_if_sandbox_key(settings: Settings) -> None:
     """A server or worker sealing secrets with the public sandbox key says so, every start."""
     if settings.app.sandbox and not settings.app.secret_key:
-        err().print("Warning: app.sandbox is on and app.secret_key is empty: stored tokens and secrets are "
-                    "sealed with bcpay's public sandbox key. Local use only (see `bcpay doctor`).",
-                    style="yellow", markup=False)
+        message = ("app.sandbox is on and app.secret_key is empty: stored tokens and secrets are "
+                   "sealed with bcpay's public sandbox key. Local use only (see `bcpay doctor`).")
+        if settings.server.log_format == "json":
+            import logging
+
+            logging.getLogger("bcpay.config").warning("%s", message)
+        else:
+            err().print(f"Warning: {message}", style="yellow", markup=False)
+
+
+def announce(settings: Settings, logger: str, message: str) -> None:
+    """A start or stop line of ``serve`` and ``worker``: printed, or with JSON logs one more JSON line."""
+    if settings.server.log_format == "json":
+        import logging
+
+        logging.getLogger(logger).info("%s", message)
+    else:
+        out().print(message, markup=False)
+
+
+def start_process(settings: Settings) -> None:
+    """The start of ``serve`` and ``worker``: logging as configured, then warnings about the configuration.
+
+    An unknown ``BCPAY_*`` variable is a warning, not an error: a variable meant for something
+    else must not stop a fleet from restarting (README "Configuration").
+    """
+    import logging
+
+    from bcpay.config import unknown_env_names
+    from bcpay.logs import setup_logging
+
+    setup_logging(settings.server.log_format, settings.server.log_level)
+    log = logging.getLogger("bcpay.config")
+    for warning in unknown_env_names(os.environ):
+        log.warning("%s", warning)
+    warn_if_sandbox_key(settings)
 
 
 def load(ctx: typer.Context, **overrides: dict[str, Any]) -> Settings:

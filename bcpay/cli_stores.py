@@ -38,6 +38,9 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 # import and bcpay.stores pulls in SQLAlchemy and httpx; tests/test_cli_imports.py
 # checks that the two stay equal.
 DEFAULT_SCOPES = " ".join(REQUIRED_SCOPES)
+# bcpay.runtime.STORE_OVERRIDES, spelled out for the same reason (checked the same way).
+STORE_SETTINGS = ("method_name", "accepted_methods", "paid_status_id", "mismatch_status_id", "expires_in",
+                  "on_expired", "return_to", "refund_on_status", "refund_duplicates", "extra_origins")
 
 
 def _store_json(s: "StoreRecord") -> dict[str, Any]:
@@ -142,22 +145,40 @@ def stores_configure(
         "--refund-on-status/--no-refund-on-status",
         help="Refund at CeleryPay when an order is set to Refunded.")] = None,
     refund_duplicates: Annotated[str | None, typer.Option(help="manual or auto refund of double payments.")] = None,
+    reset: Annotated[list[str] | None, typer.Option(
+        "--reset", metavar="SETTING",
+        help="Drop the store's own value of SETTING, so it follows the global config again (repeatable; "
+             f"all for every one): {', '.join(STORE_SETTINGS)}.")] = None,
 ) -> None:
-    """Set a store's CeleryPay merchant and payment settings.
+    """Set a store's CeleryPay merchant and payment settings, or reset them to the global config.
 
     A new secret keeps the old one valid for notifications for 24 hours
-    (rotation). Settings not given are left as they are.
+    (rotation). Settings not given are left as they are. After a settings
+    change, every setting is shown with its value in force and where it comes
+    from (store, or global: bcpay.toml, BCPAY_* or the default). Resetting a
+    setting the store does not override changes nothing.
 
     Example: BCPAY_CELERYPAY_SECRET=... bcpay stores configure abc123 --merchant-id mch_0123456789abcdef --environment production
+
+    Example: bcpay stores configure abc123 --reset paid_status_id --reset expires_in
     """  # noqa: E501 (an example is one line to copy)
     changes = {k: v for k, v in {
         "method_name": method_name, "on_expired": on_expired, "paid_status_id": paid_status_id,
         "mismatch_status_id": mismatch_status_id, "expires_in": expires_in, "return_to": return_to,
         "refund_on_status": refund_on_status, "refund_duplicates": refund_duplicates,
     }.items() if v is not None}
-    if merchant_id is None and environment is None and not changes:
-        raise typer.BadParameter("nothing to change: give --merchant-id and/or settings")
+    if merchant_id is None and environment is None and not changes and not reset:
+        raise typer.BadParameter("nothing to change: give --merchant-id, settings and/or --reset")
     from bcpay import operations, stores
+
+    try:
+        cleared = stores.reset_changes(reset or [])
+    except InvalidInputError as exc:
+        raise typer.BadParameter(exc.message, param_hint="'--reset'") from None
+    both = [key for key in changes if key in cleared]
+    if both:
+        raise typer.BadParameter(f"{', '.join(both)}: given a value and reset at once; choose one",
+                                 param_hint="'--reset'")
 
     with failures(ctx):  # everything checked before the prompt and before the first write
         stores.check_store_hash(store_hash)
@@ -171,6 +192,7 @@ def stores_configure(
         secret = secret_input("BCPAY_CELERYPAY_SECRET", "CeleryPay API secret")
 
     unchecked = False
+    effective: dict[str, tuple[Any, bool]] = {}
 
     async def work(rt: "Runtime") -> "StoreRecord":
         nonlocal unchecked
@@ -181,13 +203,18 @@ def stores_configure(
             store = await stores.configure_merchant(
                 rt, store_hash, merchant_id=merchant_id or store.merchant_id or "", api_secret=secret,
                 environment=environment)
-        if changes:
-            store = await stores.update_settings(rt, store_hash, changes)
+        if changes or cleared:
+            store = await stores.update_settings(rt, store_hash, {**cleared, **changes})
+            effective.update(stores.effective_settings(rt, store))
         return store
 
     store = run(ctx, work)
     out().print(f"Configured {store.store_hash}: merchant {store.merchant_id or '-'} ({store.environment}), "
                 f"secret {'set' if store.celerypay_secret_enc else 'not set'}.")
+    for key, (value, own) in effective.items():
+        shown = ", ".join(value) if isinstance(value, tuple) else value
+        out().print(f"{key:>22}: {shown if shown not in ('', None) else '-'} ({'store' if own else 'global'})",
+                    markup=False)
     if unchecked:
         err().print(f"Warning: CeleryPay could not be reached to check the credentials; run "
                     f"`bcpay doctor {store.store_hash}` once it can.", markup=False)
@@ -316,9 +343,10 @@ def doctor(
 ) -> None:
     """One screen of what works and what to fix; exits 0 only when everything passes.
 
-    Checks the config, database and schema, the public URL, and per store the
-    token and scopes, the offline payment method, the snippet, the webhooks,
-    the CeleryPay credentials, dead jobs and open anomalies.
+    Checks the config (and BCPAY_* variables that are no setting), database
+    and schema, the public URL, and per store the token and scopes, the
+    offline payment method, the snippet, the webhooks, the CeleryPay
+    credentials, dead jobs and open anomalies.
 
     Example: bcpay doctor abc123
     """

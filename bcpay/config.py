@@ -12,11 +12,18 @@ Precedence, highest first (the one place this is decided):
 Unknown keys and wrong types are errors that name the field path, e.g.
 ``payments.paid_status_id: expected integer, got "x"``. Secrets are wrapped in
 :class:`Secret`, which never shows its value in ``repr``/``str``/logs.
+
+A ``BCPAY_*`` variable that is neither a setting nor one of
+:data:`OTHER_ENV_NAMES` is ignored by loading, but :func:`unknown_env_names`
+names it (with the setting it probably meant) for ``serve`` and ``worker`` to
+warn about and ``bcpay doctor`` to report: not a load error, because a
+variable meant for something else must not stop a running fleet from restarting.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -300,6 +307,52 @@ def _env_values(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return found
 
 
+# BCPAY_ names that are not settings, never reported as unknown: the config file, the secrets
+# commands read instead of an argument, and the scripts' and tests' own (tests/test_config.py finds
+# every BCPAY_ name in the repository and holds it to this list or the settings).
+OTHER_ENV_NAMES = frozenset({
+    "BCPAY_CONFIG",  # config_path
+    "BCPAY_ACCESS_TOKEN",  # bcpay stores add
+    "BCPAY_CELERYPAY_SECRET",  # bcpay stores configure
+    "BCPAY_NEW_KEY",  # bcpay rotate-key --new-key-env, as its help and doctor spell it
+    "BCPAY_VENV",  # scripts/test
+    "BCPAY_TEST_PG",  # tests/conftest.py
+    "BCPAY_RELIABILITY_PG",  # scripts/reliability_world.py
+    "BCPAY_UPDATE_SCREENSHOTS",  # tests/browser
+})
+SHOWN_NAME_LENGTH = 80
+
+
+def setting_env_names() -> list[str]:
+    """Every ``BCPAY_<SECTION>_<KEY>`` name a setting is read from."""
+    return [f"{ENV_PREFIX}{section}_{key}".upper() for section, cls in _SECTIONS.items() for key in _field_types(cls)]
+
+
+def _shown_name(name: str) -> str:
+    """A variable's name fit for one log line: control and undecodable characters escaped, cut short."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+    return shown if len(shown) <= SHOWN_NAME_LENGTH else shown[:SHOWN_NAME_LENGTH] + "…"
+
+
+def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``BCPAY_*`` variable loading ignores, naming the likely intended one; never a value.
+
+    The prefix is matched in any case (``bcpay_server_port`` is ignored too: names are upper case).
+    """
+    known = {*setting_env_names(), *OTHER_ENV_NAMES}
+    # Compared without the prefix every name shares, which would make any two look alike.
+    stems = {name.removeprefix(ENV_PREFIX): name for name in sorted(known)}
+    found = []
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX) or name in known:
+            continue
+        stem = name.upper().removeprefix(ENV_PREFIX)
+        close = difflib.get_close_matches(stem, list(stems), n=1, cutoff=0.6) if stem else []
+        hint = f" (did you mean {stems[close[0]]}?)" if close else ""
+        found.append(f"{_shown_name(name)} is not a bcpay setting and is ignored{hint}")
+    return found
+
+
 def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
     """The file to read: ``--config``, else ``$BCPAY_CONFIG``, else ``./bcpay.toml`` if present."""
     if explicit:
@@ -444,4 +497,6 @@ __all__ = [
     "config_path",
     "load_settings",
     "replace",
+    "setting_env_names",
+    "unknown_env_names",
 ]

@@ -51,13 +51,23 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
-    """Configure the ``bcpay`` loggers once (the faces call this, never the library)."""
+    """Configure the ``bcpay`` loggers once (the faces call this, never the library).
+
+    With ``json`` every line on stderr must parse: other libraries' warnings (the root logger,
+    at ``warning`` or above) and Python's ``warnings`` are written as JSON too; uvicorn's own
+    loggers are configured by :func:`bcpay.server.entry.uvicorn_log_config`. Text leaves them be.
+    """
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger("bcpay")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    ours = logging.getLogger("bcpay")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level.upper())
+    ours.propagate = False
+    if fmt == "json":
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(max(logging.WARNING, ours.level))
+        logging.captureWarnings(True)

@@ -14,8 +14,10 @@ renders what these functions return. The pieces, by what an operator asks:
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +27,7 @@ from sqlalchemy import select
 
 from bcpay import notifications, provisioning, quota, stores
 from bcpay.clients.celerypay import parse_event
+from bcpay.config import unknown_env_names
 from bcpay.errors import (
     BcpayError,
     ConflictError,
@@ -532,6 +535,19 @@ def callback_url_check(rt: Runtime, store: StoreRecord) -> Check:
          "only on a loopback address, and only in sandbox)."])
 
 
+def environment_check(environ: Mapping[str, str]) -> Check:
+    """``BCPAY_*`` variables loading ignores, by name only (their values may be secrets).
+
+    A failed check here, where serve and worker only warn: the report is the list of what to fix.
+    """
+    unknown = unknown_env_names(environ)
+    if not unknown:
+        return Check("environment", True, "no unknown BCPAY_* variables")
+    return Check("environment", False, "; ".join(unknown),
+                 ["Rename each to the setting it was meant for, or unset it: settings are read from "
+                  "BCPAY_<SECTION>_<KEY> (bcpay.toml.example lists every section and key)."])
+
+
 def schema_check(status: migrate.SchemaStatus) -> Check:
     """The database schema against this version; a newer schema that accepts this code passes."""
     if status.state == "current":
@@ -557,9 +573,15 @@ def quota_check(rt: Runtime) -> Check:
                  "would overrun its quota together; set bigcommerce.shared_quota = \"on\" if they do")
 
 
-async def doctor(rt: Runtime, store_hash: str | None = None) -> list[tuple[str, Check]]:
-    """One report of what works and what to fix: (section, check) pairs; all ok means healthy."""
-    report: list[tuple[str, Check]] = [("bcpay", Check("configuration", True, "valid"))]
+async def doctor(
+    rt: Runtime, store_hash: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> list[tuple[str, Check]]:
+    """One report of what works and what to fix: (section, check) pairs; all ok means healthy.
+
+    ``environ`` is where the settings were read from (default: this process's environment).
+    """
+    report: list[tuple[str, Check]] = [("bcpay", Check("configuration", True, "valid")),
+                                       ("bcpay", environment_check(os.environ if environ is None else environ))]
     if not await rt.db.ping():
         report.append(("bcpay", Check("database", False, "unreachable", ["Check database.url."])))
         return report

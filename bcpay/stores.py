@@ -204,6 +204,33 @@ def _check_override(key: str, value: Any) -> Any:
     return value
 
 
+RESET_ALL = "all"
+
+
+def reset_changes(names: list[str]) -> dict[str, None]:
+    """The changes that drop these overrides (``all``: every one), for :func:`update_settings`.
+
+    Names as in ``bcpay.toml`` (``paid_status_id``; ``paid-status-id`` as the CLI spells options);
+    an unknown one is refused with the list of valid ones.
+    """
+    wanted: dict[str, None] = {}
+    for name in names:
+        key = name.replace("-", "_")
+        if key not in STORE_OVERRIDES and key != RESET_ALL:
+            shown = repr(name[:40] + ("…" if len(name) > 40 else ""))
+            raise InvalidInputError(
+                f"unknown store setting {shown}: expected {RESET_ALL} or one of {', '.join(STORE_OVERRIDES)}",
+                code="invalid_setting")
+        wanted[key] = None
+    return dict.fromkeys(STORE_OVERRIDES) if RESET_ALL in wanted else wanted
+
+
+def effective_settings(rt: Runtime, store: StoreRecord) -> dict[str, tuple[Any, bool]]:
+    """Each setting a store may override: the value in force, and whether it is the store's own."""
+    policy = rt.policy(store)
+    return {key: (getattr(policy, key), key in store.settings) for key in STORE_OVERRIDES}
+
+
 def settings_version(store: StoreRecord) -> str:
     """A short digest of what the settings page shows and saves: it changes when any of it does."""
     shown = json.dumps([store.settings, store.merchant_id, store.environment], sort_keys=True, default=str)

@@ -4,7 +4,8 @@
     bench_serve.py bcpay CONFIG PROFILE_OUT         bcpay's app under pyinstrument (``--profile``)
 
 ``bcpay serve`` calls ``uvicorn.run(FACTORY, factory=True, host, port, workers,
-proxy_headers, forwarded_allow_ips, log_level, server_header=False, access_log=False)``; the same
+proxy_headers, forwarded_allow_ips, log_level, server_header=False, access_log=False,
+log_config)``, where log_config is uvicorn's default with text logs (the benchmark's); the same
 keyword arguments are used here so that the baseline differs from bcpay only
 by the application.
 """

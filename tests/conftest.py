@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -20,6 +21,29 @@ from typing import Any
 import pytest
 
 PG_ADMIN_DSN = os.environ.get("BCPAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """``serve`` run in-process (CliRunner) sets up bcpay's loggers (no propagation; with JSON the root
+    logger and Python's warnings too): undo that for the tests after it.
+
+    Only bcpay's own handlers are taken off: pytest adds and removes its capture handlers around
+    every phase, and putting back a saved list would bring old ones back.
+    """
+    from bcpay.logs import JsonFormatter, TextFormatter
+
+    ours, root = logging.getLogger("bcpay"), logging.getLogger()
+    level, propagate, root_level = ours.level, ours.propagate, root.level
+    yield
+    for logger in (ours, root):
+        for handler in logger.handlers[:]:
+            if isinstance(handler.formatter, (JsonFormatter, TextFormatter)):
+                logger.removeHandler(handler)
+    ours.setLevel(level)
+    ours.propagate = propagate
+    root.setLevel(root_level)
+    logging.captureWarnings(False)
 
 
 def _in_thread(factory: Callable[[], Coroutine[Any, Any, None]]) -> None:

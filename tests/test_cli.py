@@ -26,7 +26,7 @@ from bcpay import payflow
 from bcpay.cli import app
 from bcpay.config import Settings, load_settings
 from bcpay.crypto import Vault, generate_key
-from bcpay.errors import ConfigError
+from bcpay.errors import ConfigError, ConflictError
 from bcpay.runtime import open_runtime
 from bcpay.sandbox.bc_state import FakeBigCommerce
 from bcpay.sandbox.bigcommerce import create_bigcommerce_api
@@ -35,7 +35,9 @@ from bcpay.server.app import create_app
 from bcpay.storage import migrate
 from bcpay.storage import queries as q
 from bcpay.storage.db import Database
+from bcpay.storage.records import StoreRecord
 from bcpay.storage.schema import events, jobs, payments, refunds, stores
+from bcpay.stores import settings_version, update_settings
 from tests.loopback import ServerThread, Switch, reserve_socket, url_of
 
 STORE_HASH = "abc123"
@@ -213,6 +215,86 @@ def test_stores_configure_with_one_bad_value_changes_nothing(env: Env, args: lis
     assert env.query(select(stores)) == before
 
 
+def settings_of(env: Env) -> tuple[dict[str, Any], str]:
+    """The store's overrides as stored, and the version a settings page opened now would carry."""
+    [row] = env.query(select(stores))
+    return json.loads(row["settings_json"]), settings_version(StoreRecord.from_row(row))
+
+
+def shown_settings(result: Result) -> dict[str, str]:
+    """``key: value (source)`` lines of ``stores configure`` by key."""
+    return dict(line.strip().split(": ", 1) for line in result.stdout.splitlines()[1:])
+
+
+def test_stores_configure_reset_puts_a_store_back_on_the_global_config(env: Env) -> None:
+    """One override, then all of them, dropped: the store follows bcpay.toml / BCPAY_* again, and says so."""
+    env.add_store()
+    env.ok("stores", "configure", STORE_HASH, "--paid-status-id", "2", "--expires-in", "900",
+           "--on-expired", "cancel")
+    overrides, opened = settings_of(env)
+    assert overrides == {"paid_status_id": 2, "expires_in": 900, "on_expired": "cancel"}
+
+    result = env.ok("stores", "configure", STORE_HASH, "--reset", "paid_status_id", "--reset", "expires-in",
+                    env={"BCPAY_PAYMENTS_PAID_STATUS_ID": "10"})
+    shown = shown_settings(result)
+    assert shown["paid_status_id"] == "10 (global)"  # the global value in force, from BCPAY_*
+    assert shown["expires_in"] == "1800 (global)" and shown["on_expired"] == "cancel (store)"
+    overrides, after = settings_of(env)
+    assert overrides == {"on_expired": "cancel"}
+    assert after != opened  # a settings page opened before the reset cannot save over it
+    with pytest.raises(ConflictError, match="changed since they were read"):
+        asyncio.run(update_settings_as_of(env, opened))
+
+    again = env.ok("stores", "configure", STORE_HASH, "--reset", "paid_status_id")  # idempotent
+    assert shown_settings(again)["paid_status_id"] == "11 (global)"
+    assert settings_of(env) == (overrides, after)  # nothing changed: a page opened since still saves
+
+    everything = env.ok("stores", "configure", STORE_HASH, "--reset", "all")
+    assert settings_of(env)[0] == {}
+    assert "(store)" not in everything.stdout and shown_settings(everything)["accepted_methods"] == "OKCloud Pay (global)"
+    assert len(shown_settings(everything)) == 10 and shown_settings(everything)["extra_origins"] == "- (global)"
+    assert env.ok("stores", "configure", STORE_HASH, "--reset", "all").stdout == everything.stdout
+
+
+async def update_settings_as_of(env: Env, version: str) -> None:
+    """A settings-page save made from the page as it was at ``version``."""
+    async with open_runtime(env.settings) as rt:
+        await update_settings(rt, STORE_HASH, {"return_to": "bcpay"}, expected_version=version)
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [(["--reset", "paid_status"], "unknown store setting 'paid_status': expected all or one of method_name, "
+                                  "accepted_methods, paid_status_id,"),
+     (["--reset", ""], "unknown store setting ''"),
+     (["--reset", "PAID_STATUS_ID"], "unknown store setting 'PAID_STATUS_ID'"),
+     (["--reset", "päid_status_id"], "unknown store setting 'päid_status_id'"),
+     (["--reset", "paid_status_id\n"], "unknown store setting 'paid_status_id\\n'"),
+     (["--reset", "paid_status_id,expires_in"], "unknown store setting 'paid_status_id,expires_in'"),
+     (["--reset", "x" * 100_000], "unknown store setting '" + "x" * 40 + "…'"),
+     (["--reset", "all", "--reset", "bogus"], "unknown store setting 'bogus'"),
+     (["--reset", "paid_status_id", "--paid-status-id", "2"], "paid_status_id: given a value and reset at once"),
+     (["--reset", "all", "--expires-in", "900"], "expires_in: given a value and reset at once")],
+)
+def test_stores_configure_reset_of_an_unknown_setting_is_a_usage_error(
+    env: Env, args: list[str], text: str
+) -> None:
+    """Exit 2 naming the valid settings, before any write; the name is shown short and escaped."""
+    env.add_store()
+    env.ok("stores", "configure", STORE_HASH, "--on-expired", "cancel")
+    before = env.query(select(stores))
+    result = env.cli("stores", "configure", STORE_HASH, *args)
+    assert result.exit_code == 2, result.output
+    assert text in " ".join(result.output.replace("│", " ").split()), result.output
+    assert len(result.output) < 2000 and "Traceback" not in result.output
+    assert env.query(select(stores)) == before
+
+
+def test_stores_configure_reset_on_an_unknown_store_is_one_error_line(env: Env) -> None:
+    one_error_line(env.cli("stores", "configure", "zzz999", "--reset", "all"), "unknown store 'zzz999'")
+    one_error_line(env.cli("stores", "configure", "ZZZ-1", "--reset", "all"), "not a store hash")
+
+
 def test_stores_add_configure_show_and_list_never_leak_secrets(env: Env) -> None:
     """The token and merchant secret are stored encrypted and never printed."""
     added = env.ok("stores", "add", STORE_HASH, "--scopes", SCOPES.replace(" ", ","),
@@ -321,6 +403,21 @@ def test_doctor_exit_code_follows_the_checks(env: Env) -> None:
     env.ok("provision", STORE_HASH)
     healthy = env.ok("doctor")
     assert "All checks passed." in healthy.stdout and "✓ CeleryPay credentials" in healthy.stdout
+
+
+def test_doctor_fails_on_a_misspelled_variable_naming_the_setting_not_the_value(env: Env) -> None:
+    """BCPAY_PAYMENTS_PAID_STATUS (no _ID) is ignored by loading; doctor says which setting it meant."""
+    value = "value-that-may-be-a-secret-0042"
+    result = env.cli("doctor", "--json", env={"BCPAY_PAYMENTS_PAID_STATUS": value})
+    assert result.exit_code == 1 and value not in result.output
+    [check] = [c for c in json.loads(result.stdout)["checks"] if c["name"] == "environment"]
+    assert not check["ok"] and check["detail"] == (
+        "BCPAY_PAYMENTS_PAID_STATUS is not a bcpay setting and is ignored (did you mean BCPAY_PAYMENTS_PAID_STATUS_ID?)")
+    assert "BCPAY_<SECTION>_<KEY>" in check["fix"][0]
+    text = env.cli("doctor", env={"BCPAY_PAYMENTS_PAID_STATUS": value, "BCPAY_[red]X": "1"}).stdout
+    assert "✗ environment: BCPAY_PAYMENTS_PAID_STATUS is not" in text and "BCPAY_[red]X is not" in text
+    passing = json.loads(env.cli("doctor", "--json", env={"BCPAY_CELERYPAY_SECRET": "x"}).stdout)
+    assert {"name": "environment", "ok": True} in [{"name": c["name"], "ok": c["ok"]} for c in passing["checks"]]
 
 
 def test_doctor_says_how_the_bigcommerce_quota_is_paced(env: Env) -> None:
@@ -621,10 +718,21 @@ def test_sandbox_hands_its_options_to_the_runner(tmp_path: Path, monkeypatch: py
     assert isinstance(seen["settings"], Settings)
 
 
-def _bcpay_process(args: list[str], config: Path) -> subprocess.Popen[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("BCPAY_")}
+def _bcpay_process(args: list[str], config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    environment = {**{k: v for k, v in os.environ.items() if not k.startswith("BCPAY_")}, **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "bcpay", "--config", str(config), *args], env=environment,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _healthz(server: subprocess.Popen[str], port: int) -> httpx.Response:
+    """GET /healthz of a starting ``bcpay serve`` as soon as it answers (20 s at most)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        except httpx.TransportError:
+            assert server.poll() is None and time.monotonic() < deadline, server.communicate()
+            time.sleep(0.1)
 
 
 def test_serve_runs_the_app_factory_and_worker_stops_on_sigterm(tmp_path: Path, secret_key: str) -> None:
@@ -637,24 +745,73 @@ def test_serve_runs_the_app_factory_and_worker_stops_on_sigterm(tmp_path: Path, 
                       f'[server]\nport = {port}\nrun_worker = false\n')
     server = _bcpay_process(["serve"], config)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None and time.monotonic() < deadline, server.communicate()[0]
-                time.sleep(0.1)
-        assert answer.json() == {"status": "ok"}
+        assert _healthz(server, port).json() == {"status": "ok"}
     finally:
         server.send_signal(signal.SIGINT)
-        server.communicate(timeout=20)
+        output, _ = server.communicate(timeout=20)
+    # Text logs as they always were: our line on stdout, uvicorn's own format for its lines.
+    assert f"bcpay serving on http://127.0.0.1:{port} (public URL " in output
+    assert f"INFO:     Uvicorn running on http://127.0.0.1:{port} (Press CTRL+C to quit)" in output
+    assert not any(line.startswith("{") for line in output.splitlines()), output
     worker = _bcpay_process(["worker"], config)
     assert worker.stdout is not None
     assert "worker running" in worker.stdout.readline()
     worker.send_signal(signal.SIGTERM)
     rest, _ = worker.communicate(timeout=20)
     assert worker.returncode == 0 and "worker stopped" in rest
+
+
+def test_serve_with_json_logs_writes_nothing_but_json_lines(tmp_path: Path) -> None:
+    """uvicorn's start-up and shutdown lines, bcpay's warnings and its own serving line: one JSON object each."""
+    sock = reserve_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    config = tmp_path / "bcpay.toml"  # the sandbox key and a misspelled variable: two warnings at start
+    config.write_text(f'[app]\nsandbox = true\n[database]\nurl = "sqlite:///{tmp_path}/s.db"\n'
+                      f'[server]\nport = {port}\nrun_worker = false\nlog_format = "json"\n')
+    server = subprocess.Popen([sys.executable, "-m", "bcpay", "--config", str(config), "serve"],
+                              env={**{k: v for k, v in os.environ.items() if not k.startswith("BCPAY_")},
+                                   "BCPAY_SERVER_WORKER": "2"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _healthz(server, port).status_code == 200
+        for path in ("/pay/" + "ü" * 3000, "/%00%0a{", ""):  # unicode, very long, control characters
+            httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5)
+    finally:
+        server.send_signal(signal.SIGINT)
+        stdout, stderr = server.communicate(timeout=20)
+    assert server.returncode == 0, stderr
+    lines = [line for line in (stdout + stderr).splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line parses
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records), records
+    messages = {(r["logger"], r["level"], r["message"]) for r in records}
+    assert ("uvicorn.error", "info", f"Uvicorn running on http://127.0.0.1:{port} (Press CTRL+C to quit)") in messages
+    assert any(r["message"].startswith("Started server process") for r in records)
+    assert any(r["message"].startswith("Finished server process") for r in records)
+    assert ("bcpay.server", "info",
+            f"bcpay serving on http://127.0.0.1:{port} (public URL http://127.0.0.1:8000)") in messages
+    assert ("bcpay.config", "warning", "BCPAY_SERVER_WORKER is not a bcpay setting and is ignored "
+            "(did you mean BCPAY_SERVER_WORKERS?)") in messages
+    assert any(r["logger"] == "bcpay.config" and "public sandbox key" in r["message"] for r in records)
+    assert any(r["logger"] == "bcpay.access" and r["message"] == "GET /healthz 200" for r in records)
+
+
+def test_worker_warns_of_a_misspelled_variable_and_runs(tmp_path: Path, secret_key: str) -> None:
+    """A warning log line with the intended name (never the value), then the worker starts as usual."""
+    config = tmp_path / "bcpay.toml"
+    config.write_text(f'[app]\nsecret_key = "{secret_key}"\n[database]\nurl = "sqlite:///{tmp_path}/w.db"\n')
+    worker = _bcpay_process(["worker"], config, env={"BCPAY_OUTBOX_CONCURENCY": "value-0042"})
+    assert worker.stdout is not None
+    lines = [worker.stdout.readline()]
+    while lines[-1] and "worker running" not in lines[-1]:  # the warning comes before it
+        lines.append(worker.stdout.readline())
+    worker.send_signal(signal.SIGTERM)
+    rest, _ = worker.communicate(timeout=20)
+    warning = (" WARNING bcpay.config BCPAY_OUTBOX_CONCURENCY is not a bcpay setting and is ignored "
+               "(did you mean BCPAY_OUTBOX_CONCURRENCY?)")
+    assert any(warning in line for line in lines), lines
+    assert any("worker running" in line for line in lines), lines
+    assert worker.returncode == 0 and "value-0042" not in "".join(lines) + rest
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from bcpay import stores
-from bcpay.cli_stores import DEFAULT_SCOPES
+from bcpay.cli_stores import DEFAULT_SCOPES, STORE_SETTINGS
+from bcpay.runtime import STORE_OVERRIDES
 
 # Together these cost over a second of start-up; Typer alone is about 0.1 s.
 # Rich is here too: help is printed without it (rich_markup_mode=None).
@@ -81,3 +82,8 @@ def test_bcpay_help_exits_zero(tmp_path: Path) -> None:
 def test_the_cli_default_scopes_are_the_required_scopes() -> None:
     """``stores add --scopes`` defaults to exactly bcpay.stores.REQUIRED_SCOPES (spelled out to stay light)."""
     assert tuple(DEFAULT_SCOPES.split()) == stores.REQUIRED_SCOPES
+
+
+def test_the_settings_stores_configure_can_reset_are_the_store_overrides() -> None:
+    """``stores configure --reset`` lists exactly bcpay.runtime.STORE_OVERRIDES in its help."""
+    assert tuple(STORE_OVERRIDES) == STORE_SETTINGS

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
 
-from bcpay.config import Secret, load_settings
+from bcpay.config import OTHER_ENV_NAMES, Secret, load_settings, setting_env_names, unknown_env_names
 from bcpay.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -161,3 +164,67 @@ def test_secret_key_required_outside_sandbox() -> None:
 def test_secret_equality_and_truthiness() -> None:
     assert Secret("a") == Secret("a") and Secret("a") != Secret("b")
     assert not Secret("") and Secret("x")
+
+
+# --- BCPAY_* names that are no setting ---------------------------------------------------------------
+
+
+def test_a_misspelled_setting_variable_is_named_with_the_one_it_meant() -> None:
+    """BCPAY_PAYMENTS_PAID_STATUS (no _ID) still loads the default, and is reported with the right name."""
+    environ = {"BCPAY_PAYMENTS_PAID_STATUS": "2"}
+    assert load_settings(environ=environ).payments.paid_status_id == 11
+    assert unknown_env_names(environ) == [
+        "BCPAY_PAYMENTS_PAID_STATUS is not a bcpay setting and is ignored "
+        "(did you mean BCPAY_PAYMENTS_PAID_STATUS_ID?)"]
+
+
+def test_an_unknown_variable_is_reported_by_name_never_by_value() -> None:
+    """Values may be secrets: a misspelled secret key shows its name only."""
+    warnings = unknown_env_names({"BCPAY_APP_SECRET": "hunter2-the-real-key", "BCPAY_HOME": "/opt/hunter2"})
+    assert warnings == [
+        "BCPAY_APP_SECRET is not a bcpay setting and is ignored (did you mean BCPAY_APP_SECRET_KEY?)",
+        "BCPAY_HOME is not a bcpay setting and is ignored",  # nothing close: no guess
+    ]
+    assert "hunter2" not in "".join(warnings)
+
+
+def test_settings_and_the_names_read_elsewhere_are_not_reported() -> None:
+    """Every setting's variable, $BCPAY_CONFIG, the secrets commands read, the scripts' own; other prefixes."""
+    environ = dict.fromkeys([*setting_env_names(), *OTHER_ENV_NAMES, "HOME", "XBCPAY_Y", "BCPA_Y"], "x")
+    assert unknown_env_names(environ) == []
+
+
+def test_every_bcpay_name_in_the_repository_is_a_setting_or_read_elsewhere() -> None:
+    """A new BCPAY_ variable read by a command or script must join OTHER_ENV_NAMES, or every start warns of it."""
+    deliberate = {"BCPAY_PAYMENTS_PAID_STATUS"}  # README's example of a misspelling
+    known = {*setting_env_names(), *OTHER_ENV_NAMES, *deliberate}
+    found: dict[str, str] = {}
+    for path in ROOT.rglob("*"):
+        relative = path.relative_to(ROOT)
+        if (not path.is_file() or relative.parts[0].startswith(".") or path.suffix in (".png", ".db")
+                or (relative.parts[0] == "tests" and path.name.startswith("test_"))):  # tests misspell on purpose
+            continue
+        for name in re.findall(r"BCPAY_[A-Z0-9_]*[A-Z0-9]", path.read_text(encoding="utf-8", errors="replace")):
+            found.setdefault(name, str(relative))
+    assert "BCPAY_CELERYPAY_SECRET" in found and "BCPAY_TEST_PG" in found  # the scan reads what it should
+    assert {name: where for name, where in found.items() if name not in known} == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("BCPAY_", "BCPAY_ is not a bcpay setting and is ignored"),
+        ("bcpay_server_port", "bcpay_server_port is not a bcpay setting and is ignored "
+                              "(did you mean BCPAY_SERVER_PORT?)"),
+        ("BCPAY_SERVER__PORT", "BCPAY_SERVER__PORT is not a bcpay setting and is ignored "
+                               "(did you mean BCPAY_SERVER_PORT?)"),
+        ("BCPAY_SËRVER_PORT", "BCPAY_SËRVER_PORT is not a bcpay setting and is ignored "
+                              "(did you mean BCPAY_SERVER_PORT?)"),
+        ("BCPAY_X\nINFO forged line", "BCPAY_X\\nINFO forged line is not a bcpay setting and is ignored"),
+        ("BCPAY_\udcff", "BCPAY_\\udcff is not a bcpay setting and is ignored"),  # undecodable byte
+        ("BCPAY_" + "PORT" * 25_000, "BCPAY_" + ("PORT" * 25_000)[:74] + "… is not a bcpay setting and is ignored"),
+    ],
+)
+def test_odd_variable_names_stay_one_short_printable_line(name: str, shown: str) -> None:
+    """Empty after the prefix, lower case, other scripts, a newline, an undecodable byte, 100 kB: one line each."""
+    assert unknown_env_names({name: "value"}) == [shown]
