@@ -220,7 +220,8 @@ def print_checks(checks: Sequence[Check], *, section: str | None = None) -> bool
     if section:
         console.print(f"[bold]{escape(section)}[/bold]")
     for check in checks:
-        mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
+        # A passing check that still has advice (an ignored variable) is marked, not failed.
+        mark = "[red]✗[/red]" if not check.ok else "[yellow]![/yellow]" if check.fix else "[green]✓[/green]"
         console.print(f"  {mark} {escape(check.name)}: {escape(check.detail)}")
         for n, step in enumerate(check.fix, 1):
             console.print(f"      {n}. {escape(step)}")

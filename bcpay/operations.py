@@ -538,12 +538,14 @@ def callback_url_check(rt: Runtime, store: StoreRecord) -> Check:
 def environment_check(environ: Mapping[str, str]) -> Check:
     """``BCPAY_*`` variables loading ignores, by name only (their values may be secrets).
 
-    A failed check here, where serve and worker only warn: the report is the list of what to fix.
+    A passing check with a warning mark and its fix, not a failure: a deploy gate running
+    ``bcpay doctor`` must not fail on a variable the fleet sets for something else
+    (a deploy tool's own image tag), as ``serve`` and ``worker`` do not refuse to start for it.
     """
     unknown = unknown_env_names(environ)
     if not unknown:
         return Check("environment", True, "no unknown BCPAY_* variables")
-    return Check("environment", False, "; ".join(unknown),
+    return Check("environment", True, "; ".join(unknown),
                  ["Rename each to the setting it was meant for, or unset it: settings are read from "
                   "BCPAY_<SECTION>_<KEY> (bcpay.toml.example lists every section and key)."])
 
