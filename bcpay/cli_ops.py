@@ -163,9 +163,11 @@ def reconcile_cmd(
     """Find orders whose BigCommerce status, bcpay attempts and CeleryPay truth disagree.
 
     Reports paid_not_applied, paid_without_payment, amount_mismatch,
-    double_payment, expired, failed, never_started (with its pay link) and
-    pending. --fix applies CeleryPay's state; the order updates are then run
-    by the worker (`bcpay serve` or `bcpay worker`), or at once with --run-jobs.
+    double_payment, expired, failed, never_started (no attempt, or the latest
+    never reached CeleryPay; with its pay link) and pending. --fix applies
+    CeleryPay's state (an attempt stuck creating that CeleryPay has no payment
+    for becomes not_created); the order updates are then run by the worker
+    (`bcpay serve` or `bcpay worker`), or at once with --run-jobs.
 
     Example: bcpay reconcile abc123 --since 7d --fix
     """
