@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcpay import cli_ops, cli_stores
-from bcpay.cli_common import CliState, announce, failures, load, out, run, start_process, state
-from bcpay.errors import ConfigError
+from bcpay.cli_common import AsciiFloat, AsciiInt, CliState, announce, failures, load, out, run, start_process, state
 
 if TYPE_CHECKING:
     from bcpay.runtime import Runtime
@@ -56,8 +55,10 @@ def root(
 def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Address to listen on (server.host).")] = None,
-    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port to listen on (server.port).")] = None,
-    workers: Annotated[int | None, typer.Option(help="uvicorn worker processes (server.workers).")] = None,
+    port: Annotated[int | None, typer.Option(
+        parser=AsciiInt(1, 65535), help="Port to listen on (server.port).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        parser=AsciiInt(1, 64), help="uvicorn worker processes (server.workers, 1-64).")] = None,
     proxy_headers: Annotated[bool | None, typer.Option(
         "--proxy-headers/--no-proxy-headers",
         help="Trust X-Forwarded-* from server.forwarded_allow_ips (behind a TLS proxy).")] = None,
@@ -73,6 +74,8 @@ def serve(
 
     from bcpay.server.entry import FACTORY, uvicorn_log_config
 
+    if host is not None and not host.strip():  # else load() calls it a configuration error (exit 1)
+        raise typer.BadParameter("must not be empty (an empty host listens on every interface)", param_hint="--host")
     server = {"host": host, "port": port, "workers": workers, "proxy_headers": proxy_headers}
     with failures(ctx):
         settings = load(ctx, server={k: v for k, v in server.items() if v is not None})
@@ -211,7 +214,7 @@ def rotate_key(
         if new_key_env is not None:
             new_key = os.environ.get(new_key_env, "").strip()
             if not new_key:
-                raise ConfigError(f"${new_key_env} is empty or not set")
+                raise typer.BadParameter(f"${new_key_env} is empty or not set", param_hint="--new-key-env")
         else:
             new_key = typer.prompt("New key (from `bcpay keygen`)", hide_input=True, confirmation_prompt=True).strip()
         old_key = settings.app.secret_key.get() or SANDBOX_KEY
@@ -226,9 +229,11 @@ def rotate_key(
 def sandbox(
     ctx: typer.Context,
     port_base: Annotated[int, typer.Option(
-        min=0, max=65531, help="First of the consecutive ports the sandbox uses (0: any free ones).")] = 8700,
+        parser=AsciiInt(0, 65531),
+        help="First of the consecutive ports the sandbox uses (0: any free ones).")] = 8700,
     db: Annotated[Path | None, typer.Option(help="SQLite file to keep (default: a temporary one).")] = None,
-    notify_delay: Annotated[float, typer.Option(help="Seconds before CeleryPay's first notification.")] = 0.0,
+    notify_delay: Annotated[float, typer.Option(
+        parser=AsciiFloat(0, 3600), help="Seconds before CeleryPay's first notification.")] = 0.0,
     chaos: Annotated[bool, typer.Option(
         help="Duplicate and reorder notifications; BigCommerce 5xx/429 bursts.")] = False,
     open_browser: Annotated[bool, typer.Option("--open", help="Print the storefront URL to open.")] = False,
@@ -237,10 +242,10 @@ def sandbox(
 
     Example: bcpay sandbox --port-base 8700 --chaos
     """
+    if db is not None and not db.parent.is_dir():  # else every sandbox server fails at start-up
+        raise typer.BadParameter(f"the folder {db.parent} does not exist", param_hint="--db")
     with failures(ctx):
         settings = load(ctx)
-        if db is not None and not db.parent.is_dir():  # else every sandbox server fails at start-up
-            raise ConfigError(f"--db: the folder {db.parent} does not exist")
         from bcpay.sandbox.runner import main as run_sandbox
 
         run_sandbox(settings=settings, port_base=port_base, db=str(db) if db else None,

@@ -1,9 +1,19 @@
 """Plumbing shared by the ``bcpay`` commands: settings, the runtime, errors, output.
 
 Errors are translated once, here: a :class:`~bcpay.errors.BcpayError` becomes
-one red ``Error: <message>`` line on stderr and exit code 1 (with the
-traceback only under ``--debug``); usage errors stay Typer's (exit 2).
-Humans get Rich; ``--json`` prints plain JSON on stdout for scripts.
+one red ``Error: <message>`` line on stderr (with the traceback only under
+``--debug``). Exit codes follow one rule:
+
+- 2: the input is wrong: Typer's usage errors (an unknown option, a value of
+  the wrong type or out of range, options that exclude each other), and an
+  :class:`~bcpay.errors.InvalidInputError` from the library (the server's
+  400: a malformed store hash, duration or amount, an unknown setting);
+- 1: the command was understood and failed: unknown store or order, a state
+  that forbids it, an upstream refusal or outage, the database, the config.
+
+Numbers on the command line are ASCII digits only (:class:`AsciiInt`,
+:class:`AsciiFloat`, :class:`Amount`). Humans get Rich; ``--json`` prints
+plain JSON on stdout for scripts.
 
 The ``bcpay/cli*.py`` modules import only Typer, the standard library and
 bcpay modules that import nothing heavy at module level: ``bcpay --help``
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -26,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
-from bcpay.errors import BcpayError
+from bcpay.errors import BcpayError, InvalidInputError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -114,9 +125,16 @@ def load(ctx: typer.Context, **overrides: dict[str, Any]) -> Settings:
     return load_settings(state(ctx).config, overrides={k: v for k, v in overrides.items() if v})
 
 
+USAGE = 2  # exit code for wrong input (click's own for usage errors)
+FAILED = 1  # exit code for a command that was understood and failed
+
+
 @contextmanager
 def failures(ctx: typer.Context) -> Iterator[None]:
-    """Turn a BcpayError, or a database or OS failure, into one red line on stderr and exit code 1."""
+    """Turn a BcpayError, or a database or OS failure, into one red line on stderr and an exit code.
+
+    Exit 2 for an InvalidInputError (the input is wrong), 1 for everything else (see the module docstring).
+    """
     try:
         yield
     except Exception as exc:
@@ -128,7 +146,92 @@ def failures(ctx: typer.Context) -> Iterator[None]:
         if state(ctx).debug:
             err().print(escape(traceback.format_exc()), style="dim")
         err().print(f"Error: {escape(message)}", style="red")
-        raise typer.Exit(1) from None
+        raise typer.Exit(USAGE if isinstance(exc, InvalidInputError) else FAILED) from None
+
+
+# ASCII digits only: Typer's int and float are int() and float(), which also take other scripts'
+# digits ("١٢", fullwidth "１２"), "1_000" and surrounding spaces; bcpay.config refuses the same in
+# BCPAY_* numbers (ENV_INT). Typer's documented hook for a type of one's own is ``parser=``: a
+# callable that raises BadParameter, which Typer reports as a usage error naming the parameter.
+ASCII_INT = re.compile(r"[+-]?[0-9]+")
+ASCII_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+ASCII_AMOUNT = re.compile(r"[0-9]{1,15}(\.[0-9]{1,3})?")  # a currency has at most 3 decimals (ISO 4217)
+
+
+class AsciiInt:
+    """``parser=`` of every integer argument and option: ASCII digits within ``[low, high]``.
+
+    Typer ignores ``min``/``max`` next to a parser, so the range is given here.
+    """
+
+    def __init__(self, low: int | None = None, high: int | None = None) -> None:
+        self.low, self.high = low, high
+        self.__name__ = "integer"  # the metavar Typer shows in --help
+
+    def __call__(self, value: str | int) -> int:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise typer.BadParameter(f"{value!r} is not a whole number")
+        if isinstance(value, str) and not ASCII_INT.fullmatch(value):
+            raise typer.BadParameter(f"{value!r} is not a whole number in ASCII digits (0-9)")
+        number = int(value)
+        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
+            raise typer.BadParameter(f"{number} is not in the range {_range(self.low, self.high)}")
+        return number
+
+
+class AsciiFloat:
+    """``parser=`` of a decimal number: ASCII digits (no exponent, nan or inf) within ``[low, high]``."""
+
+    def __init__(self, low: float | None = None, high: float | None = None) -> None:
+        self.low, self.high = low, high
+        self.__name__ = "number"
+
+    def __call__(self, value: str | float) -> float:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise typer.BadParameter(f"{value!r} is not a number")
+        if isinstance(value, str) and not ASCII_FLOAT.fullmatch(value):
+            raise typer.BadParameter(f"{value!r} is not a number in ASCII digits like 2.5")
+        number = float(value)
+        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
+            raise typer.BadParameter(f"{number:g} is not in the range {_range(self.low, self.high)}")
+        return number
+
+
+class Amount:
+    """``parser=`` of a money amount as typed, e.g. ``12.50``: ASCII digits, at most 3 decimals; kept a string.
+
+    Decimal() would take "1e3", "NaN" and other scripts' digits; the currency's own exponent is
+    checked once the currency is known (:func:`bcpay.money.to_minor`).
+    """
+
+    __name__ = "amount"
+
+    def __call__(self, value: str) -> str:
+        if not isinstance(value, str) or not ASCII_AMOUNT.fullmatch(value):
+            raise typer.BadParameter(f"{value!r} is not an amount like 12.50")
+        return value
+
+
+def _range(low: float | None, high: float | None) -> str:
+    def shown(bound: float) -> str:
+        return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+    return ("" if low is None else f"{shown(low)}<=") + "x" + ("" if high is None else f"<={shown(high)}")
+
+
+def store_hash_param(value: str | None) -> str | None:
+    """Callback for a store hash argument or option: a malformed one is a usage error, before any work.
+
+    Given at all, it must be a store hash: "--store $STORE" with STORE unset must not mean every store.
+    """
+    if value is not None:
+        from bcpay.stores import check_store_hash
+
+        try:
+            check_store_hash(value if len(value) <= 32 else value[:33])  # a huge value is not echoed whole
+        except InvalidInputError as exc:
+            raise typer.BadParameter(exc.message) from None
+    return value
 
 
 def environment_failure(exc: BaseException) -> str | None:
@@ -170,9 +273,9 @@ def secret_input(env_var: str, prompt: str) -> str:
     if not sys.stdin.isatty():
         # Piped in (or nothing at all, from a script): one line, no prompt and no echo warnings.
         line = sys.stdin.readline().strip()
-        if not line:
+        if not line:  # missing input, like a missing required option
             err().print(f"Error: no {prompt}: set ${env_var}, or run this at a terminal to type it", markup=False)
-            raise typer.Exit(1)
+            raise typer.Exit(USAGE)
         return line
     entered: str = typer.prompt(prompt, hide_input=True)
     return entered.strip()

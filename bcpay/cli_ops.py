@@ -11,8 +11,20 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from bcpay.cli_common import err, failures, load, money, out, print_json, run, table
-from bcpay.errors import InvalidInputError, NotFoundError
+from bcpay.cli_common import (
+    Amount,
+    AsciiInt,
+    err,
+    failures,
+    load,
+    money,
+    out,
+    print_json,
+    run,
+    store_hash_param,
+    table,
+)
+from bcpay.errors import NotFoundError
 
 if TYPE_CHECKING:
     from bcpay.reconcile import Finding, Report
@@ -27,22 +39,14 @@ anomalies_app = typer.Typer(help="Money taken that an order must not keep (doubl
                             no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-def _store_hash_option(value: str | None) -> str | None:
-    """Given at all, --store must be a store hash: "--store $STORE" with STORE unset must not mean every store."""
-    if value is not None:
-        from bcpay.stores import check_store_hash
-
-        try:
-            check_store_hash(value if len(value) <= 32 else value[:33])  # a huge value is not echoed whole
-        except InvalidInputError as exc:
-            raise typer.BadParameter(exc.message) from None
-    return value
-
-
 StoreOpt = Annotated[str | None, typer.Option("--store", help="Only this store (store hash).",
-                                              callback=_store_hash_option)]
-Limit = Annotated[int, typer.Option(min=1, max=10_000, help="How many to show, newest first (1-10000).")]
+                                              callback=store_hash_param)]
+StoreReq = Annotated[str, typer.Option("--store", help="The store hash.", callback=store_hash_param)]
+Limit = Annotated[int, typer.Option(
+    parser=AsciiInt(1, 10_000), help="How many to show, newest first (1-10000).")]
 ROW_ID_MAX = 2**63 - 1  # a BIGINT: a larger id can name nothing, and the driver would refuse it
+RowId = AsciiInt(1, ROW_ID_MAX)
+OrderId = Annotated[int, typer.Argument(parser=RowId, help="The BigCommerce order id.")]
 
 
 def simulate_notify(
@@ -52,11 +56,12 @@ def simulate_notify(
     store: StoreOpt = None,
     status: Annotated[str, typer.Option(help="succeeded, failed, expired or cancelled.")] = "succeeded",
     amount: Annotated[str | None, typer.Option(
-        help="Claim this paid amount (e.g. 12.50) instead of the attempt's.")] = None,
+        parser=Amount(), help="Claim this paid amount (e.g. 12.50) instead of the attempt's.")] = None,
     currency: Annotated[str | None, typer.Option(help="Claim this currency instead of the attempt's.")] = None,
     url: Annotated[str | None, typer.Option(
         help="Where to POST (default {public_url}/notify/celerypay/{store}).")] = None,
-    repeat: Annotated[int, typer.Option(min=1, max=100, help="Deliver the same event N times (dedupe check).")] = 1,
+    repeat: Annotated[int, typer.Option(
+        parser=AsciiInt(1, 100), help="Deliver the same event N times (1-100; a dedupe check).")] = 1,
     bad_signature: Annotated[bool, typer.Option(
         "--bad-signature", help="Sign with a wrong secret (expect 401).")] = False,
 ) -> None:
@@ -69,6 +74,9 @@ def simulate_notify(
     """
     from bcpay import operations
 
+    if status not in operations.SIMULATED_STATUSES:  # before the lookup: an unknown order would hide the typo
+        raise typer.BadParameter(f"{status!r}: expected one of {', '.join(operations.SIMULATED_STATUSES)}",
+                                 param_hint="--status")
     note, answers = run(ctx, lambda rt: operations.simulate_notify(
         rt, ref, store_hash=store, status=status, amount=amount, currency=currency, url=url, repeat=repeat,
         bad_signature=bad_signature))
@@ -157,15 +165,17 @@ def reconcile_cmd(
     run_jobs: Annotated[bool, typer.Option(
         "--run-jobs", help="With --fix: run the resulting order updates now (no server running).")] = False,
     concurrency: Annotated[int, typer.Option(
-        min=1, max=64, help="Orders checked at once (BigCommerce's quota is never exceeded).")] = 8,
+        parser=AsciiInt(1, 64), help="Orders checked at once (1-64; BigCommerce's quota is never exceeded).")] = 8,
     json_: JsonFlag = False,
 ) -> None:
     """Find orders whose BigCommerce status, bcpay attempts and CeleryPay truth disagree.
 
     Reports paid_not_applied, paid_without_payment, amount_mismatch,
-    double_payment, expired, failed, never_started (with its pay link) and
-    pending. --fix applies CeleryPay's state; the order updates are then run
-    by the worker (`bcpay serve` or `bcpay worker`), or at once with --run-jobs.
+    double_payment, expired, failed, never_started (no attempt, or the latest
+    never reached CeleryPay; with its pay link) and pending. --fix applies
+    CeleryPay's state (an attempt stuck creating that CeleryPay has no payment
+    for becomes not_created); the order updates are then run by the worker
+    (`bcpay serve` or `bcpay worker`), or at once with --run-jobs.
 
     Example: bcpay reconcile abc123 --since 7d --fix
     """
@@ -367,7 +377,7 @@ def _dead_jobs(ctx: typer.Context, job_id: int | None, all_: bool,
 @jobs_app.command("retry")
 def jobs_retry(
     ctx: typer.Context,
-    job_id: Annotated[int | None, typer.Argument(min=1, max=ROW_ID_MAX, help="The dead job to queue again.")] = None,
+    job_id: Annotated[int | None, typer.Argument(parser=RowId, help="The dead job to queue again.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Queue every dead job again.")] = False,
 ) -> None:
     """Queue dead jobs again (after fixing what made them fail).
@@ -383,7 +393,7 @@ def jobs_retry(
 @jobs_app.command("discard")
 def jobs_discard(
     ctx: typer.Context,
-    job_id: Annotated[int | None, typer.Argument(min=1, max=ROW_ID_MAX, help="The dead job to give up on.")] = None,
+    job_id: Annotated[int | None, typer.Argument(parser=RowId, help="The dead job to give up on.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Give up on every dead job.")] = False,
 ) -> None:
     """Give up on dead jobs that can never succeed (they stay listed as discarded; doctor stops counting them).
@@ -396,11 +406,7 @@ def jobs_discard(
     out().print(f"discarded {count} job(s)")
 
 
-def pay_link(
-    ctx: typer.Context,
-    order_id: Annotated[int, typer.Argument(min=1, max=ROW_ID_MAX, help="The BigCommerce order id.")],
-    store: Annotated[str, typer.Option("--store", help="The store hash.")],
-) -> None:
+def pay_link(ctx: typer.Context, order_id: OrderId, store: StoreReq) -> None:
     """Print the /pay link for an order, for a shopper who closed the tab.
 
     Example: bcpay pay-link 101 --store abc123
@@ -412,10 +418,10 @@ def pay_link(
 
 def refund(
     ctx: typer.Context,
-    order_id: Annotated[int, typer.Argument(min=1, max=ROW_ID_MAX, help="The BigCommerce order id.")],
-    store: Annotated[str, typer.Option("--store", help="The store hash.")],
+    order_id: OrderId,
+    store: StoreReq,
     amount: Annotated[str | None, typer.Option(
-        help="Amount in the payment's currency, e.g. 12.50 (default: all that is left).")] = None,
+        parser=Amount(), help="Amount in the payment's currency, e.g. 12.50 (default: all that is left).")] = None,
     reason: Annotated[str, typer.Option(help="Why (kept with the refund, sent to CeleryPay).")] = "",
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     again: Annotated[bool, typer.Option(
@@ -428,17 +434,10 @@ def refund(
 
     Example: bcpay refund 101 --store abc123 --amount 12.50 --reason "damaged item"
     """
-    import re
-
-    from bcpay import operations, refunds, stores
+    from bcpay import operations, refunds
     from bcpay.money import to_minor
 
-    # Checked before the question: plain decimal digits only ("1e3" or another script's digits are
-    # numbers to Decimal, not to someone typing an amount).
-    if amount is not None and not re.fullmatch(r"[0-9]{1,15}(\.[0-9]{1,3})?", amount):
-        raise typer.BadParameter(f"{amount!r} is not an amount like 12.50", param_hint="--amount")
-    with failures(ctx):
-        stores.check_store_hash(store)
+    # --amount and --store are checked while parsing, before the question.
     if not yes:
         typer.confirm(f"Refund {amount or 'the rest of'} order {order_id} on {store}?", abort=True)
 
@@ -477,7 +476,7 @@ def anomalies_list(
 @anomalies_app.command("resolve")
 def anomalies_resolve(
     ctx: typer.Context,
-    anomaly_id: Annotated[int, typer.Argument(metavar="ID", min=1, max=ROW_ID_MAX, help="The anomaly id.")],
+    anomaly_id: Annotated[int, typer.Argument(metavar="ID", parser=RowId, help="The anomaly id.")],
     note: Annotated[str, typer.Option(help="What was done (kept with the anomaly).")] = "",
 ) -> None:
     """Mark an anomaly handled, with a note of what was done.

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcpay.cli_common import (
+    AsciiInt,
     err,
     fail_unless,
     failures,
@@ -136,10 +137,13 @@ def stores_configure(
     environment: Annotated[str | None, typer.Option(help="CeleryPay environment: sandbox or production.")] = None,
     method_name: Annotated[str | None, typer.Option(help="The offline payment method's display name.")] = None,
     on_expired: Annotated[str | None, typer.Option(help="keep or cancel orders whose payment expired.")] = None,
-    paid_status_id: Annotated[int | None, typer.Option(help="Order status for paid orders (default 11).")] = None,
+    # Ranges and allowed statuses are checked by stores.check_settings, with the setting's name.
+    paid_status_id: Annotated[int | None, typer.Option(
+        parser=AsciiInt(), help="Order status for paid orders (default 11).")] = None,
     mismatch_status_id: Annotated[int | None, typer.Option(
-        help="Order status for amount mismatches (default 12).")] = None,
-    expires_in: Annotated[int | None, typer.Option(help="Seconds a cashier page stays payable (300-86400).")] = None,
+        parser=AsciiInt(), help="Order status for amount mismatches (default 12).")] = None,
+    expires_in: Annotated[int | None, typer.Option(
+        parser=AsciiInt(), help="Seconds a cashier page stays payable (300-86400).")] = None,
     return_to: Annotated[str | None, typer.Option(help="Where shoppers return: confirmation or bcpay.")] = None,
     refund_on_status: Annotated[bool | None, typer.Option(
         "--refund-on-status/--no-refund-on-status",

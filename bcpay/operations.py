@@ -33,6 +33,7 @@ from bcpay.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
+    UpstreamRejected,
     UpstreamUnavailable,
 )
 from bcpay.money import to_minor
@@ -117,7 +118,15 @@ async def add_store(rt: Runtime, store_hash: str, *, access_token: str, scopes: 
         raise InvalidInputError(
             f"the API account lacks scopes bcpay needs: {', '.join(missing)}", code="missing_scopes"
         )
-    info = await stores.fetch_store_info(rt, store_hash, access_token)
+    try:
+        info = await stores.fetch_store_info(rt, store_hash, access_token)
+    except UpstreamRejected as exc:
+        # The token (or the store hash) the operator gave is wrong, as CeleryPay's refusal of a secret is
+        # in stores.verify_merchant: bad input, not a failed operation.
+        raise InvalidInputError(
+            f"BigCommerce refused this access token for store {store_hash}: {exc.message}; nothing was saved",
+            code="token_refused",
+        ) from None
     return await stores.register(
         rt, store_hash, access_token=access_token, source="api_account", scopes=" ".join(scopes), info=info
     )

@@ -43,6 +43,10 @@ log = logging.getLogger("bcpay.payments")
 
 # A pending attempt this close to expiry is not handed out again.
 REUSE_MARGIN = timedelta(seconds=60)
+# A "creating" attempt this old whose payment CeleryPay does not know was never created: far longer
+# than one creation call with its retries, so a creation still on the way is never given up.
+CREATION_GRACE = timedelta(minutes=10)
+NOT_CREATED = "not_created"  # failure_code of an attempt given up that way
 
 
 class AlreadyPaid(ConflictError):
@@ -463,12 +467,7 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
     else:
         remote = await cp.find_payment(attempt.merchant_order_no)
     if remote is None:
-        if attempt.status == rules.CREATING and attempt.created_at < now - timedelta(minutes=10):
-            async with rt.db.transaction() as conn:  # CeleryPay never saw it: free the slot
-                # Only while still "creating": a creation that finished meanwhile must not be undone.
-                await q.update_payment_if(conn, attempt.id, rules.CREATING, status=rules.FAILED,
-                                          failure_code="not_created",
-                                          failure_message="the payment was never created", updated_at=now)
+        await give_up_creation(rt, attempt)
         async with rt.db.read() as conn:
             return await q.get_payment(conn, attempt.id)
     if not force and remote.id == attempt.celerypay_id and remote.status == attempt.status == rules.PENDING:
@@ -478,6 +477,34 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
     result = await apply_remote(rt, store, remote, source="poll")
     assert result.payment is not None
     return result.payment
+
+
+def never_created(attempt: PaymentRecord) -> bool:
+    """An attempt with no CeleryPay payment id that is still ``creating`` or was given up as never created.
+
+    Only CeleryPay's answer to a lookup by merchant order number says whether
+    it really has no payment (contract, ``GET /v1/payments?merchant_order_no=``).
+    """
+    return attempt.celerypay_id is None and (
+        attempt.status == rules.CREATING or (attempt.status == rules.FAILED and attempt.failure_code == NOT_CREATED)
+    )
+
+
+async def give_up_creation(rt: Runtime, attempt: PaymentRecord) -> bool:
+    """Mark a ``creating`` attempt CeleryPay has no payment for as failed (``not_created``), freeing the order's slot.
+
+    Call it only after a lookup by merchant order number found nothing. An
+    attempt younger than :data:`CREATION_GRACE` is left alone: its creation may
+    still be on the way. True when the attempt was given up.
+    """
+    now = rt.now()
+    if attempt.status != rules.CREATING or attempt.created_at >= now - CREATION_GRACE:
+        return False
+    async with rt.db.transaction() as conn:
+        # Only while still "creating": a creation that finished meanwhile must not be undone.
+        return await q.update_payment_if(conn, attempt.id, rules.CREATING, status=rules.FAILED,
+                                         failure_code=NOT_CREATED, failure_message="the payment was never created",
+                                         updated_at=now)
 
 
 async def _refresh_quietly(rt: Runtime, store: StoreRecord, attempt: PaymentRecord) -> PaymentRecord:

@@ -52,7 +52,7 @@ KINDS = (
     "double_payment",  # more than one captured attempt for one order
     "expired",  # pending locally, expired at CeleryPay
     "failed",  # pending locally, failed or cancelled at CeleryPay
-    "never_started",  # no attempt at all after payments.unstarted_after (snippet never ran)
+    "never_started",  # after payments.unstarted_after, no attempt, or the latest never reached CeleryPay
     "pending",  # an open payment the shopper may still complete
     "error",  # this order could not be checked (the detail says why); the run goes on
 )
@@ -256,13 +256,7 @@ async def check_awaiting(ctx: _Context, order: Order, attempts: list[PaymentReco
     if not attempts:
         if order.date_created >= ctx.unstarted_before:
             return []
-        # A link opens an attempt row: only a --fix run writes; a report says how to get one.
-        link = await payflow.pay_link(ctx.rt, ctx.store.store_hash, order.id) if ctx.fix else None
-        detail = "no payment was ever started (snippet blocked or tab closed)"
-        if link is None:
-            detail += f"; a link for the shopper: `bcpay pay-link {order.id} --store {ctx.store.store_hash}`"
-        return [ctx.finding("never_started", order, detail, amount=to_minor(order.total_inc_tax, order.currency),
-                            currency=order.currency, pay_link=link)]
+        return [await never_started(ctx, order, "no payment was ever started (snippet blocked or tab closed)")]
     remote = {a.id: await ctx.remote(a) for a in attempts if _ask_celerypay(a)}
     found: list[Finding] = []
     captured = [a for a in attempts if a.status in rules.PAID]
@@ -293,15 +287,46 @@ async def check_awaiting(ctx: _Context, order: Order, attempts: list[PaymentReco
             continue
         payment = maybe
         if payment.status == rules.PENDING:
+            # Still "creating" here: CeleryPay created it and its answer was lost; a fix records it.
+            fixed = attempt.status == rules.CREATING and await ctx.apply(payment)
             found.append(ctx.finding("pending", order, f"open until {payment.expires_at:%Y-%m-%d %H:%M} UTC"
                                      if payment.expires_at else "open", celerypay_id=payment.id,
-                                     amount=payment.amount, currency=payment.currency))
+                                     amount=payment.amount, currency=payment.currency, fixed=fixed))
         elif attempt.status in rules.OPEN:
             kind = "expired" if payment.status == rules.EXPIRED else "failed"
             found.append(ctx.finding(kind, order, f"{payment.status} at CeleryPay, pending in bcpay",
                                      celerypay_id=payment.id, amount=payment.amount, currency=payment.currency,
                                      fixed=await ctx.apply(payment)))
+    latest = attempts[-1]
+    if (not captured and not newly and latest.id in remote and remote[latest.id] is None
+            and payflow.never_created(latest) and order.date_created < ctx.unstarted_before):
+        found.append(await not_created(ctx, order, latest))
     return found
+
+
+async def never_started(ctx: _Context, order: Order, why: str, *, fixed: bool = False) -> Finding:
+    """A ``never_started`` finding: the shopper never reached a cashier page; a fix run adds a pay link."""
+    # A link may open an attempt row: only a --fix run writes; a report says how to get one.
+    link = await payflow.pay_link(ctx.rt, ctx.store.store_hash, order.id) if ctx.fix else None
+    detail = why
+    if link is None:
+        detail += f"; a link for the shopper: `bcpay pay-link {order.id} --store {ctx.store.store_hash}`"
+    return ctx.finding("never_started", order, detail, amount=to_minor(order.total_inc_tax, order.currency),
+                       currency=order.currency, pay_link=link, fixed=fixed)
+
+
+async def not_created(ctx: _Context, order: Order, attempt: PaymentRecord) -> Finding:
+    """The order's latest attempt never reached CeleryPay (no payment by its merchant order number).
+
+    Reported on every run until the order is paid, cancelled or a payment is
+    created: only its attempt row says the order was ever started. A fix run
+    gives a stale ``creating`` attempt up as ``not_created`` (as a status poll
+    does), which frees the order for a new attempt, and adds the pay link.
+    """
+    fixed = ctx.fix and await payflow.give_up_creation(ctx.rt, attempt)
+    why = (f"attempt {attempt.merchant_order_no} never reached CeleryPay "
+           "(bcpay stopped before CeleryPay answered, or its pay link was not opened)")
+    return await never_started(ctx, order, why, fixed=fixed)
 
 
 async def check_paid(ctx: _Context, order: Order, attempts: list[PaymentRecord]) -> list[Finding]:

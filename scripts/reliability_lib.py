@@ -90,8 +90,7 @@ class Scenario:
     poll: bool = False  # status polls racing the notification burst
     reconcile_at: tuple[float, ...] = ()  # delivery progress at which `bcpay reconcile --fix` starts
     error_rate: float = 0.10  # BigCommerce 503s
-    burst_429_every: int = 50  # every Nth BigCommerce call answers 429 ...
-    burst_reset_ms: int = 300  # ... saying the quota is back in this long (bcpay's process waits it out)
+    burst_429_every: int = 50  # every Nth BigCommerce call answers 429 for platform load (no quota headers)
     # Requests per 30 s window the fake reports. bcpay paces itself to the reported quota; at
     # Standard's 150 a run of 1,000 orders (~6,000 calls) would take 20 minutes of pacing alone,
     # so the store has an Enterprise-sized quota (the reference: "Enterprise by plan").
@@ -243,7 +242,7 @@ class Run:
         await asyncio.gather(*(s.start() for s in self.servers))
         self.fakes.bc.quota = Quota(requests=self.sc.bc_quota, window_ms=30000)
         self.fakes.bc.chaos = Chaos(error_rate=self.sc.error_rate, burst_429_every=self.sc.burst_429_every,
-                                    burst_reset_ms=self.sc.burst_reset_ms, seed=self.sc.seed)
+                                    seed=self.sc.seed)
         self._tag(f"{len(self.servers)} bcpay serve process(es) x {self.sc.workers} worker(s) on "
                   f"{self.sc.database}; BigCommerce 503 on {self.sc.error_rate:.0%}, 429 every "
                   f"{self.sc.burst_429_every} calls")

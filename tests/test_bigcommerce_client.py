@@ -435,6 +435,20 @@ async def test_429_waits_the_reset_header_then_retries(
 
 
 @respx.mock
+async def test_a_429_without_quota_headers_retries_after_x_retry_after_or_a_second(
+    client: BigCommerceClient, sleeps: Sleeps
+) -> None:
+    """Platform load (no X-Rate-Limit-* headers, reference section 9): retried, never a crash; X-Retry-After,
+    which older docs name, is the wait when sent."""
+    respx.get(f"{BASE}/v2/orders/100").mock(
+        side_effect=[httpx.Response(429), httpx.Response(429, headers={"X-Retry-After": "4"}),
+                     httpx.Response(200, json=order_json())]
+    )
+    assert (await client.get_order(100)).id == 100
+    assert sleeps.calls == [1.0, 4.0]
+
+
+@respx.mock
 async def test_post_creations_are_retried_on_429(client: BigCommerceClient, sleeps: Sleeps) -> None:
     """A 429 means nothing was created, so even a POST is retried."""
     route = respx.post(f"{BASE}/v3/hooks").mock(

@@ -19,11 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
+import typer
 from sqlalchemy import select, text
 from typer.testing import CliRunner, Result
 
 from bcpay import payflow
 from bcpay.cli import app
+from bcpay.cli_common import Amount, AsciiFloat, AsciiInt
 from bcpay.config import Settings, load_settings
 from bcpay.crypto import Vault, generate_key
 from bcpay.errors import ConfigError, ConflictError
@@ -39,6 +41,7 @@ from bcpay.storage.records import StoreRecord
 from bcpay.storage.schema import events, jobs, payments, refunds, stores
 from bcpay.stores import settings_version, update_settings
 from tests.loopback import ServerThread, Switch, reserve_socket, url_of
+from tests.test_cli_docs import COMMANDS
 
 STORE_HASH = "abc123"
 STORE_URL = "https://shop.example.com"
@@ -185,9 +188,9 @@ status_poll_interval = 0
     sock.close()
 
 
-def one_error_line(result: Result, text: str) -> None:
-    """Exit 1 with exactly one ``Error:`` line on stderr, no traceback."""
-    assert result.exit_code == 1, (result.stdout, result.stderr)
+def one_error_line(result: Result, text: str, *, code: int = 1) -> None:
+    """Exit ``code`` (1: failed; 2: wrong input) with exactly one ``Error:`` line on stderr, no traceback."""
+    assert result.exit_code == code, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and text in lines[0], result.stderr
     assert "Traceback" not in result.output
@@ -211,7 +214,7 @@ def test_stores_configure_with_one_bad_value_changes_nothing(env: Env, args: lis
     other = "mch_OtherMerchant00001"
     result = env.cli("stores", "configure", STORE_HASH, "--merchant-id", other, "--environment", "production",
                      *args, env={"BCPAY_CELERYPAY_SECRET": "n" * 40})
-    one_error_line(result, text)
+    one_error_line(result, text, code=2)
     assert env.query(select(stores)) == before
 
 
@@ -319,11 +322,12 @@ def test_stores_add_configure_show_and_list_never_leak_secrets(env: Env) -> None
 
 
 def test_stores_add_refuses_bad_input_and_changes_nothing(env: Env) -> None:
-    """Malformed hash, wrong token, missing scopes: one red line, exit 1, no row; no token argument."""
-    one_error_line(env.cli("stores", "add", "ABC-1", env={"BCPAY_ACCESS_TOKEN": ACCESS_TOKEN}), "not a store hash")
-    one_error_line(env.cli("stores", "add", STORE_HASH, env={"BCPAY_ACCESS_TOKEN": "wrong-token"}), "401")
+    """Malformed hash, wrong token, missing scopes: one red line, exit 2, no row; no token argument."""
+    one_error_line(env.cli("stores", "add", "ABC-1", env={"BCPAY_ACCESS_TOKEN": ACCESS_TOKEN}), "not a store hash",
+                   code=2)
+    one_error_line(env.cli("stores", "add", STORE_HASH, env={"BCPAY_ACCESS_TOKEN": "wrong-token"}), "401", code=2)
     one_error_line(env.cli("stores", "add", STORE_HASH, "--scopes", "store_v2_orders",
-                           env={"BCPAY_ACCESS_TOKEN": ACCESS_TOKEN}), "lacks scopes")
+                           env={"BCPAY_ACCESS_TOKEN": ACCESS_TOKEN}), "lacks scopes", code=2)
     assert env.cli("stores", "add", STORE_HASH, "--token", ACCESS_TOKEN).exit_code == 2
     assert env.cli("stores", "add", STORE_HASH, ACCESS_TOKEN).exit_code == 2
     assert env.query(select(stores)) == []
@@ -333,7 +337,8 @@ def test_unknown_store_bad_merchant_and_debug_traceback(env: Env) -> None:
     one_error_line(env.cli("stores", "show", "zzz999"), "unknown store 'zzz999'")
     one_error_line(env.cli("stores", "configure", "zzz999", "--merchant-id", MERCHANT_ID,
                            env={"BCPAY_CELERYPAY_SECRET": MERCHANT_SECRET}), "unknown store")
-    one_error_line(env.cli("stores", "configure", STORE_HASH, "--merchant-id", "nope"), "merchant id must be mch_")
+    one_error_line(env.cli("stores", "configure", STORE_HASH, "--merchant-id", "nope"), "merchant id must be mch_",
+                   code=2)
     debug = CliRunner().invoke(app, ["--debug", "--config", str(env.config), "stores", "show", "zzz999"])
     assert debug.exit_code == 1 and "Traceback" in debug.stderr and "Error: unknown store" in debug.stderr
     assert env.cli("stores", "nosuch").exit_code == 2
@@ -502,9 +507,9 @@ def test_refund_partial_then_up_to_the_total_then_over_refund_rejected(env: Env)
     assert env.cp.payments[pid]["refunded_amount"] == 2000
     calls = len(env.servers.cp_switch.calls)
     one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "0.01", "--yes",
-                           "--again"), "nothing is left to refund")
+                           "--again"), "nothing is left to refund", code=2)
     one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "1.001", "--yes"),
-                   "more decimals")
+                   "more decimals", code=2)
     assert len(env.servers.cp_switch.calls) == calls
     assert sorted(r["amount"] for r in env.query(select(refunds))) == [750, 1250]
     one_error_line(env.cli("refund", "999", "--store", STORE_HASH, "--yes"), "no OKCloud Pay payment to refund")
@@ -530,7 +535,7 @@ def test_reconcile_fix_applies_a_lost_payment_exactly_once(env: Env, monkeypatch
     assert [p["status_id"] for p in env.status_puts(order["id"])] == [11]
     assert env.cli("reconcile").exit_code == 2
     assert env.cli("reconcile", STORE_HASH, "--run-jobs").exit_code == 2
-    one_error_line(env.cli("reconcile", STORE_HASH, "--since", "soon"), "not a duration")
+    one_error_line(env.cli("reconcile", STORE_HASH, "--since", "soon"), "not a duration", code=2)
 
 
 def test_pay_link_for_an_order_that_never_reached_the_cashier(env: Env) -> None:
@@ -599,7 +604,7 @@ def test_anomalies_jobs_and_event_prune(env: Env) -> None:
     assert "queued 0 job(s)" in env.ok("jobs", "retry", "--all").stdout  # a discarded job stays discarded
     assert env.cli("jobs", "discard").exit_code == 2
 
-    one_error_line(env.cli("events", "prune", "--older-than", "7d"), "at least 30 days")
+    one_error_line(env.cli("events", "prune", "--older-than", "7d"), "at least 30 days", code=2)
     assert "deleted 0 event(s) older than 150 days" in env.ok("events", "prune", "--older-than", "150d").stdout
     kept = env.ok("events", "prune", env={"BCPAY_OUTBOX_EVENT_RETENTION_DAYS": "130"})  # the setting is the default
     assert "deleted 0 event(s) older than 130 days" in kept.stdout
@@ -619,8 +624,8 @@ def test_an_unreachable_database_is_one_error_line_not_a_traceback(
     config.write_text(f'[app]\nsecret_key = "{secret_key}"\n[database]\nurl = "{url}"\n')
     for args in (["jobs", "list"], ["payments", "list"], ["events", "prune"]):
         one_error_line(CliRunner().invoke(app, ["--config", str(config), *args]), text)
-    one_error_line(CliRunner().invoke(app, ["--config", str(config), "sandbox", "--db", "/nonexistent-dir/x.db"]),
-                   "the folder /nonexistent-dir does not exist")
+    no_folder = CliRunner().invoke(app, ["--config", str(config), "sandbox", "--db", "/nonexistent-dir/x.db"])
+    assert no_folder.exit_code == 2 and "the folder /nonexistent-dir does not exist" in no_folder.output
     # serve checks before uvicorn starts (inside its start-up this was a traceback and exit 3)
     one_error_line(CliRunner().invoke(app, ["--config", str(config), "serve"]), "the database does not answer")
 
@@ -632,7 +637,8 @@ def test_keygen_and_rotate_key_reencrypt_everything(env: Env) -> None:
     env.add_store()
     new_key = env.ok("keygen").stdout.strip()
     assert Vault(new_key)  # a valid key
-    one_error_line(env.cli("rotate-key", "--new-key-env", "BCPAY_NEW_KEY"), "$BCPAY_NEW_KEY is empty")
+    empty = env.cli("rotate-key", "--new-key-env", "BCPAY_NEW_KEY")
+    assert empty.exit_code == 2 and "--new-key-env" in empty.output and "$BCPAY_NEW_KEY is empty" in empty.output
     assert env.cli("rotate-key", new_key).exit_code == 2
     before = env.query(select(stores))[0]
     rotated = env.ok("rotate-key", "--new-key-env", "BCPAY_NEW_KEY", env={"BCPAY_NEW_KEY": new_key})
@@ -833,11 +839,101 @@ def test_numbers_out_of_range_are_usage_errors_not_tracebacks(env: Env, args: li
     assert "Traceback" not in result.output and "range" in result.output
 
 
+# click's type names, those of the copy of click Typer ships, and ours
+NUMERIC = {"integer", "integer range", "int", "int range", "float", "float range", "number", "amount"}
+
+
+def numeric_parameters() -> list[tuple[tuple[str, ...], Any, Any]]:
+    """(command path, command, parameter) for every number- or amount-typed parameter of the app."""
+    return [(path, command, param) for path, command in COMMANDS for param in command.params
+            if param.type.name in NUMERIC or param.name == "amount"]
+
+
+def test_the_app_has_numeric_parameters_and_every_one_has_an_ascii_parser() -> None:
+    """Typer's own int and float are int() and float(): each numeric parameter must use the shared parsers."""
+    found = numeric_parameters()
+    assert {(" ".join(path), p.name) for path, _, p in found} >= {
+        ("refund", "order_id"), ("refund", "amount"), ("payments list", "limit"), ("jobs retry", "job_id"),
+        ("serve", "port"), ("serve", "workers"), ("sandbox", "notify_delay"), ("reconcile", "concurrency"),
+        ("stores configure", "expires_in"), ("anomalies resolve", "anomaly_id")}
+    for path, _, param in found:
+        assert isinstance(getattr(param.type, "func", None), (AsciiInt, AsciiFloat, Amount)), (path, param.name)
+
+
+@pytest.mark.parametrize("digits", ["１２", "١٢", "۱۲", "1_2", " 12", "12 "])
+@pytest.mark.parametrize(("path", "command", "param"), numeric_parameters(),
+                         ids=[f"{' '.join(p)} {q.name}" for p, _, q in numeric_parameters()])
+def test_every_numeric_parameter_takes_ascii_digits_only(
+    digits: str, path: tuple[str, ...], command: Any, param: Any
+) -> None:
+    """Other scripts' digits, underscores or spaces: a usage error naming the parameter, before any work."""
+    if not isinstance(getattr(param.type, "func", None), (AsciiInt, AsciiFloat, Amount)):
+        pytest.fail(f"{' '.join(path)} {param.name} takes int()'s digits")  # and running it might never end
+    if param.param_type_name == "option":
+        args, name = [*path, param.opts[0], digits], param.opts[0]
+    else:  # arguments before it get a placeholder
+        before = [p for p in command.params[:command.params.index(param)] if p.param_type_name == "argument"]
+        args, name = [*path, *(["abc123"] * len(before)), digits], param.human_readable_name
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, (args, result.output)
+    assert f"Invalid value for '{name}'" in result.output and repr(digits) in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_ascii_parsers_take_plain_numbers() -> None:
+    assert AsciiInt(1, 10)("7") == 7 and AsciiInt()("-3") == -3 and AsciiInt(1, 10)(5) == 5
+    assert AsciiFloat(0)("2.5") == 2.5 and AsciiFloat(0)(".5") == 0.5 and Amount()("12.50") == "12.50"
+    for parse, value, why in ((AsciiInt(1, 10), "11", "not in the range 1<=x<=10"),
+                              (AsciiFloat(0, 1), "1.5", "not in the range 0<=x<=1"),
+                              (AsciiFloat(), "1e3", "not a number"), (AsciiFloat(), "nan", "not a number"),
+                              (Amount(), "12.5000", "not an amount")):
+        with pytest.raises(typer.BadParameter, match=why):
+            parse(value)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        # 2: the input is wrong (Typer's usage errors, and what the library refuses as invalid input)
+        (["refund", "１２", "--store", STORE_HASH, "--yes"], 2, "ASCII digits"),
+        (["refund", "12", "--store", "ABC-1", "--yes"], 2, "not a store hash"),
+        (["pay-link", "12", "--store", "ABC-1"], 2, "not a store hash"),
+        (["stores", "add", "ABC-1"], 2, "not a store hash"),
+        (["stores", "configure", STORE_HASH, "--expires-in", "10"], 2, "expires_in"),
+        (["reconcile", STORE_HASH, "--since", "soon"], 2, "not a duration"),
+        (["events", "prune", "--older-than", "7d"], 2, "at least 30 days"),
+        (["simulate-notify", "1", "--store", STORE_HASH, "--status", "paid"], 2, "expected one of"),
+        (["simulate-notify", "1", "--store", STORE_HASH, "--amount", "1e3"], 2, "not an amount"),
+        (["serve", "--workers", "99"], 2, "not in the range 1<=x<=64"),
+        (["serve", "--host", " "], 2, "must not be empty"),
+        (["sandbox", "--db", "/nonexistent-dir/x.db"], 2, "does not exist"),
+        (["sandbox", "--notify-delay", "-1"], 2, "not in the range"),
+        (["rotate-key", "--new-key-env", "BCPAY_UNSET_FOR_THIS_TEST"], 2, "is empty or not set"),
+        (["jobs", "retry", "1", "--all"], 2, "not both"),
+        (["anomalies", "resolve", "٣"], 2, "ASCII digits"),
+        # 1: understood, and it failed
+        (["stores", "show", "zzz999"], 1, "unknown store"),
+        (["pay-link", "424242", "--store", STORE_HASH], 1, "no such order"),
+        (["refund", "424242", "--store", STORE_HASH, "--yes"], 1, "no OKCloud Pay payment to refund"),
+        (["jobs", "retry", "9999"], 1, "no dead job"),
+        (["events", "replay", "evt_missing"], 1, "no stored event"),
+        (["anomalies", "resolve", "9999"], 1, "no open anomaly"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else str(v),
+)
+def test_exit_codes_follow_one_rule_across_commands(env: Env, args: list[str], code: int, text: str) -> None:
+    """2 for wrong input, whoever finds it (Typer or the library); 1 for a command that ran and failed."""
+    env.add_store()
+    result = env.cli(*args)
+    assert result.exit_code == code, (result.stdout, result.stderr)
+    assert text in result.output and "Traceback" not in result.output, result.output
+
+
 @pytest.mark.parametrize("period", ["999999w", "3651d", "٣d"])
 def test_durations_past_ten_years_or_in_other_digits_are_one_error_line(env: Env, period: str) -> None:
     env.add_store()
-    one_error_line(env.cli("reconcile", STORE_HASH, "--since", period), "duration")
-    one_error_line(env.cli("events", "prune", "--older-than", period), "duration")
+    one_error_line(env.cli("reconcile", STORE_HASH, "--since", period), "duration", code=2)
+    one_error_line(env.cli("events", "prune", "--older-than", period), "duration", code=2)
 
 
 @pytest.mark.parametrize("amount", ["1e3", "١", "-5", "NaN", "12,50", " 5"])
@@ -853,16 +949,16 @@ def test_a_zero_refund_says_so(env: Env) -> None:
     env.add_store()
     order, _ = env.paid_order("20.00")
     one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "0", "--yes"),
-                   "must be greater than 0")
+                   "must be greater than 0", code=2)
     one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "1.005", "--yes"),
-                   "more decimals than USD allows")
+                   "more decimals than USD allows", code=2)
     assert env.cp.refunds == {}
 
 
 @pytest.mark.parametrize("token", ["TOKEN WITH SPACES", "TOKEN\u00d6", "TOK\x01EN"])
 def test_an_access_token_that_cannot_go_in_a_header_is_one_error_line(env: Env, token: str) -> None:
     one_error_line(env.cli("stores", "add", STORE_HASH, "--scopes", SCOPES, env={"BCPAY_ACCESS_TOKEN": token}),
-                   "printable ASCII without spaces")
+                   "printable ASCII without spaces", code=2)
     assert env.query(select(stores)) == []
 
 
@@ -929,7 +1025,7 @@ def test_a_second_refund_of_the_same_amount_goes_with_again(env: Env) -> None:
     env.ok("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "5.00", "--yes", "--again")
     assert env.cp.payments[pid]["refunded_amount"] == 1000
     one_error_line(env.cli("refund", str(order["id"]), "--store", STORE_HASH, "--amount", "11.00", "--yes",
-                           "--again"), "more than what is left to refund (10.00 USD)")
+                           "--again"), "more than what is left to refund (10.00 USD)", code=2)
 
 
 def test_stores_configure_refuses_credentials_celerypay_refuses_and_saves_nothing(env: Env) -> None:
@@ -938,7 +1034,7 @@ def test_stores_configure_refuses_credentials_celerypay_refuses_and_saves_nothin
     before = env.query(select(stores))
     result = env.cli("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID,
                      env={"BCPAY_CELERYPAY_SECRET": "wrong-secret-but-long-enough-000000000000"})
-    one_error_line(result, "CeleryPay refused these credentials (invalid_signature)")
+    one_error_line(result, "CeleryPay refused these credentials (invalid_signature)", code=2)
     assert env.query(select(stores)) == before
 
 
@@ -946,5 +1042,5 @@ def test_a_secret_with_nothing_to_read_it_from_is_one_clear_error(env: Env) -> N
     """From a script with no $BCPAY_CELERYPAY_SECRET and nothing piped in: no prompt warnings, one line."""
     env.add_store()
     result = env.cli("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID, input="")
-    one_error_line(result, "no CeleryPay API secret: set $BCPAY_CELERYPAY_SECRET")
+    one_error_line(result, "no CeleryPay API secret: set $BCPAY_CELERYPAY_SECRET", code=2)
     assert "Warning" not in result.output and "Aborted" not in result.output

@@ -21,6 +21,8 @@ STORE = "abc123"
 TOKEN = "tok-full"
 BASE = f"/stores/{STORE}"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+RATE_LIMIT_HEADERS = ("X-Rate-Limit-Time-Window-Ms", "X-Rate-Limit-Time-Reset-Ms", "X-Rate-Limit-Requests-Quota",
+                      "X-Rate-Limit-Requests-Left")
 
 
 class Clock:
@@ -530,6 +532,7 @@ async def test_enforced_quota_answers_429_with_reset(state: FakeBigCommerce) -> 
         limited = await api.get(url)
         assert limited.status_code == 429
         assert limited.headers["X-Rate-Limit-Time-Reset-Ms"] == "400"
+        assert all(name in limited.headers for name in RATE_LIMIT_HEADERS)  # the quota's 429 carries them all
         assert state.rate_limited == 1
         ticker.now += 0.4
         again = await api.get(url)
@@ -560,14 +563,18 @@ async def test_chaos_partial_error_rate_is_seeded(state: FakeBigCommerce) -> Non
     assert 8 <= first.count(503) <= 30 and set(first) == {200, 503}
 
 
-async def test_chaos_periodic_429_bursts(state: FakeBigCommerce) -> None:
-    """burst_429_every=3 answers every third call 429 with rate-limit headers."""
-    app = create_bigcommerce_api(state, chaos=Chaos(burst_429_every=3, burst_reset_ms=250))
+async def test_chaos_periodic_429_bursts_are_platform_load_without_quota_headers(state: FakeBigCommerce) -> None:
+    """burst_429_every=3 answers every third call 429 as platform load: none of the X-Rate-Limit-* headers
+    (reference section 9; only the quota's own 429 and real answers carry them)."""
+    app = create_bigcommerce_api(state, chaos=Chaos(burst_429_every=3))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://x",
                                  headers={"X-Auth-Token": TOKEN}) as api:
         responses = [await api.get(f"{BASE}/v2/order_statuses") for _ in range(6)]
     assert [r.status_code for r in responses] == [200, 200, 429, 200, 200, 429]
-    assert responses[2].headers["X-Rate-Limit-Time-Reset-Ms"] == "250"
+    for response in responses:
+        present = [name for name in RATE_LIMIT_HEADERS if name in response.headers]
+        assert present == ([] if response.status_code == 429 else list(RATE_LIMIT_HEADERS)), response.headers
+    assert "X-Retry-After" not in responses[2].headers and "Retry-After" not in responses[2].headers
     assert state.rate_limited == 2
 
 

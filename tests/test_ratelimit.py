@@ -7,6 +7,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -15,6 +16,8 @@ from builders import STORE_HASH, order_json
 
 from bcpay.clients.bigcommerce import BigCommerceClient
 from bcpay.clients.ratelimit import RateLimiter, RateLimiterRegistry, Report
+from bcpay.sandbox.bc_state import FakeBigCommerce
+from bcpay.sandbox.bigcommerce import Chaos, Quota, create_bigcommerce_api
 
 BASE = f"https://api.bc.test/stores/{STORE_HASH}"
 
@@ -124,6 +127,54 @@ async def test_a_429_without_headers_blocks_for_the_default(ft: FakeTime) -> Non
     lim.record(httpx.Response(429))
     await lim.acquire()
     assert ft.now == pytest.approx(1001.0)
+
+
+async def test_platform_load_429s_keep_what_is_known_of_the_quota(limiter: RateLimiter, ft: FakeTime) -> None:
+    """A 429 without quota headers is not the quota (reference section 9): the count and the window end stay,
+    so the store is not handed a made-up fresh window when the block ends."""
+    await limiter.acquire()
+    limiter.record(answer(left=10, reset_ms=20000))
+    await limiter.acquire()
+    limiter.record(httpx.Response(429))
+    assert (limiter.left, limiter.reset_at, limiter.quota, limiter.throttled) == (10, 1020.0, 150, 1)
+    ft.now += 5.0  # well past the block, still inside BigCommerce's window
+    for _ in range(8):  # 10 left, 2 in reserve: 8 go, the next waits for BigCommerce's reset
+        await limiter.acquire()
+    assert ft.now == 1005.0
+    await limiter.acquire()
+    assert ft.now == pytest.approx(1020.0)
+
+
+async def test_platform_load_429s_in_a_row_back_off_doubling_up_to_the_cap(ft: FakeTime) -> None:
+    """1, 2, 4, 8 s... at most max_block; any other answer starts over."""
+    limiter = RateLimiter(margin=0.0, default_block=1.0, max_block=6.0, clock=ft.clock, sleep=ft.sleep)
+    await limiter.acquire()
+    limiter.record(answer(left=100, reset_ms=30000))
+    waits = []
+    for _ in range(5):
+        await limiter.acquire()
+        limiter.record(httpx.Response(429))
+        started = ft.now
+        await limiter.acquire()
+        waits.append(ft.now - started)
+        limiter.record(None)
+    assert waits == [1.0, 2.0, 4.0, 6.0, 6.0] and limiter.busy_streak == 5
+    limiter.record(answer(left=90, reset_ms=20000))
+    await limiter.acquire()
+    limiter.record(httpx.Response(429))
+    started = ft.now
+    await limiter.acquire()
+    assert ft.now - started == 1.0
+
+
+async def test_a_platform_load_429_with_x_retry_after_waits_that_long(limiter: RateLimiter, ft: FakeTime) -> None:
+    """Older BigCommerce docs name X-Retry-After (seconds): when sent, it is the wait."""
+    await limiter.acquire()
+    limiter.record(answer(left=100, reset_ms=30000))
+    await limiter.acquire()
+    limiter.record(httpx.Response(429, headers={"X-Retry-After": "3"}))
+    await limiter.acquire()
+    assert ft.now == pytest.approx(1003.0) and limiter.left == 100
 
 
 async def test_out_of_order_answers_keep_the_lowest_count_in_a_window(
@@ -266,6 +317,22 @@ async def test_a_task_cancelled_while_claiming_gives_its_slot_back() -> None:
     assert limiter.in_flight == 0
 
 
+async def test_a_platform_load_429_tells_the_shared_ledger_nothing(ft: FakeTime) -> None:
+    """No report from a 429 without quota headers: it would cut the shared window short for every process.
+    BigCommerce's last real count still rides along with the next claim."""
+    ledger = Ledger()
+    limiter = RateLimiter(reserve=2, margin=0.0, clock=ft.clock, sleep=ft.sleep, ledger=ledger, wall=lambda: 5000.0)
+    await limiter.acquire()
+    limiter.record(answer(left=100, reset_ms=20000))
+    await limiter.acquire()
+    limiter.record(httpx.Response(429))
+    await limiter.acquire()
+    assert ledger.reports == [Report(window_end=5020.0, used=50), None]
+    limiter.record(httpx.Response(429))
+    await limiter.acquire()
+    assert ledger.reports[-1] is None and limiter.quota == 150 and limiter.window == 30.0
+
+
 async def test_the_ledger_waits_until_the_window_is_known(ft: FakeTime) -> None:
     """A first answer that is a 429 without the window header says the quota but not the window: no claim
     yet (a guessed window would restart every process's count); the window header on a 429 is read."""
@@ -378,6 +445,25 @@ async def test_twenty_real_tasks_see_no_429_after_the_first_window(http: httpx.A
     assert [w for w in server.throttled_windows if w > 0] == []
     assert server.throttled_windows == []  # the probe learns the quota before the crowd goes
     assert time.monotonic() - started < 2.0
+
+
+async def test_a_reconcile_through_the_sandbox_with_platform_load_429s_stays_inside_the_quota(ft: FakeTime) -> None:
+    """The fake's chaos 429s (every 7th call, no quota headers) slow the run down but never push it past the
+    enforced quota: every 429 seen is a platform-load one, and every order is read."""
+    state = FakeBigCommerce()
+    state.add_store(STORE_HASH, secure_url="https://shop.example.com", access_token="t" * 20)
+    order_ids = [state.create_order(STORE_HASH, total=Decimal("10.00"))["id"] for _ in range(300)]
+    chaos = Chaos(burst_429_every=7)
+    app = create_bigcommerce_api(state, quota=Quota(requests=40, window_ms=30000, enforce=True, clock=ft.clock),
+                                 chaos=chaos)
+    limiter = RateLimiter(reserve=2, margin=0.01, clock=ft.clock, sleep=ft.sleep)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://api.bc.test") as http:
+        client = BigCommerceClient(http, api_url="https://api.bc.test", store_hash=STORE_HASH, access_token="t" * 20,
+                                   limiter=limiter, sleep=ft.sleep, jitter=lambda: 0.0, max_retries=10)
+        orders = await asyncio.gather(*(client.get_order(oid) for oid in order_ids))
+    assert sorted(o.id for o in orders) == sorted(order_ids)
+    bursts = chaos._calls // 7
+    assert bursts > 0 and state.rate_limited == bursts == limiter.throttled, "a quota 429: the limiter overran"
 
 
 @respx.mock

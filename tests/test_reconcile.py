@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
+from bcpay import payflow
 from bcpay.errors import ConflictError, InvalidInputError
 from bcpay.reconcile import Finding, Pacer, Report, reconcile, run_jobs
 from bcpay.sandbox.bc_state import Quota
@@ -109,6 +110,11 @@ async def test_a_fix_run_gives_a_pay_link_for_an_order_never_started(world: Worl
     assert finding.pay_link is not None and "/pay/" in finding.pay_link
     page = await w.client.get(finding.pay_link.removeprefix(PUBLIC_URL))
     assert page.status_code == 200 and "15.00" in page.text
+    # The link opened an attempt row that CeleryPay has not seen yet: the order stays in the report.
+    for fix in (False, True):
+        [again] = (await run(w, fix=fix)).findings
+        assert (again.kind, again.order_id, again.fixed) == ("never_started", order["id"], False)
+        assert "never reached CeleryPay" in again.detail
 
 
 async def test_fix_applies_celerypay_truth_once_and_jobs_update_the_order(world: World) -> None:
@@ -129,6 +135,82 @@ async def test_fix_applies_celerypay_truth_once_and_jobs_update_the_order(world:
     assert await run_jobs(w.rt) == 1
     assert [b["status_id"] for b in w.status_puts(paid_order["id"])] == [11]
     assert (await run(w, fix=True)).findings == []
+
+
+async def stuck_in_creating(w: World, order: dict[str, object], *, age: timedelta = timedelta(hours=1)) -> None:
+    """The order's attempt as a process leaves it that died before CeleryPay answered its creation."""
+    async with w.rt.db.transaction() as conn:
+        await conn.execute(update(payments).where(payments.c.order_id == order["id"]).values(
+            status="creating", celerypay_id=None, cashier_url=None, created_at=datetime.now(UTC) - age))
+
+
+async def attempts_of_order(w: World, order: dict[str, object]) -> list[tuple[str, str | None, str | None]]:
+    async with w.rt.db.read() as conn:
+        found = await q.order_attempts(conn, (await store_of(w)).id, int(str(order["id"])))
+    return [(a.status, a.celerypay_id, a.failure_code) for a in found]
+
+
+async def test_an_attempt_celerypay_never_created_is_reported_by_every_run(world: World) -> None:
+    """A `creating` attempt with no payment at CeleryPay stays in every report; a report writes nothing."""
+    w = world
+    order = w.place_order("12.00", created=datetime.now(UTC) - timedelta(hours=2))
+    attempt = await payflow.pay_link(w.rt, STORE_HASH, order["id"])  # an attempt row, never sent to CeleryPay
+    await stuck_in_creating(w, order)
+    for _ in range(3):
+        [finding] = (await run(w)).findings
+        assert (finding.kind, finding.order_id, finding.fixed) == ("never_started", order["id"], False)
+        assert f"{STORE_HASH}-{order['id']}-1 never reached CeleryPay" in finding.detail
+        assert f"bcpay pay-link {order['id']} --store {STORE_HASH}" in finding.detail
+        assert finding.amount == 1200 and finding.currency == "USD"
+    assert await attempts_of_order(w, order) == [("creating", None, None)]
+    assert attempt.startswith(PUBLIC_URL + "/pay/")
+
+
+async def test_fix_gives_up_a_creation_celerypay_never_saw_and_keeps_reporting_the_order(world: World) -> None:
+    """--fix finds no payment by merchant order number: the attempt is not_created, the order stays reported."""
+    w = world
+    order = w.place_order("12.00", created=datetime.now(UTC) - timedelta(hours=2))
+    await payflow.pay_link(w.rt, STORE_HASH, order["id"])  # CeleryPay never saw this attempt
+    await stuck_in_creating(w, order)
+
+    [first] = (await run(w, fix=True)).findings
+    assert (first.kind, first.fixed) == ("never_started", True)
+    assert await attempts_of_order(w, order) == [("failed", None, "not_created")]
+    for _ in range(2):
+        [again] = (await run(w, fix=True)).findings
+        assert (again.kind, again.order_id, again.fixed) == ("never_started", order["id"], False)
+        assert again.pay_link is not None
+    assert [f.kind for f in (await run(w)).findings] == ["never_started"]
+    # The link works: the shopper's "Pay now" opens a new attempt at CeleryPay; then it is merely pending.
+    page = await w.client.post(again.pay_link.removeprefix(PUBLIC_URL), follow_redirects=False)
+    assert page.status_code in (200, 303), page.text
+    assert [k for k, *_ in await attempts_of_order(w, order)] == ["failed", "pending"]
+    assert [f.kind for f in (await run(w)).findings] == ["pending"]
+
+
+async def test_fix_leaves_a_creation_still_in_flight_alone_but_reports_it(world: World) -> None:
+    """A `creating` attempt younger than the creation grace may be in flight: reported, not given up."""
+    w = world
+    order = w.place_order("12.00", created=datetime.now(UTC) - timedelta(hours=2))
+    await payflow.pay_link(w.rt, STORE_HASH, order["id"])
+    await stuck_in_creating(w, order, age=timedelta(seconds=5))
+    [finding] = (await run(w, fix=True)).findings
+    assert (finding.kind, finding.fixed) == ("never_started", False)
+    assert await attempts_of_order(w, order) == [("creating", None, None)]
+
+
+async def test_fix_applies_a_payment_celerypay_created_whose_answer_was_lost(world: World) -> None:
+    """Found by merchant order number: --fix records the payment, so the order is just pending."""
+    w = world
+    order, pid = await started(w, "12.00")
+    await stuck_in_creating(w, order)
+    [report] = (await run(w)).findings
+    assert (report.kind, report.celerypay_id, report.fixed) == ("pending", pid, False)
+    [fixed] = (await run(w, fix=True)).findings
+    assert (fixed.kind, fixed.celerypay_id, fixed.fixed) == ("pending", pid, True)
+    assert await attempts_of_order(w, order) == [("pending", pid, None)]
+    [after] = (await run(w, fix=True)).findings
+    assert (after.kind, after.fixed) == ("pending", False)
 
 
 async def test_amount_mismatch_and_double_payment_are_reported_and_fixed_as_anomalies(world: World) -> None:

@@ -3,8 +3,10 @@
 ``{api_url}/stores/{store_hash}/v2|v3/...`` with ``X-Auth-Token`` (reference
 section 2). Retry policy (section 9 and :mod:`bcpay.clients.http`): a 429 waits
 ``X-Rate-Limit-Time-Reset-Ms`` and retries, for every method (the request was
-not processed); 502/503/504 and transport errors retry GET/PUT/DELETE, which
-are idempotent here, but never a POST that creates something (a retry could
+not processed); a 429 without it is platform load, not the quota, and backs
+off (:class:`~bcpay.clients.ratelimit.RateLimiter`; ``X-Retry-After`` when
+sent); 502/503/504 and transport errors retry GET/PUT/DELETE, which are
+idempotent here, but never a POST that creates something (a retry could
 create it twice); other 4xx never retry. :func:`decipher` is the one mapping
 from answers to :mod:`bcpay.errors`.
 """
@@ -42,7 +44,7 @@ from bcpay.clients.http import (
     response_body,
     transport_error,
 )
-from bcpay.clients.ratelimit import RateLimiter, reset_seconds
+from bcpay.clients.ratelimit import RateLimiter, reset_seconds, retry_after_seconds
 from bcpay.config import Secret
 from bcpay.errors import (
     InvalidInputError,
@@ -98,8 +100,11 @@ def decipher(response: httpx.Response) -> None:
     if status == 409:
         raise UpstreamConflict(text, **common)
     if status == 429:
-        reset = reset_seconds(response)
-        raise RateLimited(text, retry_after=1.0 if reset is None else reset, **common)
+        # The quota's reset; without it platform load (section 9), which older docs give an X-Retry-After.
+        wait = reset_seconds(response)
+        if wait is None:
+            wait = retry_after_seconds(response)
+        raise RateLimited(text, retry_after=1.0 if wait is None else wait, **common)
     if 400 <= status < 500:
         raise UpstreamRejected(text, **common)
     raise UpstreamUnavailable(text, **common)

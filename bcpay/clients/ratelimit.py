@@ -11,7 +11,11 @@ on one store share one :class:`RateLimiter` (``RateLimiterRegistry.for_store``):
   waits for the window to reset.
 - ``record(response)`` after each answer (``None`` after a transport error)
   updates what is known and frees the slot.
-- A 429 blocks every task of the store until the reported reset.
+- A 429 blocks every task of the store until the reported reset. A 429
+  without ``X-Rate-Limit-Time-Reset-Ms`` is not the quota but platform load
+  (section 9: "retry later"): it blocks the store for a backoff that doubles
+  with each such 429 in a row (or ``X-Retry-After`` seconds, which older docs
+  name), and changes nothing the limiter or the ledger knows of the quota.
 
 So a reconcile over thousands of orders with N concurrent tasks runs at the
 quota without being throttled. Clock and sleep are injectable for tests.
@@ -43,6 +47,7 @@ LEFT = "x-rate-limit-requests-left"
 RESET_MS = "x-rate-limit-time-reset-ms"
 QUOTA = "x-rate-limit-requests-quota"
 WINDOW_MS = "x-rate-limit-time-window-ms"
+RETRY_AFTER = "x-retry-after"  # seconds; only older BigCommerce docs name it
 
 
 def _header_int(response: httpx.Response, name: str) -> int | None:
@@ -60,6 +65,17 @@ def reset_seconds(response: httpx.Response) -> float | None:
     """``X-Rate-Limit-Time-Reset-Ms`` in seconds, when present and sane."""
     ms = _header_int(response, RESET_MS)
     return None if ms is None else ms / 1000.0
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """``X-Retry-After`` (seconds), when present and sane."""
+    seconds = _header_int(response, RETRY_AFTER)
+    return None if seconds is None else float(seconds)
+
+
+def busy_backoff(streak: int, *, base: float, cap: float) -> float:
+    """Seconds to hold a store after its ``streak``-th platform-load 429 in a row (1-based): base, 2 x base, ..."""
+    return min(cap, base * float(2 ** min(max(streak, 1) - 1, 32)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +104,7 @@ class RateLimiter:
         reserve: int = 2,
         margin: float = 0.01,
         default_block: float = 1.0,
+        max_block: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         ledger: QuotaLedger | None = None,
@@ -97,6 +114,8 @@ class RateLimiter:
     ) -> None:
         """``reserve`` requests are left for other apps and stragglers; ``margin``
         seconds are added to every reset so we never wake a hair too early;
+        a platform-load 429 holds the store ``default_block`` seconds, doubling with each one in a
+        row up to ``max_block`` (BigCommerce's window);
         ``ledger`` shares the quota with other processes (``wall`` dates its reports)."""
         self.reserve = reserve
         self.ledger = ledger
@@ -104,6 +123,8 @@ class RateLimiter:
         self._report: Report | None = None  # BigCommerce's newest count, for the ledger's next claim
         self.margin = margin
         self.default_block = default_block
+        self.max_block = max_block
+        self.busy_streak = 0  # platform-load 429s in a row
         self._clock = clock
         self._sleep = sleep
         self.left: int | None = None  # as last reported (lowered by in-window reports)
@@ -209,15 +230,19 @@ class RateLimiter:
             self.window_known = True
         if response.status_code == 429:
             self.throttled += 1
-            wait = reset if reset is not None else self.default_block
-            if reset is not None and quota is not None:
+            if reset is None:
+                self._hold_for_load(response, now)
+                return
+            self.busy_streak = 0
+            if quota is not None:
                 self._report = Report(self._wall() + reset, quota)
-            self.blocked_until = max(self.blocked_until, now + wait + self.margin)
+            self.blocked_until = max(self.blocked_until, now + reset + self.margin)
             self.left = 0
             # The 429's reset is the newest word on when the quota returns: it replaces the
             # window end learned earlier (a 1 s burst must not block for the rest of a 30 s window).
-            self.reset_at = now + wait + self.margin
+            self.reset_at = now + reset + self.margin
             return
+        self.busy_streak = 0
         if left is None or reset is None:
             return
         if self.quota is not None:
@@ -233,6 +258,21 @@ class RateLimiter:
             self.reset_at = new_reset
         else:
             self.left = min(self.left, left)
+
+
+    def _hold_for_load(self, response: httpx.Response, now: float) -> None:
+        """A 429 without the quota's reset: platform load (reference section 9, "retry later").
+
+        What is known of the quota still holds: a made-up reset would have the limiter assume a
+        full window when it passes and overrun the real one, and a report would cut the shared
+        ledger's window short. So the store is only held, for ``X-Retry-After`` when sent, else
+        for a backoff that doubles with each such 429 in a row.
+        """
+        self.busy_streak += 1
+        wait = retry_after_seconds(response)
+        if wait is None:
+            wait = busy_backoff(self.busy_streak, base=self.default_block, cap=self.max_block)
+        self.blocked_until = max(self.blocked_until, now + wait + self.margin)
 
 
 class RateLimiterRegistry:

@@ -228,16 +228,17 @@ class Chaos:
     """Injected failures for reliability tests; every field may change at runtime.
 
     ``error_rate`` is the fraction of calls answered 503 (seeded RNG);
-    ``burst_429_every`` = N answers every Nth call 429 with a
-    ``burst_reset_ms`` reset; ``latency`` (seconds) delays every call through
-    ``sleep`` (inject a recorder to keep tests instant).
+    ``burst_429_every`` = N answers every Nth call 429 as BigCommerce answers
+    platform load: with none of the X-Rate-Limit-* headers (reference section
+    9, "429 without these headers = platform load, retry later"; only a 429 for
+    the exhausted quota carries them); ``latency`` (seconds) delays every call
+    through ``sleep`` (inject a recorder to keep tests instant).
     """
 
     error_rate: float = 0.0
     burst_429_every: int = 0
     seed: int = 0
     latency: float = 0.0
-    burst_reset_ms: int = 1000
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     _calls: int = field(default=0, repr=False)
     _rng: random.Random = field(init=False, repr=False)

@@ -2,8 +2,9 @@
 
 ``create_bigcommerce_api(state)`` builds a Starlette app serving
 ``/stores/{store_hash}/v2|v3/...`` with ``X-Auth-Token`` auth and scope checks,
-the X-Rate-Limit-* headers of every real answer, an optional enforced
-:class:`Quota` and injected :class:`Chaos`, plus ``POST /oauth2/token`` as
+the X-Rate-Limit-* headers of every real answer (and of the quota's 429; not
+of a platform-load 429), an optional enforced :class:`Quota` and injected
+:class:`Chaos`, plus ``POST /oauth2/token`` as
 login.bigcommerce.com answers it. Errors keep BigCommerce's two shapes: v2
 answers a list ``[{"status", "message"}]``, v3 an object
 ``{"status", "title", "type", "errors"}``.
@@ -108,6 +109,9 @@ class _Gate:
             response: Response = v3_error(429, "Too many requests")
         else:
             response = await self._guarded(request, handler, scope, v2)
+            if response.status_code == 429:
+                # Chaos's platform-load 429: BigCommerce sends it without the quota's headers (section 9).
+                return response
         for name, value in headers.items():
             response.headers.setdefault(name, value)
         return response
@@ -123,10 +127,7 @@ class _Gate:
             return v3_error(503, "Service Unavailable")
         if failure == 429:
             state.rate_limited += 1
-            burst = v3_error(429, "Too many requests")
-            burst.headers["X-Rate-Limit-Time-Reset-Ms"] = str(chaos.burst_reset_ms)
-            burst.headers["X-Rate-Limit-Requests-Left"] = "0"
-            return burst
+            return v3_error(429, "Too many requests")  # platform load: no X-Rate-Limit-* headers
         store = state.stores.get(request.path_params["store_hash"])
         token = request.headers.get("x-auth-token", "")
         grant = store.tokens.get(token) if store is not None and token else None
