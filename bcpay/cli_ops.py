@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 payments_app = typer.Typer(help="Inspect payment attempts.", no_args_is_help=True)
 events_app = typer.Typer(help="Raw CeleryPay notifications: inspect, replay, prune.", no_args_is_help=True)
 jobs_app = typer.Typer(help="The outbox jobs that update BigCommerce.", no_args_is_help=True)
-anomalies_app = typer.Typer(help="Money taken that an order must not keep (double or late payments).",
+anomalies_app = typer.Typer(help="Money taken that an order must not keep (double or late payments), refunds in doubt.",
                             no_args_is_help=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -452,6 +452,43 @@ def refund(
                 f"(CeleryPay {result.celerypay_id or '-'})", markup=False)
 
 
+def refund_resolve(
+    ctx: typer.Context,
+    number: Annotated[str, typer.Argument(
+        metavar="REFUND_NO", help="The refund's number (merchant_refund_no), as the anomaly names it.")],
+    store: Annotated[str, typer.Option("--store", help="The store hash.")],
+    made: Annotated[str | None, typer.Option(
+        "--made", metavar="REFUND_ID",
+        help="CeleryPay has a refund with this number: its id (ref_...). bcpay reads it there and records it.")] = None,
+    not_made: Annotated[bool, typer.Option(
+        "--not-made", help="CeleryPay has no refund with this number: mark it failed, its amount refundable again.")
+    ] = False,
+) -> None:
+    """Settle a refund in doubt: its answer was lost and CeleryPay's 24-hour idempotency window is over.
+
+    Such a refund may or may not have been made, so its amount stays held (no second refund of the same
+    money) and a refund_in_doubt anomaly names it. Look for its number at CeleryPay. Found: give its id with
+    --made; bcpay reads that refund from CeleryPay and records its state (a succeeded one updates the order).
+    Not there: --not-made marks it failed, so the money can be refunded again with `bcpay refund`. A
+    refund.succeeded or refund.failed notification for it settles it by itself.
+
+    Example: bcpay refund-resolve abc123-101-1-r2 --store abc123 --made ref_A1b2C3d4E5f6G7h8I9j0K1l2
+    """
+    if (made is None) == (not not_made):
+        raise typer.BadParameter("give --made REFUND_ID or --not-made (not both)")
+    from bcpay import operations, refunds, stores
+
+    with failures(ctx):
+        stores.check_store_hash(store)
+
+    async def work(rt: "Runtime") -> "RefundResult":
+        return await refunds.resolve_doubt(rt, await operations.get_store(rt, store), number, celerypay_id=made)
+
+    result = run(ctx, work)
+    out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: {result.status} "
+                f"(CeleryPay {result.celerypay_id or '-'})", markup=False)
+
+
 @anomalies_app.command("list")
 def anomalies_list(
     ctx: typer.Context, store: StoreOpt = None,
@@ -498,5 +535,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(jobs_app, name="jobs")
     app.command("pay-link")(pay_link)
     app.command()(refund)
+    app.command("refund-resolve")(refund_resolve)
     app.add_typer(anomalies_app, name="anomalies")
 

@@ -22,7 +22,7 @@ from bcpay.signatures import verify_notification
 from bcpay.storage import queries as q
 from bcpay.storage.db import Conn
 from bcpay.storage.records import StoreRecord
-from bcpay.storage.schema import refunds
+from bcpay.storage.schema import REFUND_IN_DOUBT, refunds
 
 MAX_BODY = 256 * 1024
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)  # "last notification received" on the settings page
@@ -107,6 +107,8 @@ async def record_refund_event_for(
     (contract, "POST /v1/payments/{id}/refunds") and each store has its own
     merchant, so another store's "R1" is a different refund. Both lookups stay
     within the payment the event was verified for; a refund has one payment.
+    A refund held in doubt (``refunds._send_late``) is settled the same way, and
+    its anomaly resolved once no refund of the payment is in doubt.
     """
     now = rt.now()
     candidates = (
@@ -133,6 +135,9 @@ async def record_refund_event_for(
             update(refunds).where(refunds.c.id == row["id"], refunds.c.status.notin_(("succeeded", "failed")))
             .values(status=refund.status, celerypay_id=refund.id, updated_at=now)
         )
+        if row["status"] == REFUND_IN_DOUBT:  # CeleryPay has answered what a person was asked to find out
+            await q.clear_refund_doubt(conn, payment_id, now, f"CeleryPay: refund {refund.merchant_refund_no} "
+                                                              f"is {refund.status} ({refund.id})")
     if refund.status == "succeeded":
         await outbox.enqueue(
             conn, "refund_status", {"payment_id": payment_id, "refund_id": refund.id}, now=now,

@@ -3,6 +3,17 @@
 The amount check and the refund row are written under the order's lock before
 CeleryPay is called, so two operators refunding at once cannot over-refund.
 The order's status follows the refund through the same outbox path as payments.
+
+A request whose answer was lost stays ``requested`` (its amount held) and is
+sent again, identical. CeleryPay replays the first answer only "within 24
+hours" (contract, "Idempotency"); past that a refusal no longer says the
+refund was not made, since the first request may have made it (the number is
+then used, or the amount more than is left), and the contract does not say
+what a reused ``merchant_refund_no`` answers. So a request older than
+:data:`REPLAY_WINDOW` is sent by :func:`_send_late`, which never fails it: one
+it cannot settle is put ``in_doubt`` (amount still held, never sent again by
+itself, a ``refund_in_doubt`` anomaly) until CeleryPay's answer for it
+arrives or a person settles it with :func:`resolve_doubt`.
 """
 
 from __future__ import annotations
@@ -25,10 +36,15 @@ from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
 from bcpay.storage.db import Conn
 from bcpay.storage.records import PaymentRecord, StoreRecord
-from bcpay.storage.schema import refunds
+from bcpay.storage.schema import REFUND_IN_DOUBT, REFUND_IN_DOUBT_ANOMALY, payments, refunds
 
 STALE_REQUEST = timedelta(minutes=2)  # longer than one CeleryPay call with its retries
 OPEN_REFUND_CHECK = timedelta(minutes=10)  # a refund still open this long is asked about (sweep)
+# CeleryPay replays a POST repeated with the same key and body "within 24 hours" (contract, "Idempotency").
+# Counted from the row's created_at, never later than its first send, less an hour for the two clocks
+# (CeleryPay refuses a request 300 s off its own) and the calls' own time.
+REPLAY_WINDOW = timedelta(hours=23)
+IN_FLIGHT = ("requested", "pending", REFUND_IN_DOUBT)  # statuses whose amount may still leave the payment
 log = logging.getLogger("bcpay.refunds")
 
 
@@ -48,7 +64,7 @@ async def refundable(conn: Conn, payment: PaymentRecord) -> int:
     in_flight: int = (
         await conn.execute(
             select(func.coalesce(func.sum(refunds.c.amount), 0)).where(
-                refunds.c.payment_id == payment.id, refunds.c.status.in_(["requested", "pending"])
+                refunds.c.payment_id == payment.id, refunds.c.status.in_(IN_FLIGHT)
             )
         )
     ).scalar_one()
@@ -106,6 +122,8 @@ async def request_refund(
             raise InvalidInputError("this refund key was used for another amount", code="refund_key_reused")
     if row["status"] == "failed":
         raise ConflictError("CeleryPay refused this refund", code="refund_rejected")
+    if row["status"] == REFUND_IN_DOUBT:
+        raise _in_doubt(row)
     if row["status"] != "requested":
         return RefundResult(row["merchant_refund_no"], row["celerypay_id"], row["amount"], row["currency"],
                             row["status"])
@@ -164,13 +182,17 @@ async def _by_key(conn: Conn, payment_id: int, key: str) -> dict[str, Any] | Non
 
 
 async def _send(rt: Runtime, store: StoreRecord, payment: PaymentRecord, row: dict[str, Any]) -> RefundResult:
-    """Ask CeleryPay for the refund a ``requested`` row describes (the same request every time)."""
+    """Ask CeleryPay for the refund a ``requested`` row describes (the same request every time).
+
+    Within :data:`REPLAY_WINDOW` a refusal is CeleryPay's answer to this very
+    request (first or replayed): the row is failed and its amount free. Later,
+    :func:`_send_late`.
+    """
     assert payment.celerypay_id is not None
+    if rt.now() - row["created_at"] >= REPLAY_WINDOW:
+        return await _send_late(rt, store, payment, row)
     try:
-        refund = await rt.celerypay(store).create_refund(
-            payment.celerypay_id, amount=row["amount"], merchant_refund_no=row["merchant_refund_no"],
-            idempotency_key=row["idempotency_key"], reason=row["reason"] or None,
-        )
+        refund = await _post(rt, store, payment, row)
     except UpstreamRejected as exc:
         async with rt.db.transaction() as conn:
             await conn.execute(
@@ -179,6 +201,118 @@ async def _send(rt: Runtime, store: StoreRecord, payment: PaymentRecord, row: di
         raise ConflictError(f"CeleryPay refused the refund: {exc.code}", code="refund_rejected") from exc
     await settle(rt, store, payment, refund)
     return RefundResult(row["merchant_refund_no"], refund.id, row["amount"], row["currency"], refund.status)
+
+
+async def _post(rt: Runtime, store: StoreRecord, payment: PaymentRecord, row: dict[str, Any]) -> Refund:
+    return await rt.celerypay(store).create_refund(
+        payment.celerypay_id or "", amount=row["amount"], merchant_refund_no=row["merchant_refund_no"],
+        idempotency_key=row["idempotency_key"], reason=row["reason"] or None,
+    )
+
+
+async def _send_late(rt: Runtime, store: StoreRecord, payment: PaymentRecord, row: dict[str, Any]) -> RefundResult:
+    """Send a request again when CeleryPay may no longer replay its first answer; refused, it is in doubt.
+
+    First the payment (``GET /v1/payments/{id}``): ``refunded_amount`` that
+    bcpay's succeeded refunds do not account for may be this refund (or one
+    made elsewhere meanwhile, which a resend taken as new would double), so it
+    is not sent: in doubt. Otherwise it is sent again with the same key and
+    body. A 201 is the one refund with this number, whether replayed or made
+    now (``merchant_refund_no`` is unique per merchant: no second one can
+    exist); any refusal may mean "already made", so: in doubt, never failed.
+    A transport error leaves it ``requested``, to be tried again.
+    """
+    client = rt.celerypay(store)
+    remote = await client.get_payment(payment.celerypay_id or "")
+    async with rt.db.read() as conn:
+        settled = int((await conn.execute(select(func.coalesce(func.sum(refunds.c.amount), 0)).where(
+            refunds.c.payment_id == payment.id, refunds.c.status == "succeeded"))).scalar_one())
+    if remote.refunded_amount > settled:
+        unknown = format_amount(remote.refunded_amount - settled, payment.currency)
+        raise await _doubt(rt, store, payment, row, f"CeleryPay shows {unknown} refunded that no settled refund "
+                                                    "of bcpay accounts for, so it was not sent again")
+    try:
+        refund = await _post(rt, store, payment, row)
+    except UpstreamRejected as exc:
+        raise await _doubt(rt, store, payment, row, "sent again after CeleryPay's 24-hour idempotency window, "
+                                                    f"it was refused ({exc.code})") from exc
+    await settle(rt, store, payment, refund)
+    return RefundResult(row["merchant_refund_no"], refund.id, row["amount"], row["currency"], refund.status)
+
+
+async def _doubt(
+    rt: Runtime, store: StoreRecord, payment: PaymentRecord, row: dict[str, Any], why: str
+) -> ConflictError:
+    """Put a ``requested`` row in doubt and record (or reopen) the payment's anomaly; the error to raise."""
+    now = rt.now()
+    number, amount = row["merchant_refund_no"], format_amount(row["amount"], row["currency"])
+    detail = (f"refund {number} of {amount} may or may not have been made: {why}. Its amount stays held. Look "
+              f"for refund number {number} at CeleryPay, then run `bcpay refund-resolve {number} --store "
+              f"{store.store_hash} --made ref_...` (found) or `--not-made` (not there)")
+    async with rt.db.transaction() as conn:
+        await payflow.lock_order(conn, rt, store.id, payment.order_id)
+        moved = await conn.execute(update(refunds).where(refunds.c.id == row["id"], refunds.c.status == "requested")
+                                   .values(status=REFUND_IN_DOUBT, updated_at=now))
+        if moved.rowcount:  # else CeleryPay's answer for it was recorded meanwhile
+            held = int((await conn.execute(select(func.sum(refunds.c.amount)).where(
+                refunds.c.payment_id == payment.id, refunds.c.status == REFUND_IN_DOUBT))).scalar_one())
+            if not await q.record_anomaly(conn, store_id=store.id, order_id=payment.order_id, payment_id=payment.id,
+                                          kind=REFUND_IN_DOUBT_ANOMALY, amount=held, currency=payment.currency,
+                                          detail=detail, now=now):
+                await q.reopen_anomaly(conn, payment_id=payment.id, kind=REFUND_IN_DOUBT_ANOMALY, amount=held,
+                                       detail=detail)
+            log.warning("refund %s of payment %s is in doubt: %s", number, payment.id, why)
+    return _in_doubt(row)
+
+
+def _in_doubt(row: dict[str, Any]) -> ConflictError:
+    return ConflictError(
+        f"refund {row['merchant_refund_no']} may or may not have been made at CeleryPay; its amount stays held "
+        "until it is settled (see `bcpay anomalies list`)", code="refund_in_doubt")
+
+
+async def resolve_doubt(
+    rt: Runtime, store: StoreRecord, merchant_refund_no: str, *, celerypay_id: str | None
+) -> RefundResult:
+    """Settle a refund in doubt with what a person found at CeleryPay.
+
+    ``celerypay_id``: CeleryPay has a refund with this number, this ``ref_...``.
+    bcpay reads it (``GET /v1/payments/{id}/refunds/{refund_id}``), checks it
+    is this payment's refund with this number and amount, and records its
+    state as a notification would (a succeeded one updates the order). None:
+    CeleryPay has no refund with this number; the row is failed and its amount
+    can be refunded again.
+    """
+    query = (select(refunds).join(payments, payments.c.id == refunds.c.payment_id)
+             .where(payments.c.store_id == store.id, refunds.c.merchant_refund_no == merchant_refund_no,
+                    refunds.c.status == REFUND_IN_DOUBT))
+    async with rt.db.read() as conn:
+        found = (await conn.execute(query)).mappings().first()
+        if found is None:
+            raise NotFoundError(f"store {store.store_hash} has no refund in doubt numbered {merchant_refund_no!r}",
+                                code="refund_not_in_doubt")
+        row = dict(found)
+        payment = await q.get_payment(conn, row["payment_id"])
+    amount = format_amount(row["amount"], row["currency"])
+    if celerypay_id is not None:
+        refund = await rt.celerypay(store).get_refund(payment.celerypay_id or "", celerypay_id)
+        if (refund.merchant_refund_no, refund.amount) != (merchant_refund_no, row["amount"]):
+            raise InvalidInputError(
+                f"{celerypay_id} is refund {refund.merchant_refund_no} of "
+                f"{format_amount(refund.amount, refund.currency)}, not {merchant_refund_no} of {amount}",
+                code="refund_mismatch")
+        await settle(rt, store, payment, refund)
+        return RefundResult(merchant_refund_no, refund.id, row["amount"], row["currency"], refund.status)
+    async with rt.db.transaction() as conn:
+        await payflow.lock_order(conn, rt, store.id, payment.order_id)
+        moved = await conn.execute(update(refunds).where(refunds.c.id == row["id"], refunds.c.status == REFUND_IN_DOUBT)
+                                   .values(status="failed", updated_at=rt.now()))
+        if not moved.rowcount:
+            raise ConflictError(f"refund {merchant_refund_no} was settled meanwhile; see `bcpay payments show`",
+                                code="refund_not_in_doubt")
+        await q.clear_refund_doubt(conn, payment.id, rt.now(),
+                                   f"refund {merchant_refund_no} of {amount} not made at CeleryPay (operator)")
+    return RefundResult(merchant_refund_no, None, row["amount"], row["currency"], "failed")
 
 
 async def _send_stale(rt: Runtime, store: StoreRecord, payment: PaymentRecord) -> None:
@@ -190,7 +324,7 @@ async def _send_stale(rt: Runtime, store: StoreRecord, payment: PaymentRecord) -
     async with rt.db.read() as conn:
         stale = [dict(r) for r in (await conn.execute(query)).mappings()]
     for row in stale:
-        with contextlib.suppress(ConflictError):  # refused: _send marked it failed, its amount is free
+        with contextlib.suppress(ConflictError):  # refused: failed (amount free) or in doubt (amount held)
             await _send(rt, store, payment, row)
 
 
@@ -207,9 +341,11 @@ async def settle(rt: Runtime, store: StoreRecord, payment: PaymentRecord, refund
 async def sweep_open(rt: Runtime, *, limit: int = 100) -> int:
     """Settle refunds still open long after they were asked for (a lost ``refund.*`` notification).
 
-    A ``requested`` one is sent again (same key and body); a ``pending`` one is
-    looked up at CeleryPay, at most once per ``OPEN_REFUND_CHECK``. Returns how
-    many were looked at.
+    A ``requested`` one is sent again (same key and body; past CeleryPay's
+    replay window through :func:`_send_late`); a ``pending`` one is looked up
+    at CeleryPay, at most once per ``OPEN_REFUND_CHECK``. One in doubt is left
+    alone: only CeleryPay's answer or a person settles it. Returns how many
+    were looked at.
     """
     now = rt.now()
     query = (
@@ -228,7 +364,7 @@ async def sweep_open(rt: Runtime, *, limit: int = 100) -> int:
             continue
         try:
             if row["status"] == "requested":
-                with contextlib.suppress(ConflictError):  # refused: _send marked it failed
+                with contextlib.suppress(ConflictError):  # refused: failed, or in doubt (see _send)
                     await _send(rt, store, payment, row)
                 continue
             async with rt.db.transaction() as conn:  # asked now: not again before OPEN_REFUND_CHECK

@@ -143,6 +143,7 @@ class Runtime:
             merchant_id=store.merchant_id,
             api_secret=self.vault.open(store.celerypay_secret_enc),
             max_retries=self.settings.celerypay.max_retries,
+            clock=self.wall,  # signs with the process's wall clock, the one notifications are checked against
             environment="production" if store.environment == "production" else "sandbox",
         )
 

@@ -515,6 +515,47 @@ def test_refund_partial_then_up_to_the_total_then_over_refund_rejected(env: Env)
     one_error_line(env.cli("refund", "999", "--store", STORE_HASH, "--yes"), "no OKCloud Pay payment to refund")
 
 
+def test_refund_resolve_settles_a_refund_in_doubt_by_its_celerypay_id_or_frees_it(env: Env) -> None:
+    """--made reads the refund from CeleryPay and records it, --not-made fails it; the anomaly then closes."""
+    from bcpay.sandbox.celerypay_rules import RefundRequest
+
+    env.add_store()
+    order, pid = env.paid_order("20.00")
+    r1, r2 = f"{STORE_HASH}-{order['id']}-1-r1", f"{STORE_HASH}-{order['id']}-1-r2"
+    made = env.cp.create_refund(MERCHANT_ID, pid, RefundRequest(amount=500, merchant_refund_no=r1))
+    env.cp.settle_refund(made)
+
+    async def seed() -> None:  # two requests whose answers were lost, put in doubt a day later
+        db = Database(env.db_url)
+        async with db.transaction() as conn:
+            store = await q.require_store(conn, STORE_HASH)
+            [attempt] = await q.order_attempts(conn, store.id, order["id"])
+            now = datetime.now(UTC)
+            for number, amount in ((r1, 500), (r2, 700)):
+                await conn.execute(refunds.insert().values(
+                    payment_id=attempt.id, merchant_refund_no=number, idempotency_key=f"k-{number}", amount=amount,
+                    currency="USD", status="in_doubt", created_at=now - timedelta(days=1), updated_at=now))
+            await q.record_anomaly(conn, store_id=store.id, order_id=order["id"], payment_id=attempt.id,
+                                   kind="refund_in_doubt", amount=1200, currency="USD", detail="lost", now=now)
+        await db.dispose()
+
+    asyncio.run(seed())
+    assert env.cli("refund-resolve", r1, "--store", STORE_HASH).exit_code == 2
+    assert env.cli("refund-resolve", r1, "--store", STORE_HASH, "--made", made.id, "--not-made").exit_code == 2
+    assert "refund_in_doubt" in env.ok("anomalies", "list").stdout
+
+    assert f"refund {r1} of 5.00 USD: succeeded (CeleryPay {made.id})" in env.ok(
+        "refund-resolve", r1, "--store", STORE_HASH, "--made", made.id).stdout
+    assert json.loads(env.ok("anomalies", "list", "--json").stdout) != []  # r2 is still in doubt
+    assert f"refund {r2} of 7.00 USD: failed (CeleryPay -)" in env.ok(
+        "refund-resolve", r2, "--store", STORE_HASH, "--not-made").stdout
+
+    assert {r["merchant_refund_no"]: r["status"] for r in env.query(select(refunds))} == {r1: "succeeded", r2: "failed"}
+    assert json.loads(env.ok("anomalies", "list", "--json").stdout) == []
+    one_error_line(env.cli("refund-resolve", r2, "--store", STORE_HASH, "--not-made"),
+                   f"has no refund in doubt numbered '{r2}'")
+
+
 def test_reconcile_fix_applies_a_lost_payment_exactly_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     env.add_store()
     order, pid = env.start_payment("19.99")

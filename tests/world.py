@@ -12,7 +12,8 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from bcpay import stores
 from bcpay.config import Settings, load_settings
 from bcpay.effects import Worker
-from bcpay.runtime import Runtime
+from bcpay.runtime import Runtime, utcnow
 from bcpay.sandbox.bc_state import FakeBigCommerce
 from bcpay.sandbox.bigcommerce import create_bigcommerce_api
 from bcpay.sandbox.celerypay import FakeCeleryPay, FakeOptions
@@ -57,6 +58,19 @@ def world_settings(db_url: str, secret_key: str, **sections: dict[str, Any]) -> 
 
 
 @dataclass
+class Travel:
+    """Real time plus how far the test moved it on: the fake CeleryPay's clock, and bcpay's after a travel."""
+
+    offset: timedelta = timedelta(0)
+
+    def wall(self) -> float:
+        return time.time() + self.offset.total_seconds()
+
+    def now(self) -> datetime:
+        return utcnow() + self.offset
+
+
+@dataclass
 class World:
     """Handles on every part, plus helpers that read like the test's story."""
 
@@ -66,6 +80,12 @@ class World:
     bc: FakeBigCommerce
     cp: FakeCeleryPay
     worker: Worker
+    clock: Travel = field(default_factory=Travel)
+
+    def travel(self, by: timedelta) -> None:
+        """Move bcpay's and CeleryPay's clocks on together (signatures and notifications stay fresh)."""
+        self.clock.offset += by
+        self.rt.clock, self.rt.wall = self.clock.now, self.clock.wall
 
     @property
     def rt(self) -> Runtime:
@@ -147,7 +167,8 @@ async def open_world(
     bc.add_store(STORE_HASH, secure_url=STORE_URL, name="Test Shop", access_token=ACCESS_TOKEN)
     bcpay_entry = Deferred()
     to_bcpay = httpx.AsyncClient(transport=httpx.ASGITransport(app=bcpay_entry), base_url=PUBLIC_URL)
-    cp = FakeCeleryPay(cp_options or FakeOptions(), http=to_bcpay)
+    travel = Travel()
+    cp = FakeCeleryPay(cp_options or FakeOptions(), clock=travel.wall, http=to_bcpay)
     cp.add_merchant(MERCHANT_ID, MERCHANT_SECRET)
     upstream = httpx.AsyncClient(mounts={
         "all://bc.test": httpx.ASGITransport(app=create_bigcommerce_api(bc)),
@@ -156,7 +177,7 @@ async def open_world(
     app = create_app(settings, http=upstream, run_worker=False)
     bcpay_entry.app = app
     async with app.router.lifespan_context(app):
-        world = World(settings, app, to_bcpay, bc, cp, Worker(app.state.runtime))
+        world = World(settings, app, to_bcpay, bc, cp, Worker(app.state.runtime), travel)
         try:
             yield world
         finally:

@@ -30,11 +30,14 @@ from bcpay.storage.db import Conn, Prepared
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import (
     OPEN_STATUSES,
+    REFUND_IN_DOUBT,
+    REFUND_IN_DOUBT_ANOMALY,
     anomalies,
     audit_log,
     bc_quota,
     events,
     payments,
+    refunds,
     snippet_versions,
     stores,
     used_jwts,
@@ -403,6 +406,32 @@ async def list_anomalies(
     if state is not None:
         query = query.where(anomalies.c.state == state)
     return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def reopen_anomaly(conn: Conn, *, payment_id: int, kind: str, amount: int, detail: str) -> None:
+    """Open the payment's anomaly of ``kind`` again with today's amount, its detail added to the old one."""
+    await conn.execute(
+        update(anomalies)
+        .where(anomalies.c.payment_id == payment_id, anomalies.c.kind == kind)
+        .values(state="open", resolved_at=None, amount=amount, detail=anomalies.c.detail + " | " + detail)
+    )
+
+
+async def resolve_anomaly_of(conn: Conn, payment_id: int, kind: str, now: datetime, note: str) -> bool:
+    """Mark the payment's open anomaly of ``kind`` resolved (its cause is gone); False when none was open."""
+    result = await conn.execute(
+        update(anomalies)
+        .where(anomalies.c.payment_id == payment_id, anomalies.c.kind == kind, anomalies.c.state == "open")
+        .values(state="resolved", resolved_at=now, detail=anomalies.c.detail + " | " + note)
+    )
+    return bool(result.rowcount)
+
+
+async def clear_refund_doubt(conn: Conn, payment_id: int, now: datetime, note: str) -> None:
+    """Resolve the payment's ``refund_in_doubt`` anomaly once none of its refunds is in doubt any more."""
+    left = await count(conn, refunds, refunds.c.payment_id == payment_id, refunds.c.status == REFUND_IN_DOUBT)
+    if not left:
+        await resolve_anomaly_of(conn, payment_id, REFUND_IN_DOUBT_ANOMALY, now, note)
 
 
 async def resolve_anomaly(conn: Conn, anomaly_id: int, now: datetime, note: str) -> bool:

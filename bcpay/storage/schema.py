@@ -86,6 +86,10 @@ metadata = MetaData(
 )
 
 OPEN_STATUSES = ("creating", "pending")
+# A refund request that may or may not have been made at CeleryPay (refunds.py, "in doubt"): its amount
+# stays held until CeleryPay's answer or a person settles it. Not a schema change: ``status`` is free text.
+REFUND_IN_DOUBT = "in_doubt"
+REFUND_IN_DOUBT_ANOMALY = "refund_in_doubt"  # the anomaly that asks a person to settle such a refund
 ID = 128  # CeleryPay ids: evt_/ref_ + up to 64 characters (68) fit with room to spare
 
 stores = Table(
@@ -177,7 +181,7 @@ refunds = Table(
     Column("celerypay_id", String(ID), unique=True),
     Column("amount", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
-    Column("status", String(16), nullable=False),  # requested | pending | succeeded | failed
+    Column("status", String(16), nullable=False),  # requested | pending | in_doubt | succeeded | failed
     Column("reason", Text, nullable=False, server_default=""),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
@@ -244,7 +248,7 @@ anomalies = Table(
     Column("store_id", ForeignKey("stores.id"), nullable=False),
     Column("order_id", BigInteger, nullable=False),
     Column("payment_id", ForeignKey("payments.id"), nullable=False),
-    Column("kind", String(32), nullable=False),  # double_payment | paid_after_cancel | amount_mismatch
+    Column("kind", String(32), nullable=False),  # double_payment | paid_after_cancel | refund_in_doubt | ...
     Column("amount", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("state", String(16), nullable=False, server_default="open"),  # open | resolved
