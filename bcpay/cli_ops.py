@@ -456,7 +456,7 @@ def refund_resolve(
     ctx: typer.Context,
     number: Annotated[str, typer.Argument(
         metavar="REFUND_NO", help="The refund's number (merchant_refund_no), as the anomaly names it.")],
-    store: Annotated[str, typer.Option("--store", help="The store hash.")],
+    store: StoreReq,
     made: Annotated[str | None, typer.Option(
         "--made", metavar="REFUND_ID",
         help="CeleryPay has a refund with this number: its id (ref_...). bcpay reads it there and records it.")] = None,

@@ -295,7 +295,7 @@ def test_stores_configure_reset_of_an_unknown_setting_is_a_usage_error(
 
 def test_stores_configure_reset_on_an_unknown_store_is_one_error_line(env: Env) -> None:
     one_error_line(env.cli("stores", "configure", "zzz999", "--reset", "all"), "unknown store 'zzz999'")
-    one_error_line(env.cli("stores", "configure", "ZZZ-1", "--reset", "all"), "not a store hash")
+    one_error_line(env.cli("stores", "configure", "ZZZ-1", "--reset", "all"), "not a store hash", code=2)
 
 
 def test_stores_add_configure_show_and_list_never_leak_secrets(env: Env) -> None:
