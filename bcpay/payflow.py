@@ -106,7 +106,9 @@ def public_state(p: PaymentRecord) -> str:
         return "refunded" if p.status == rules.REFUNDED else "paid"
     if p.status == rules.SUCCEEDED:
         return "under_review" if p.outcome == "mismatch" else "paid"
-    if p.status in rules.OPEN:
+    if p.status in rules.OPEN or never_created(p):
+        # Given up as never created: nothing failed for the shopper, who never reached a cashier (a pay
+        # link opened hours after ops made it). "Pay now" opens a new attempt at today's amount.
         return "awaiting_payment"
     return p.status
 

@@ -421,6 +421,31 @@ async def test_pay_link_for_an_order_that_never_reached_the_cashier(world: World
     assert "Payment received" in page.text and "Pay now" not in page.text
 
 
+async def test_a_pay_link_opened_hours_later_still_reads_as_unpaid_and_pays(world: World) -> None:
+    """The link's attempt never reached CeleryPay, so the first look after the creation grace gives it up
+    (not_created); the shopper must still see an order to pay, not "the payment did not go through"."""
+    from datetime import timedelta
+
+    from bcpay import payflow
+
+    order = world.place_order("5.00")
+    link = await payflow.pay_link(world.rt, STORE_HASH, order["id"])
+    path = link.removeprefix("http://127.0.0.1:8000")
+    world.travel(timedelta(hours=3))
+    page = await world.client.get(path)
+    assert page.status_code == 200 and "Pay now" in page.text and "5.00 USD" in page.text
+    assert "did not go through" not in page.text and "never created" not in page.text
+    token = path.rsplit("/", 1)[1]
+    polled = (await world.client.get(f"/api/v1/payments/{token}")).json()
+    assert polled["state"] == "awaiting_payment" and polled["status"] == "failed"  # given up, shown unpaid
+    go = await world.client.post(path)
+    assert go.status_code == 303 and go.headers["location"].startswith("http://celerypay.test/cashier/pay_")
+    await world.cp.pay(go.headers["location"].rsplit("/", 1)[1])
+    await world.cp.deliver_due()
+    await world.run_jobs()
+    assert world.order(order["id"])["status_id"] == 11
+
+
 async def test_the_pay_page_shows_only_its_own_words_for_an_error(world: World) -> None:
     """``?error=`` is anyone's to write: a known code gets its fixed text, anything else the generic one."""
     from bcpay import payflow
