@@ -281,10 +281,10 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.batch = batch or rt.settings.outbox.concurrency
         self.wakeup = asyncio.Event()
-        # Jobs about one payment (or one order) run one at a time: each reads the order and then writes
-        # it, and two at once (two refunds' status jobs) both read the old status and both write. The
-        # claim keeps processes apart (outbox.claim); this lock covers what it cannot see: jobs queued
-        # before schema 0007, which have no subject in the database.
+        # Jobs about one order run one at a time, whichever payment they are about: each reads the order
+        # and then writes it, and two at once (two refunds' status jobs) both read the old status and both
+        # write. The claim keeps processes apart (outbox.claim); this lock covers what it cannot see: jobs
+        # queued before schema 0007, which have no subject in the database.
         self._subjects: weakref.WeakValueDictionary[str | int, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def run_once(self) -> int:
@@ -297,8 +297,12 @@ class Worker:
         return len(jobs)
 
     def _subject_lock(self, job: JobRecord) -> asyncio.Lock:
-        """The lock of what the job is about (``outbox.subject_of``), else of the job alone."""
-        key = outbox.subject_of(job.store_id, job.payload) or job.id
+        """The lock of the row's subject (the claim's key), else of what the payload is about, else of the job.
+
+        The row first, so the two agree whichever version of ``outbox.subject_of`` queued the job; the
+        payload speaks only for rows without a subject (queued before schema 0007).
+        """
+        key = job.subject or outbox.subject_of(job.store_id, job.payload) or job.id
         lock = self._subjects.get(key)
         if lock is None:
             lock = self._subjects[key] = asyncio.Lock()

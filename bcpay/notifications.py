@@ -21,7 +21,7 @@ from bcpay.runtime import Runtime
 from bcpay.signatures import verify_notification
 from bcpay.storage import queries as q
 from bcpay.storage.db import Conn
-from bcpay.storage.records import StoreRecord
+from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import REFUND_IN_DOUBT, refunds
 
 MAX_BODY = 256 * 1024
@@ -93,13 +93,11 @@ async def apply_event(
         store = await q.get_store_by_id(conn, store_id)
     result = await payflow.apply_remote(rt, store, event.payment, source=f"event {event.id}", conn=conn)
     if event.refund is not None and result.payment is not None:
-        await record_refund_event_for(rt, conn, store_id, result.payment.id, event.refund)
+        await record_refund_event_for(rt, conn, result.payment, event.refund)
     return result.outcome
 
 
-async def record_refund_event_for(
-    rt: Runtime, conn: Conn, store_id: int, payment_id: int, refund: Refund
-) -> None:
+async def record_refund_event_for(rt: Runtime, conn: Conn, payment: PaymentRecord, refund: Refund) -> None:
     """Keep the refund's state and queue the order update for a succeeded refund.
 
     The row is the one with CeleryPay's refund id, else the one with the same
@@ -114,7 +112,7 @@ async def record_refund_event_for(
     candidates = (
         await conn.execute(
             select(refunds).where(
-                refunds.c.payment_id == payment_id,
+                refunds.c.payment_id == payment.id,
                 (refunds.c.celerypay_id == refund.id) | (refunds.c.merchant_refund_no == refund.merchant_refund_no),
             )
         )
@@ -123,7 +121,7 @@ async def record_refund_event_for(
     if row is None:
         await conn.execute(
             insert(refunds).values(
-                payment_id=payment_id, merchant_refund_no=refund.merchant_refund_no,
+                payment_id=payment.id, merchant_refund_no=refund.merchant_refund_no,
                 idempotency_key="external", celerypay_id=refund.id, amount=refund.amount,
                 currency=refund.currency, status=refund.status, created_at=now, updated_at=now,
             )
@@ -136,10 +134,10 @@ async def record_refund_event_for(
             .values(status=refund.status, celerypay_id=refund.id, updated_at=now)
         )
         if row["status"] == REFUND_IN_DOUBT:  # CeleryPay has answered what a person was asked to find out
-            await q.clear_refund_doubt(conn, payment_id, now, f"CeleryPay: refund {refund.merchant_refund_no} "
+            await q.clear_refund_doubt(conn, payment.id, now, f"CeleryPay: refund {refund.merchant_refund_no} "
                                                               f"is {refund.status} ({refund.id})")
     if refund.status == "succeeded":
         await outbox.enqueue(
-            conn, "refund_status", {"payment_id": payment_id, "refund_id": refund.id}, now=now,
-            store_id=store_id, dedupe_key=f"refund_status:{refund.id}",
+            conn, "refund_status", {"payment_id": payment.id, "order_id": payment.order_id, "refund_id": refund.id},
+            now=now, store_id=payment.store_id, dedupe_key=f"refund_status:{refund.id}",
         )

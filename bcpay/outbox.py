@@ -6,18 +6,35 @@ worker's lease simply runs out and another worker takes the job. Failures back
 off exponentially; after ``outbox.max_attempts`` a job is ``dead`` until an
 operator retries it.
 
-Jobs about one payment (or one order) never run at the same time, in one
-process or in several: each reads the order and then writes it, and two at
-once (two refunds' status jobs) both read the old status and both write it.
-A job's ``subject`` (:func:`subject_of`) is written when it is queued, and
+Jobs about one order never run at the same time, in one process or in
+several, whichever payment of the order they are about: each reads the order
+and then writes it, and two at once interleave. Two refunds' status jobs both
+read the old status and both write it; an expired attempt's cancel reads
+Awaiting Payment, the next attempt's mark_paid writes Paid, and the cancel
+writes Cancelled over it. A job's ``subject`` (:func:`subject_of`: its
+order, ``order:<store id>:<order id>``) is written when it is queued, and
 :func:`claim` leases no job while another job of its subject is leased, nor
 two jobs of one subject at once; such a job stays queued, uncounted, until
-the other is finished. That needs each claim to see the leases of the claims
-before it, so claims run one at a time: on SQLite every write transaction is
-``BEGIN IMMEDIATE``; on PostgreSQL a claim first takes a transaction-level
-advisory lock (``FOR UPDATE SKIP LOCKED`` alone would let two claims lease
-two jobs of one subject: neither sees the other's uncommitted lease). Jobs
-without a subject (written before schema 0007) are claimed as before.
+the other is finished, and then reads what the other wrote. That needs each
+claim to see the leases of the claims before it, so claims run one at a
+time: on SQLite every write transaction is ``BEGIN IMMEDIATE``; on
+PostgreSQL a claim first takes a transaction-level advisory lock
+(``FOR UPDATE SKIP LOCKED`` alone would let two claims lease two jobs of one
+subject: neither sees the other's uncommitted lease).
+
+A payment's job names its order in its payload (``order_id`` beside
+``payment_id``, which is all the handlers read: any version runs any job).
+Rows keep the subject they were written with; during a rolling upgrade:
+
+- jobs queued by this code are kept apart per order by any claim from
+  schema 0007's code on (it compares the rows' subjects as this one does),
+  also from an old process's ``order_status_changed`` job of the order
+  (always ``order:<store id>:<order id>``);
+- a payment's job queued by 0007's code (``payment:<id>``) is kept apart
+  only from jobs of its payment, and one queued before 0007 (no subject)
+  from nothing, as before this change: the race above stays possible for
+  them until they have run (rows are not re-keyed; a dead one an operator
+  retries keeps its subject), and for any job a pre-0007 process claims.
 """
 
 from __future__ import annotations
@@ -43,13 +60,16 @@ CLAIM_LOCK_KEY = 0x6263_7061_7900_0001
 
 
 def subject_of(store_id: int | None, payload: object) -> str | None:
-    """What a job is about: its payment, else its store's order, else nothing (None)."""
+    """What a job is about: its store's order, else its payment (queued by 0007's code), else None.
+
+    At most 45 characters (two 64-bit ids): ``jobs.subject`` holds 64.
+    """
     if not isinstance(payload, dict):
         return None
-    if "payment_id" in payload:
-        return f"payment:{payload['payment_id']}"
     if "order_id" in payload:
         return f"order:{store_id}:{payload['order_id']}"
+    if "payment_id" in payload:
+        return f"payment:{payload['payment_id']}"
     return None
 
 

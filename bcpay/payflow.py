@@ -369,7 +369,7 @@ async def _apply(
         outcome = await _on_paid(conn, rt, store, attempt, remote, siblings)
     elif remote.status == rules.EXPIRED and rt.policy(store).on_expired == "cancel":
         await outbox.enqueue(
-            conn, "cancel_order", {"payment_id": attempt.id}, now=now, store_id=store.id,
+            conn, "cancel_order", {"payment_id": attempt.id, "order_id": attempt.order_id}, now=now, store_id=store.id,
             dedupe_key=f"cancel_order:{attempt.id}",
         )
     if outcome != "updated":
@@ -406,8 +406,8 @@ async def _on_paid(
     check = rules.check_capture(attempt, remote, store.store_hash)
     if not check.ok:
         await outbox.enqueue(
-            conn, "mark_mismatch", {"payment_id": attempt.id, "reason": check.reason}, now=now,
-            store_id=store.id, dedupe_key=f"mark_mismatch:{attempt.id}",
+            conn, "mark_mismatch", {"payment_id": attempt.id, "order_id": attempt.order_id, "reason": check.reason},
+            now=now, store_id=store.id, dedupe_key=f"mark_mismatch:{attempt.id}",
         )
         await q.record_anomaly(
             conn, store_id=store.id, order_id=attempt.order_id, payment_id=attempt.id, kind="amount_mismatch",
@@ -422,7 +422,7 @@ async def _on_paid(
         )
         return "duplicate_payment"
     await outbox.enqueue(
-        conn, "mark_paid", {"payment_id": attempt.id}, now=now, store_id=store.id,
+        conn, "mark_paid", {"payment_id": attempt.id, "order_id": attempt.order_id}, now=now, store_id=store.id,
         dedupe_key=f"mark_paid:{attempt.id}",
     )
     return "applied"
@@ -442,8 +442,8 @@ async def record_duplicate(
     )
     if created and rt.policy(store).refund_duplicates == "auto" and amount > 0:
         await outbox.enqueue(
-            conn, "refund", {"payment_id": attempt.id, "amount": amount, "reason": kind}, now=now,
-            store_id=store.id, dedupe_key=f"auto_refund:{attempt.id}",
+            conn, "refund", {"payment_id": attempt.id, "order_id": attempt.order_id, "amount": amount, "reason": kind},
+            now=now, store_id=store.id, dedupe_key=f"auto_refund:{attempt.id}",
         )
 
 

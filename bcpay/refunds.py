@@ -335,7 +335,7 @@ async def settle(rt: Runtime, store: StoreRecord, payment: PaymentRecord, refund
         await payflow.lock_order(conn, rt, store.id, payment.order_id)
         if remote is not None:
             await payflow.apply_remote(rt, store, remote, source=f"refund {refund.id}", conn=conn)
-        await record_refund_event_for(rt, conn, store.id, payment.id, refund)
+        await record_refund_event_for(rt, conn, payment, refund)
 
 
 async def sweep_open(rt: Runtime, *, limit: int = 100) -> int:

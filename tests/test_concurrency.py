@@ -25,9 +25,11 @@ from tests.world import STORE_HASH, World, open_world
 
 
 @contextlib.asynccontextmanager
-async def second_instance(world: World) -> AsyncIterator[tuple[httpx.AsyncClient, Worker]]:
-    """Another bcpay 'process' on the same database and fakes."""
-    upstream = world.rt.http  # the fakes' transports; a real second process has its own pool
+async def second_instance(
+    world: World, http: httpx.AsyncClient | None = None
+) -> AsyncIterator[tuple[httpx.AsyncClient, Worker]]:
+    """Another bcpay 'process' on the same database and fakes (through ``http`` if given)."""
+    upstream = http or world.rt.http  # the fakes' transports; a real second process has its own pool
     app = create_app(world.settings, http=upstream, run_worker=False)
     async with app.router.lifespan_context(app):
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000")
@@ -142,6 +144,30 @@ async def test_two_instances_never_run_two_jobs_of_one_payment_at_the_same_time(
     assert [(j.id, j.state, j.attempts) for j in await outbox.list_jobs(world.rt.db)] == [(2, "done", 1), (1, "done", 1)]
 
 
+async def test_two_instances_never_run_jobs_of_two_payments_of_one_order_at_the_same_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each job reads the order and then writes it: while one instance runs payment 1's job of order 7,
+    the other leaves payment 2's (same order) queued and runs payment 3's (order 8) at once."""
+    probe = Probe(hold=2)
+    monkeypatch.setitem(effects.HANDLERS, "probe", probe)
+    async with world.rt.db.transaction() as conn:
+        for payment_id, order_id in ((1, 7), (2, 7), (3, 8)):
+            await outbox.enqueue(conn, "probe", {"payment_id": payment_id, "order_id": order_id}, now=world.rt.now(),
+                                 store_id=1)
+    async with second_instance(world) as (_, other):
+        first, second = Worker(world.rt, owner="first", batch=1), Worker(other.rt, owner="second", batch=2)
+        running = [asyncio.create_task(first.run_once())]
+        await probe.until_inside(1)
+        running.append(asyncio.create_task(second.run_once()))
+        await probe.until_inside(2)
+        assert probe.inside() == {1, 3}
+        probe.release.set()
+        assert await asyncio.gather(*running) == [1, 1]
+        assert await second.run_once() == 1
+    assert [(step, i) for step, i, _ in probe.log][-2:] == [("enter", 2), ("exit", 2)]
+
+
 async def test_two_instances_run_jobs_of_two_payments_at_the_same_time(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -190,6 +216,58 @@ async def test_two_refunds_status_jobs_on_two_instances_update_the_order_once(db
             await world.run_jobs()
         assert [p["status_id"] for p in world.status_puts(order["id"])] == [11, 4]
         assert world.order(order["id"])["staff_notes"].count("OKCloud Pay: refunded") == 1
+
+
+class HeldStatusPut(httpx.AsyncBaseTransport):
+    """BigCommerce as one instance reaches it: its first PUT of ``status_id`` waits, unsent, for ``release``."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, status_id: int) -> None:
+        self.inner, self.status_id = inner, status_id
+        self.held, self.release = asyncio.Event(), asyncio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT" and not self.held.is_set() and b'"status_id":%d' % self.status_id in request.content:
+            self.held.set()
+            await self.release.wait()
+        return await self.inner.handle_async_request(request)
+
+
+async def test_an_expired_attempts_cancel_never_overwrites_the_paid_status_of_the_next(
+    db_url: str, secret_key: str
+) -> None:
+    """Attempt A expired; its cancel_order read the order (Awaiting Payment), found no paid or open
+    attempt, and its PUT is slow. Meanwhile attempt B is started and paid. B's mark_paid, on the other
+    instance, wrote Paid and the cancel then wrote Cancelled over it: a paid order silently cancelled.
+    mark_paid now waits for the order's cancel, re-reads the order and keeps B's capture apart."""
+    from bcpay.sandbox.bigcommerce import create_bigcommerce_api
+
+    async with open_world(db_url, secret_key, payments={"on_expired": "cancel"}) as world:
+        await world.add_store()
+        order = world.place_order()
+        first = (await world.start(order)).json()
+        world.cp.payment_record(first["cashier_url"].rsplit("/", 1)[1]).expires_at = 0  # type: ignore[assignment]
+        assert await world.cp.expire_due()
+        await world.cp.deliver_due()
+        assert [j.kind for j in await outbox.list_jobs(world.rt.db, state=outbox.QUEUED)] == ["cancel_order"]
+        held = HeldStatusPut(httpx.ASGITransport(app=create_bigcommerce_api(world.bc)), status_id=5)
+        async with httpx.AsyncClient(mounts={"all://bc.test": held,
+                                             "all://celerypay.test": httpx.ASGITransport(app=world.cp.app)}) as slow:
+            async with second_instance(world, http=slow) as (_, other):
+                cancelling = asyncio.create_task(Worker(other.rt, owner="second", batch=1).run_once())
+                async with asyncio.timeout(10):
+                    await held.held.wait()
+                second = (await world.start(order)).json()
+                assert second["token"] != first["token"]
+                await world.cp.pay(second["cashier_url"].rsplit("/", 1)[1])
+                await world.cp.deliver_due()
+                assert await world.worker.run_once() == 0  # mark_paid waits for the order's cancel
+                held.release.set()
+                assert await cancelling == 1
+        await world.run_jobs()
+        assert [p["status_id"] for p in world.status_puts(order["id"])] == [5]
+        async with world.rt.db.read() as conn:
+            anomalies = await q.list_anomalies(conn)
+        assert [(a["kind"], a["payment_id"], a["amount"]) for a in anomalies] == [("paid_after_cancel", 2, 1999)]
 
 
 async def test_a_job_is_cut_off_before_its_lease_runs_out_even_after_a_slow_claim(

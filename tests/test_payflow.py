@@ -596,3 +596,38 @@ async def test_the_conditional_update_the_never_created_sweep_uses_leaves_an_att
         assert changed is False
         assert (await q.get_payment(conn, attempt.id)).status == "pending"
         assert await q.update_payment_if(conn, attempt.id, "pending", outcome="x") is True
+
+
+async def test_every_job_about_a_payment_is_about_its_order(db_url: str, secret_key: str) -> None:
+    """Jobs of two attempts of one order read and write the same order: each names the order as
+    its subject, so no two of them run at once (``outbox.claim``)."""
+    from sqlalchemy import update
+
+    from bcpay import outbox
+    from bcpay.storage import queries as q
+    from bcpay.storage.schema import payments
+
+    async with open_world(db_url, secret_key, payments={"on_expired": "cancel", "refund_duplicates": "auto"}) as w:
+        await w.add_store()
+        mismatched, doubled, expired = w.place_order(), w.place_order(), w.place_order()
+        await w.cp.pay(payment_id_of((await w.start(mismatched)).json()), amount=999)
+        first = (await w.start(doubled)).json()
+        async with w.rt.db.transaction() as conn:  # as if its creation had been given up locally
+            await conn.execute(update(payments).where(payments.c.token == first["token"]).values(status="failed"))
+        await w.cp.pay(payment_id_of((await w.start(doubled)).json()))
+        await w.cp.deliver_due()
+        await w.run_jobs()
+        await w.cp.pay(payment_id_of(first))
+        w.cp.payment_record(payment_id_of((await w.start(expired)).json())).expires_at = 0  # type: ignore[assignment]
+        assert await w.cp.expire_due()
+        await w.cp.deliver_due()
+        await w.run_jobs()
+        await w.cp.deliver_due()
+        await w.run_jobs()
+        jobs = await outbox.list_jobs(w.rt.db, limit=100)
+        async with w.rt.db.read() as conn:
+            store = await q.require_store(conn, STORE_HASH)
+            orders = {j.id: (await q.get_payment(conn, j.payload["payment_id"])).order_id for j in jobs}
+    assert sorted(j.kind for j in jobs) == ["cancel_order", "mark_mismatch", "mark_paid", "refund", "refund_status"]
+    assert {j.subject for j in jobs} == {f"order:{store.id}:{o['id']}" for o in (mismatched, doubled, expired)}
+    assert all(j.subject == f"order:{store.id}:{orders[j.id]}" for j in jobs)

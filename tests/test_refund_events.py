@@ -144,8 +144,6 @@ async def test_another_stores_refund_number_leaves_a_pending_refund_alone(world:
     _, pid_a = await pay_order(world, STORE_HASH, STORE_URL)
     _, pid_b = await pay_order(world, OTHER_HASH, OTHER_URL)
     async with world.rt.db.read() as conn:
-        store_a = await q.require_store(conn, STORE_HASH)
-        store_b = await q.require_store(conn, OTHER_HASH)
         a = await q.find_payment(conn, celerypay_id=pid_a)
         b = await q.find_payment(conn, celerypay_id=pid_b)
     assert a is not None and b is not None
@@ -158,11 +156,9 @@ async def test_another_stores_refund_number_leaves_a_pending_refund_alone(world:
         })
 
     async with world.rt.db.transaction() as conn:
-        await notifications.record_refund_event_for(world.rt, conn, store_a.id, a.id, refund("ref_A1", pid_a, "pending"))
+        await notifications.record_refund_event_for(world.rt, conn, a, refund("ref_A1", pid_a, "pending"))
     async with world.rt.db.transaction() as conn:
-        await notifications.record_refund_event_for(
-            world.rt, conn, store_b.id, b.id, refund("ref_B1", pid_b, "succeeded")
-        )
+        await notifications.record_refund_event_for(world.rt, conn, b, refund("ref_B1", pid_b, "succeeded"))
 
     rows = await refund_rows(world)
     assert [(r["payment_id"], r["celerypay_id"], r["status"]) for r in rows] == [
@@ -175,14 +171,13 @@ async def test_a_refund_event_finds_bcpays_own_refund_by_number_before_its_id_is
     """A row written before CeleryPay answered (no id yet) is the one the event updates, not a new one."""
     _, pid = await pay_order(world, STORE_HASH, STORE_URL)
     async with world.rt.db.transaction() as conn:
-        store = await q.require_store(conn, STORE_HASH)
         payment = await q.find_payment(conn, celerypay_id=pid)
         assert payment is not None
         await conn.execute(insert(refunds).values(
             payment_id=payment.id, merchant_refund_no="R1", idempotency_key="k", amount=500, currency="USD",
             status="requested", created_at=world.rt.now(), updated_at=world.rt.now(),
         ))
-        await notifications.record_refund_event_for(world.rt, conn, store.id, payment.id, Refund.from_json({
+        await notifications.record_refund_event_for(world.rt, conn, payment, Refund.from_json({
             "id": "ref_X1", "object": "refund", "payment_id": pid, "merchant_refund_no": "R1", "amount": 500,
             "currency": "USD", "status": "pending", "created_at": None, "updated_at": None,
         }))

@@ -155,6 +155,38 @@ async def test_concurrent_claims_in_two_processes_never_lease_two_jobs_of_one_pa
             await database.dispose()
 
 
+async def test_concurrent_claims_in_two_processes_never_lease_two_jobs_of_one_order(db_url: str) -> None:
+    """Eight claims at once from two processes over the jobs of two payments each of three orders: one
+    job per order is leased, whichever payment it is about (each reads the order and then writes it)."""
+    processes = [Database(db_url), Database(db_url)]
+    try:
+        store_id = await make_store(processes[0])
+        async with processes[0].transaction() as conn:
+            for payment_id, order_id in [(1, 10), (2, 10), (3, 11), (4, 11), (5, 12), (6, 12)] * 2:
+                await outbox.enqueue(conn, "refund_status", {"payment_id": payment_id, "order_id": order_id},
+                                     now=NOW, store_id=store_id)
+        for round_ in range(3):
+            at = NOW + timedelta(seconds=61 * round_)  # the previous round's leases have run out
+            claimed = await asyncio.gather(*(
+                outbox.claim(processes[i % 2], owner=f"w{i}", now=at, lease_seconds=60, limit=1) for i in range(8)
+            ))
+            assert sorted(j.subject for jobs in claimed for j in jobs) == [f"order:{store_id}:{o}" for o in (10, 11, 12)]
+    finally:
+        for database in processes:
+            await database.dispose()
+
+
+def test_a_job_about_a_payment_is_about_its_order_and_its_subject_fits_the_column() -> None:
+    """The order when the payload names it; a job queued by 0007's code names only its payment and
+    keeps that subject; the longest subject (two 64-bit ids, 45 characters) fits ``jobs.subject``."""
+    assert outbox.subject_of(3, {"payment_id": 9, "order_id": 100, "amount": 5}) == "order:3:100"
+    assert outbox.subject_of(3, {"order_id": 100}) == "order:3:100"
+    assert outbox.subject_of(3, {"payment_id": 9}) == "payment:9"
+    assert outbox.subject_of(3, {"digest": "x"}) is None
+    longest = outbox.subject_of(2**63 - 1, {"payment_id": 2**63 - 1, "order_id": 2**63 - 1})
+    assert longest is not None and len(longest) == 45 and jobs.c.subject.type.length == 64  # type: ignore[attr-defined]
+
+
 async def test_a_job_queued_by_bcpay_before_0007_is_claimed_as_before(db: Database) -> None:
     """No subject in the row: neither waits for a leased job of its payment nor for one in its batch."""
     store_id = await make_store(db)

@@ -210,9 +210,9 @@ jobs = Table(
     Column("kind", String(32), nullable=False),
     Column("payload", Text, nullable=False),
     Column("dedupe_key", String(160), unique=True),
-    # What the job is about (``payment:<id>`` or ``order:<store id>:<order id>``, ``outbox.subject_of``):
-    # the claim never leases a job while another job of its subject is leased. NULL: about nothing
-    # in particular, or written before 0007.
+    # What the job is about (``order:<store id>:<order id>``, ``outbox.subject_of``; ``payment:<id>``
+    # from 0007's code): the claim never leases a job while another job of its subject is leased.
+    # NULL: about nothing in particular, or written before 0007.
     Column("subject", String(64)),
     Column("state", String(16), nullable=False),  # queued | done | dead | cancelled | discarded
     Column("attempts", Integer, nullable=False, server_default="0"),
