@@ -81,6 +81,11 @@ async def _audit(
         )
 
 
+# A capture that must not pay its order (cancelled, or deleted, before the money came): its refunds
+# leave the order's status alone, as a duplicate's do (refund_status).
+KEPT_APART = "kept_apart"
+
+
 async def mark_paid(rt: Runtime, job: JobRecord) -> str:
     """Set the paid status, provider id, staff note and metafield, once."""
     try:
@@ -93,6 +98,7 @@ async def mark_paid(rt: Runtime, job: JobRecord) -> str:
             store = await q.get_store_by_id(conn, payment.store_id)
             await payflow.record_duplicate(conn, rt, store, payment, "paid for an order BigCommerce no longer has",
                                            kind="order_gone")
+            await q.update_payment(conn, payment.id, outcome=KEPT_APART, updated_at=rt.now())
         return "anomaly"
     policy = rt.policy(store)
     effect = rules.paid_effect(order.status_id, paid_status_id=policy.paid_status_id)
@@ -120,6 +126,7 @@ async def mark_paid(rt: Runtime, job: JobRecord) -> str:
             await payflow.record_duplicate(
                 conn, rt, store, payment, "paid after the order was cancelled", kind="paid_after_cancel"
             )
+            await q.update_payment(conn, payment.id, outcome=KEPT_APART, updated_at=rt.now())
         await _audit(rt, store, payment, order, "paid_after_cancel", "order was cancelled; payment kept apart")
         return "anomaly"
     elif effect == "other":

@@ -296,6 +296,24 @@ async def test_paid_after_the_merchant_cancelled_is_an_anomaly_not_a_status_chan
     assert [(a["kind"], a["amount"]) for a in anomalies] == [("paid_after_cancel", 1999)]
 
 
+async def test_paid_after_cancel_refunded_automatically_leaves_the_cancelled_order_alone(
+    db_url: str, secret_key: str
+) -> None:
+    """The money goes back, and the order the merchant cancelled stays Cancelled (not Refunded)."""
+    async with open_world(db_url, secret_key, payments={"refund_duplicates": "auto"}) as w:
+        await w.add_store()
+        order = w.place_order("19.99")
+        body = (await w.start(order)).json()
+        w.bc.set_order_status(STORE_HASH, order["id"], 5)
+        await w.cp.pay(payment_id_of(body))
+        await w.cp.deliver_due()
+        await w.run_jobs()
+        await w.cp.deliver_due()  # refund.succeeded
+        await w.run_jobs()
+        assert w.cp.payment_record(payment_id_of(body)).refunded_amount == 1999
+        assert w.order(order["id"])["status_id"] == 5 and w.status_puts(order["id"]) == []
+
+
 async def test_second_capture_for_a_paid_order_is_a_double_payment_anomaly(world: World) -> None:
     """A first attempt we held as failed turns out captured after the second paid."""
     from sqlalchemy import update

@@ -155,7 +155,7 @@ payments = Table(
     Column("failure_message", Text),
     Column("celerypay_updated_at", UTCDateTime()),
     Column("last_checked_at", UTCDateTime()),
-    Column("outcome", String(24)),  # applied | mismatch | duplicate | late | None
+    Column("outcome", String(24)),  # applied | mismatch | duplicate_payment | kept_apart | None
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     UniqueConstraint("store_id", "order_id", "attempt_no"),
