@@ -462,6 +462,10 @@ async def test_a_pay_link_opened_hours_later_still_reads_as_unpaid_and_pays(worl
     await world.cp.deliver_due()
     await world.run_jobs()
     assert world.order(order["id"])["status_id"] == 11
+    # The given-up link, opened again once the order is paid, leads to the paid attempt's page.
+    again = await world.client.get(path)
+    assert again.status_code == 303 and again.headers["location"] != path
+    assert "Payment received" in (await world.client.get(again.headers["location"])).text
 
 
 async def test_the_pay_page_shows_only_its_own_words_for_an_error(world: World) -> None:

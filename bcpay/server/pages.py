@@ -103,8 +103,9 @@ async def pay_page(request: Request) -> Response:
         view, store_name, store_url = await _load(rt, request.path_params["token"])
     except NotFoundError:
         return html_page("pay_missing.html", status=404)
-    if view.state in ("failed", "expired", "cancelled"):
-        # A later attempt paid this order: its page is the one to show, not "try again".
+    if view.status in ("failed", "expired", "cancelled"):
+        # A later attempt paid this order: its page is the one to show, not "try again" (nor "Pay now" for
+        # an attempt given up as never created, which reads as unpaid).
         paid = await payflow.paid_attempt_of(rt, view.token)
         if paid is not None:
             return RedirectResponse(f"/pay/{paid.token}", status_code=303)
