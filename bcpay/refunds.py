@@ -185,7 +185,9 @@ async def _send(rt: Runtime, store: StoreRecord, payment: PaymentRecord, row: di
     """Ask CeleryPay for the refund a ``requested`` row describes (the same request every time).
 
     Within :data:`REPLAY_WINDOW` a refusal is CeleryPay's answer to this very
-    request (first or replayed): the row is failed and its amount free. Later,
+    request (first or replayed): the row is failed and its amount free. Not a
+    401: that refuses bcpay's signature (contract, "Request signing"), says
+    nothing of the refund, and leaves the row ``requested``. Later,
     :func:`_send_late`.
     """
     assert payment.celerypay_id is not None
@@ -194,6 +196,8 @@ async def _send(rt: Runtime, store: StoreRecord, payment: PaymentRecord, row: di
     try:
         refund = await _post(rt, store, payment, row)
     except UpstreamRejected as exc:
+        if exc.status == 401:
+            raise  # refused bcpay's signature (a rotated secret, a clock off), not this refund: still requested
         async with rt.db.transaction() as conn:
             await conn.execute(
                 update(refunds).where(refunds.c.id == row["id"]).values(status="failed", updated_at=rt.now())
@@ -234,6 +238,8 @@ async def _send_late(rt: Runtime, store: StoreRecord, payment: PaymentRecord, ro
     try:
         refund = await _post(rt, store, payment, row)
     except UpstreamRejected as exc:
+        if exc.status == 401:
+            raise  # bcpay's signature refused, not the refund: still requested, sent again later
         raise await _doubt(rt, store, payment, row, "sent again after CeleryPay's 24-hour idempotency window, "
                                                     f"it was refused ({exc.code})") from exc
     await settle(rt, store, payment, refund)

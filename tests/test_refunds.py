@@ -147,6 +147,29 @@ async def test_a_refund_whose_call_failed_is_sent_again_with_the_same_key_and_do
         await refunds.request_refund(world.rt, store, attempt, amount=800, key="job-77")
 
 
+async def test_a_resend_refused_for_its_signature_keeps_the_refund_held(world: World) -> None:
+    """The first call's answer was lost (it may have made the refund); the resend meets a 401 (a clock
+    off, a secret mid-rotation). That says nothing about the refund: its amount stays held, and a later
+    resend settles it once. Failing it freed the money for a second refund."""
+    from bcpay.errors import UpstreamRejected
+
+    order, _ = await paid(world, "20.00")
+    store = await world_store(world)
+    attempt = await refunds.paid_attempt(world.rt, store, order["id"])  # type: ignore[arg-type]
+    world.cp.fail_next(world.rt.settings.celerypay.max_retries + 1, status=503)  # no answer at all
+    with pytest.raises(UpstreamUnavailable):
+        await refunds.request_refund(world.rt, store, attempt, amount=2000, key="job-5")
+    world.clock.offset += timedelta(hours=1)  # CeleryPay's clock only: bcpay's signatures are stale to it
+    with pytest.raises(UpstreamRejected) as refused:
+        await refunds.request_refund(world.rt, store, attempt, amount=2000, key="job-5")
+    assert refused.value.status == 401
+    world.clock.offset = timedelta(0)
+    async with world.rt.db.read() as conn:
+        assert await refunds.refundable(conn, attempt) == 0  # still held: it may have been made
+    done = await refunds.request_refund(world.rt, store, attempt, amount=2000, key="job-5")
+    assert done.amount == 2000 and [r["amount"] for r in world.cp.refunds.values()] == [2000]
+
+
 async def test_a_request_left_unanswered_no_longer_holds_its_amount_back(world: World) -> None:
     """An operator's refund whose call failed is settled by the next request, which then refunds the rest."""
     from sqlalchemy import update
