@@ -177,6 +177,21 @@ async def test_a_platform_load_429_with_x_retry_after_waits_that_long(limiter: R
     assert ft.now == pytest.approx(1003.0) and limiter.left == 100
 
 
+async def test_an_x_retry_after_of_a_day_holds_the_store_a_minute(limiter: RateLimiter, ft: FakeTime) -> None:
+    """One header must not park a store and its jobs for a day: the wait is capped, and the next 429
+    (if the load lasts) brings a fresh one."""
+    from bcpay.clients.ratelimit import RETRY_AFTER_CAP, retry_after_seconds
+
+    await limiter.acquire()
+    limiter.record(answer(left=100, reset_ms=30000))
+    await limiter.acquire()
+    started = ft.now
+    limiter.record(httpx.Response(429, headers={"X-Retry-After": "86400"}))
+    await limiter.acquire()
+    assert RETRY_AFTER_CAP == 60.0 and 60.0 <= ft.now - started <= 61.0
+    assert retry_after_seconds(httpx.Response(429, headers={"X-Retry-After": "86400"})) == 60.0
+
+
 async def test_out_of_order_answers_keep_the_lowest_count_in_a_window(
     limiter: RateLimiter, ft: FakeTime
 ) -> None:

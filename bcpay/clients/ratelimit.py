@@ -48,6 +48,9 @@ RESET_MS = "x-rate-limit-time-reset-ms"
 QUOTA = "x-rate-limit-requests-quota"
 WINDOW_MS = "x-rate-limit-time-window-ms"
 RETRY_AFTER = "x-retry-after"  # seconds; only older BigCommerce docs name it
+# The longest X-Retry-After taken at its word: a store (and its jobs) held for a day on one header
+# would be worse than a few early retries, each of which is answered with a fresh wait.
+RETRY_AFTER_CAP = 60.0
 
 
 def _header_int(response: httpx.Response, name: str) -> int | None:
@@ -68,9 +71,9 @@ def reset_seconds(response: httpx.Response) -> float | None:
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
-    """``X-Retry-After`` (seconds), when present and sane."""
+    """``X-Retry-After`` (seconds), when present and sane; at most :data:`RETRY_AFTER_CAP`."""
     seconds = _header_int(response, RETRY_AFTER)
-    return None if seconds is None else float(seconds)
+    return None if seconds is None else min(float(seconds), RETRY_AFTER_CAP)
 
 
 def busy_backoff(streak: int, *, base: float, cap: float) -> float:
