@@ -226,15 +226,11 @@ async def _send_late(rt: Runtime, store: StoreRecord, payment: PaymentRecord, ro
     exist); any refusal may mean "already made", so: in doubt, never failed.
     A transport error leaves it ``requested``, to be tried again.
     """
-    client = rt.celerypay(store)
-    remote = await client.get_payment(payment.celerypay_id or "")
-    async with rt.db.read() as conn:
-        settled = int((await conn.execute(select(func.coalesce(func.sum(refunds.c.amount), 0)).where(
-            refunds.c.payment_id == payment.id, refunds.c.status == "succeeded"))).scalar_one())
-    if remote.refunded_amount > settled:
-        unknown = format_amount(remote.refunded_amount - settled, payment.currency)
-        raise await _doubt(rt, store, payment, row, f"CeleryPay shows {unknown} refunded that no settled refund "
-                                                    "of bcpay accounts for, so it was not sent again")
+    unknown = await _unexplained_refunds(rt, store, payment)
+    if unknown:
+        raise await _doubt(rt, store, payment, row, f"CeleryPay shows {format_amount(unknown, payment.currency)} "
+                                                    "refunded that no settled refund of bcpay accounts for, so it "
+                                                    "was not sent again")
     try:
         refund = await _post(rt, store, payment, row)
     except UpstreamRejected as exc:
@@ -244,6 +240,15 @@ async def _send_late(rt: Runtime, store: StoreRecord, payment: PaymentRecord, ro
                                                     f"it was refused ({exc.code})") from exc
     await settle(rt, store, payment, refund)
     return RefundResult(row["merchant_refund_no"], refund.id, row["amount"], row["currency"], refund.status)
+
+
+async def _unexplained_refunds(rt: Runtime, store: StoreRecord, payment: PaymentRecord) -> int:
+    """What CeleryPay shows refunded (``GET /v1/payments/{id}``) beyond bcpay's succeeded refunds, in minor units."""
+    remote = await rt.celerypay(store).get_payment(payment.celerypay_id or "")
+    async with rt.db.read() as conn:
+        settled = int((await conn.execute(select(func.coalesce(func.sum(refunds.c.amount), 0)).where(
+            refunds.c.payment_id == payment.id, refunds.c.status == "succeeded"))).scalar_one())
+    return max(0, remote.refunded_amount - settled)
 
 
 async def _doubt(
@@ -287,7 +292,8 @@ async def resolve_doubt(
     is this payment's refund with this number and amount, and records its
     state as a notification would (a succeeded one updates the order). None:
     CeleryPay has no refund with this number; the row is failed and its amount
-    can be refunded again.
+    can be refunded again, unless CeleryPay shows more refunded than bcpay's
+    settled refunds explain (then it may be this one: refused).
     """
     query = (select(refunds).join(payments, payments.c.id == refunds.c.payment_id)
              .where(payments.c.store_id == store.id, refunds.c.merchant_refund_no == merchant_refund_no,
@@ -309,6 +315,13 @@ async def resolve_doubt(
                 code="refund_mismatch")
         await settle(rt, store, payment, refund)
         return RefundResult(merchant_refund_no, refund.id, row["amount"], row["currency"], refund.status)
+    unknown = await _unexplained_refunds(rt, store, payment)
+    if unknown:
+        # Freeing the amount would let the same money be refunded twice.
+        raise ConflictError(
+            f"CeleryPay shows {format_amount(unknown, payment.currency)} refunded that no settled refund of bcpay "
+            f"accounts for: find that refund at CeleryPay; if it is {merchant_refund_no}, give its id with --made",
+            code="refund_maybe_made")
     async with rt.db.transaction() as conn:
         await payflow.lock_order(conn, rt, store.id, payment.order_id)
         moved = await conn.execute(update(refunds).where(refunds.c.id == row["id"], refunds.c.status == REFUND_IN_DOUBT)

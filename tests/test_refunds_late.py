@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from bcpay import refunds
-from bcpay.errors import InvalidInputError, NotFoundError, UpstreamNotFound, UpstreamUnavailable
+from bcpay.errors import ConflictError, InvalidInputError, NotFoundError, UpstreamNotFound, UpstreamUnavailable
 from bcpay.sandbox.celerypay import FakeOptions
 from bcpay.sandbox.celerypay_rules import RefundRequest
 from bcpay.storage import queries as q
@@ -133,7 +133,10 @@ async def test_a_refund_celerypay_shows_as_made_is_not_sent_again_and_can_be_set
     assert "CeleryPay shows 20.00 USD refunded that no settled refund of bcpay accounts for" in anomaly["detail"]
     with pytest.raises(UpstreamNotFound):  # an id CeleryPay does not know for this payment settles nothing
         await refunds.resolve_doubt(world.rt, store, number, celerypay_id="ref_" + "N" * 24)
+    with pytest.raises(ConflictError, match="20.00 USD refunded that no settled refund of bcpay accounts for"):
+        await refunds.resolve_doubt(world.rt, store, number, celerypay_id=None)  # "not made": CeleryPay says else
     assert (await rows(world))[0]["status"] == "in_doubt"
+    assert await left_to_refund(world, order_id) == 0
 
     settled = await refunds.resolve_doubt(world.rt, store, number, celerypay_id=made["id"])
     await world.run_jobs()
