@@ -126,6 +126,18 @@ async def record_refund_event_for(rt: Runtime, conn: Conn, payment: PaymentRecor
                 currency=refund.currency, status=refund.status, created_at=now, updated_at=now,
             )
         )
+    elif row["status"] == "failed" and refund.status == "succeeded":
+        # CeleryPay never turns a failed refund into a succeeded one: "failed" was bcpay's own inference
+        # (a refusal read as final, or an operator's `refund-resolve --not-made`), and the money went back.
+        # Kept as what happened, and shown: the amount it freed may have been refunded a second time.
+        await conn.execute(update(refunds).where(refunds.c.id == row["id"], refunds.c.status == "failed")
+                           .values(status="succeeded", celerypay_id=refund.id, updated_at=now))
+        await q.record_anomaly(
+            conn, store_id=payment.store_id, order_id=payment.order_id, payment_id=payment.id,
+            kind="refund_failed_then_made", amount=refund.amount, currency=refund.currency, now=now,
+            detail=f"refund {refund.merchant_refund_no} ({refund.id}) was recorded failed, but CeleryPay made it; "
+                   "check that its amount was not refunded again",
+        )
     elif row["status"] not in ("succeeded", "failed"):
         # Conditional: a final state written meanwhile (the notification racing the 201's
         # "pending") is never put back; PostgreSQL re-checks this after waiting for the row.

@@ -190,3 +190,25 @@ async def test_a_refund_in_doubt_that_celerypay_never_made_is_freed_with_not_mad
     assert anomaly["state"] == "resolved" and "not made at CeleryPay (operator)" in anomaly["detail"]
     with pytest.raises(NotFoundError, match="has no refund in doubt numbered"):
         await refunds.resolve_doubt(world.rt, store, ours["merchant_refund_no"], celerypay_id=None)
+
+
+async def test_a_refund_marked_not_made_that_celerypay_then_settles_is_recorded_and_shown(world: World) -> None:
+    """Still pending at CeleryPay, an operator's `--not-made` passes its check; CeleryPay's refund.succeeded
+    later is not dropped: the row is succeeded and an anomaly says the freed amount may have gone twice."""
+    order_id, pid = await paid(world)
+    await refund_lost(world, order_id, made=True)  # made, still pending at CeleryPay
+    world.travel(A_DAY_LATER)
+    await world.worker.sweep()  # resent after the window and refused: in doubt
+    [row] = await rows(world)
+    assert row["status"] == "in_doubt"
+    store, _ = await store_and_attempt(world, order_id)
+    await refunds.resolve_doubt(world.rt, store, row["merchant_refund_no"], celerypay_id=None)  # wrongly
+    assert [r["status"] for r in await rows(world)] == ["failed"]
+
+    await world.cp.settle_refunds()
+    await world.cp.deliver_due()
+    await world.run_jobs()
+
+    assert [r["status"] for r in await rows(world)] == ["succeeded"]
+    assert [a["kind"] for a in await anomalies(world)] == ["refund_failed_then_made"]
+    assert world.cp.payments[pid]["refunded_amount"] == 2000 and await left_to_refund(world, order_id) == 0
