@@ -28,8 +28,8 @@ Rows keep the subject they were written with; during a rolling upgrade:
 
 - jobs queued by this code are kept apart per order by any claim from
   schema 0007's code on (it compares the rows' subjects as this one does),
-  also from an old process's ``order_status_changed`` job of the order
-  (always ``order:<store id>:<order id>``);
+  also from the order's ``order_status_changed`` job queued by such code
+  (keyed ``order:<store id>:<order id>`` from 0007 on);
 - a payment's job queued by 0007's code (``payment:<id>``) is kept apart
   only from jobs of its payment, and one queued before 0007 (no subject)
   from nothing, as before this change: the race above stays possible for

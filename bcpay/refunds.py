@@ -100,7 +100,9 @@ async def request_refund(
     Idempotency-Key and body, so CeleryPay either does it once or replays it;
     one with an answer is returned as it is. Without a key, requests left
     ``requested`` for a while are settled the same way before the amount left
-    is computed, so a failed call never holds money back for good.
+    is computed, so a failed call never holds money back for good (short of a
+    request past CeleryPay's replay window that cannot be settled: held in
+    doubt until CeleryPay's answer or a person settles it, see :func:`_send_late`).
 
     ``again=False`` (the CLI without ``--again``) refuses a refund of the same
     amount as one asked for this payment in the last :data:`REPEAT_WINDOW`: an

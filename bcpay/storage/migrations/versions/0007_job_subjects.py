@@ -2,14 +2,15 @@
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-11-27 12:00:00
+Create Date: 2026-11-26 08:00:00
 
 A worker ran the jobs of one payment (or one order) one at a time only inside
 its own process. With a separate ``bcpay worker`` beside ``serve``, or several
 hosts, two refunds' status jobs were claimed by two processes, both read the
 order's old status and both wrote it: two PUTs, two staff notes.
 ``jobs.subject`` (``payment:<id>``, else ``order:<store id>:<order id>``, else
-NULL) is written at enqueue, and the claim leases no job while another job of
+NULL; later code names the order first, so all jobs of one order share it:
+``outbox.subject_of``) is written at enqueue, and the claim leases no job while another job of
 its subject is leased (``outbox.claim``); the index serves that check.
 
 Code from 0003 on runs on it. The column is nullable with no default and the
