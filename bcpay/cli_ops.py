@@ -448,6 +448,10 @@ def refund(
         return await refunds.request_refund(rt, shop, paid, amount=minor, reason=reason, again=again)
 
     result = run(ctx, work)
+    if result.status == "queued_again":  # bcpay's own refund of a double or late payment
+        out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: failed; the "
+                    "worker refunds that amount again from the same payment", markup=False)
+        return
     out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: {result.status} "
                 f"(CeleryPay {result.celerypay_id or '-'})", markup=False)
 
@@ -469,7 +473,8 @@ def refund_resolve(
     Such a refund may or may not have been made, so its amount stays held (no second refund of the same
     money) and a refund_in_doubt anomaly names it. Look for its number at CeleryPay. Found: give its id with
     --made; bcpay reads that refund from CeleryPay and records its state (a succeeded one updates the order).
-    Not there: --not-made marks it failed, so the money can be refunded again with `bcpay refund`. A
+    Not there: --not-made marks it failed, so the money can be refunded again with `bcpay refund` (bcpay's own
+    refund of a double or late payment is queued again from that payment by itself). A
     refund.succeeded or refund.failed notification for it settles it by itself.
 
     Example: bcpay refund-resolve abc123-101-1-r2 --store abc123 --made ref_A1b2C3d4E5f6G7h8I9j0K1l2
@@ -485,6 +490,10 @@ def refund_resolve(
         return await refunds.resolve_doubt(rt, await operations.get_store(rt, store), number, celerypay_id=made)
 
     result = run(ctx, work)
+    if result.status == "queued_again":  # bcpay's own refund of a double or late payment
+        out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: failed; the "
+                    "worker refunds that amount again from the same payment", markup=False)
+        return
     out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: {result.status} "
                 f"(CeleryPay {result.celerypay_id or '-'})", markup=False)
 

@@ -225,7 +225,7 @@ async def refund(rt: Runtime, job: JobRecord) -> str:
         store = await q.get_store_by_id(conn, payment.store_id)
     await refunds.request_refund(
         rt, store, payment, amount=int(job.payload["amount"]), reason=str(job.payload.get("reason", "")),
-        key=f"job-{job.id}",
+        key=f"{refunds.AUTO_REFUND_KEY}{job.id}",
     )
     return "apply"
 

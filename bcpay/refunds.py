@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
-from bcpay import payflow, rules
+from bcpay import outbox, payflow, rules
 from bcpay.clients.celerypay import Refund
 from bcpay.errors import BcpayError, ConflictError, InvalidInputError, NotFoundError, UpstreamRejected
 from bcpay.money import format_amount
@@ -44,6 +44,7 @@ OPEN_REFUND_CHECK = timedelta(minutes=10)  # a refund still open this long is as
 # Counted from the row's created_at, never later than its first send, less an hour for the two clocks
 # (CeleryPay refuses a request 300 s off its own) and the calls' own time.
 REPLAY_WINDOW = timedelta(hours=23)
+AUTO_REFUND_KEY = "job-"  # the key prefix of refunds the worker makes (effects.refund: "job-<job id>")
 IN_FLIGHT = ("requested", "pending", REFUND_IN_DOUBT)  # statuses whose amount may still leave the payment
 log = logging.getLogger("bcpay.refunds")
 
@@ -333,6 +334,15 @@ async def resolve_doubt(
                                 code="refund_not_in_doubt")
         await q.clear_refund_doubt(conn, payment.id, rt.now(),
                                    f"refund {merchant_refund_no} of {amount} not made at CeleryPay (operator)")
+        if row["idempotency_key"].startswith(AUTO_REFUND_KEY):
+            # bcpay's own refund of money it must return (a double or late payment): `bcpay refund ORDER`
+            # would take it from the payment that paid the order, so the refund is queued again here.
+            await outbox.enqueue(
+                conn, "refund", {"payment_id": payment.id, "order_id": payment.order_id, "amount": row["amount"],
+                                 "reason": row["reason"] or "refund_again"},
+                now=rt.now(), store_id=store.id, dedupe_key=f"refund_again:{row['id']}",
+            )
+            return RefundResult(merchant_refund_no, None, row["amount"], row["currency"], "queued_again")
     return RefundResult(merchant_refund_no, None, row["amount"], row["currency"], "failed")
 
 

@@ -127,6 +127,43 @@ async def test_auto_refund_of_a_double_payment(db_url: str, secret_key: str) -> 
         assert len(w.status_puts(order["id"])) == 1
 
 
+async def test_a_double_payments_refund_found_not_made_is_queued_again_from_that_payment(
+    db_url: str, secret_key: str
+) -> None:
+    """`refund-resolve --not-made` on bcpay's own refund of a double payment: `bcpay refund ORDER` would
+    take the money from the payment that paid the order, so the worker refunds the double one again."""
+    from sqlalchemy import insert, update
+
+    from bcpay.storage.schema import REFUND_IN_DOUBT, payments
+    from bcpay.storage.schema import refunds as refunds_table
+
+    async with open_world(db_url, secret_key) as w:  # refund_duplicates: manual
+        await w.add_store()
+        order = w.place_order("10.00")
+        first = (await w.start(order)).json()
+        async with w.rt.db.transaction() as conn:
+            await conn.execute(update(payments).where(payments.c.token == first["token"]).values(status="failed"))
+        second = (await w.start(order)).json()
+        for body in (second, first):
+            await w.cp.pay(body["cashier_url"].rsplit("/", 1)[1])
+            await w.cp.deliver_due()
+            await w.run_jobs()
+        store = await world_store(w)
+        async with w.rt.db.transaction() as conn:  # the worker's refund of the double one, left in doubt
+            double = await q.get_payment_by_token(conn, first["token"])
+            assert double is not None and double.outcome == "duplicate_payment"
+            await conn.execute(insert(refunds_table).values(
+                payment_id=double.id, merchant_refund_no="abc123-x-r1", idempotency_key="job-999", amount=1000,
+                currency="USD", status=REFUND_IN_DOUBT, reason="double_payment", created_at=w.rt.now(),
+                updated_at=w.rt.now()))
+        result = await refunds.resolve_doubt(w.rt, store, "abc123-x-r1", celerypay_id=None)  # type: ignore[arg-type]
+        assert result.status == "queued_again"
+        await w.run_jobs()
+        first_pid, second_pid = (b["cashier_url"].rsplit("/", 1)[1] for b in (first, second))
+        assert w.cp.payments[first_pid]["refunded_amount"] == 1000
+        assert w.cp.payments[second_pid]["refunded_amount"] == 0 and w.order(order["id"])["status_id"] == 11
+
+
 async def test_a_refund_whose_call_failed_is_sent_again_with_the_same_key_and_done_once(world: World) -> None:
     """A retried job (same key) resends the same request: one refund at CeleryPay, nothing held back."""
     order, _ = await paid(world, "20.00")
