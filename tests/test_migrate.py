@@ -253,3 +253,41 @@ async def test_0007_adds_job_subjects_for_code_from_0003_on_and_downgrades_clean
         assert await subject_schema(db) == (True, True)
     finally:
         await db.dispose()
+
+
+async def test_0008_marks_captures_of_cancelled_or_deleted_orders_kept_apart(empty_db_url: str) -> None:
+    """A payment with a paid_after_cancel or order_gone anomaly, recorded before bcpay marked such
+    captures, is kept_apart after 0008 (its refund then leaves the order alone); others are untouched."""
+    now = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+    stamps = tuple(column(name, UTCDateTime()) for name in ("created_at", "updated_at"))
+    stores_t = table("stores", column("id"), column("store_hash"), column("source"),
+                     column("installed_at", UTCDateTime()), column("updated_at", UTCDateTime()))
+    payments_t = table("payments", *(column(n) for n in (
+        "id", "token", "store_id", "order_id", "attempt_no", "merchant_order_no", "idempotency_key", "amount",
+        "currency", "status", "paid_amount", "outcome")), *stamps)
+    anomalies_t = table("anomalies", *(column(n) for n in (
+        "store_id", "order_id", "payment_id", "kind", "amount", "currency")), column("created_at", UTCDateTime()))
+    db = Database(empty_db_url)
+    try:
+        await migrate.upgrade(db, "0007")
+        async with db.transaction() as conn:
+            await conn.execute(insert(stores_t).values(id=1, store_hash="abc123", source="app", installed_at=now,
+                                                       updated_at=now))
+            for pid, kind in ((1, "paid_after_cancel"), (2, "order_gone"), (3, "double_payment"), (4, None)):
+                await conn.execute(insert(payments_t).values(
+                    id=pid, token=f"t{pid}", store_id=1, order_id=100 + pid, attempt_no=1,
+                    merchant_order_no=f"abc123-{100 + pid}-1", idempotency_key=f"k{pid}", amount=1999,
+                    currency="USD", status="succeeded", paid_amount=1999,
+                    outcome="duplicate_payment" if kind == "double_payment" else "applied",
+                    created_at=now, updated_at=now))
+                if kind:
+                    await conn.execute(insert(anomalies_t).values(store_id=1, order_id=100 + pid, payment_id=pid,
+                                                                  kind=kind, amount=1999, currency="USD",
+                                                                  created_at=now))
+        assert await migrate.upgrade(db, "0008") == ("0007", "0008")
+        async with db.read() as conn:
+            outcomes = dict((await conn.execute(select(payments_t.c.id, payments_t.c.outcome))).all())
+        assert outcomes == {1: "kept_apart", 2: "kept_apart", 3: "duplicate_payment", 4: "applied"}
+        assert ("0008", "0003") in (await markers(db) or [])
+    finally:
+        await db.dispose()
