@@ -416,6 +416,16 @@ def pay_link(ctx: typer.Context, order_id: OrderId, store: StoreReq) -> None:
     typer.echo(run(ctx, lambda rt: payflow.pay_link(rt, store, order_id)))
 
 
+def _print_refund(result: "RefundResult") -> None:
+    """One line about a refund (``bcpay refund``, ``bcpay refund-resolve``)."""
+    if result.status == "queued_again":  # bcpay's own refund of a double or late payment, found not made
+        out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: failed; the "
+                    "worker refunds that amount again from the same payment", markup=False)
+        return
+    out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: {result.status} "
+                f"(CeleryPay {result.celerypay_id or '-'})", markup=False)
+
+
 def refund(
     ctx: typer.Context,
     order_id: OrderId,
@@ -447,13 +457,7 @@ def refund(
         minor = to_minor(amount, paid.currency) if amount is not None else None
         return await refunds.request_refund(rt, shop, paid, amount=minor, reason=reason, again=again)
 
-    result = run(ctx, work)
-    if result.status == "queued_again":  # bcpay's own refund of a double or late payment
-        out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: failed; the "
-                    "worker refunds that amount again from the same payment", markup=False)
-        return
-    out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: {result.status} "
-                f"(CeleryPay {result.celerypay_id or '-'})", markup=False)
+    _print_refund(run(ctx, work))
 
 
 def refund_resolve(
@@ -489,13 +493,7 @@ def refund_resolve(
     async def work(rt: "Runtime") -> "RefundResult":
         return await refunds.resolve_doubt(rt, await operations.get_store(rt, store), number, celerypay_id=made)
 
-    result = run(ctx, work)
-    if result.status == "queued_again":  # bcpay's own refund of a double or late payment
-        out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: failed; the "
-                    "worker refunds that amount again from the same payment", markup=False)
-        return
-    out().print(f"refund {result.merchant_refund_no} of {money(result.amount, result.currency)}: {result.status} "
-                f"(CeleryPay {result.celerypay_id or '-'})", markup=False)
+    _print_refund(run(ctx, work))
 
 
 @anomalies_app.command("list")

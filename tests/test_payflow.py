@@ -413,6 +413,15 @@ async def test_expired_payment_cancels_the_order_when_configured(db_url: str, se
         assert "expired unpaid" in w.order(order["id"])["staff_notes"]
 
 
+async def pay_through_the_page(world: World, path: str) -> None:
+    """Press Pay now on a pay page, pay at the cashier it leads to, and let bcpay apply it."""
+    go = await world.client.post(path)
+    assert go.status_code == 303 and go.headers["location"].startswith("http://celerypay.test/cashier/pay_")
+    await world.cp.pay(go.headers["location"].rsplit("/", 1)[1])
+    await world.cp.deliver_due()
+    await world.run_jobs()
+
+
 async def test_pay_link_for_an_order_that_never_reached_the_cashier(world: World) -> None:
     """Ops send the link; the shopper's Pay now goes to the cashier; paying settles the order."""
     from bcpay import payflow
@@ -425,11 +434,7 @@ async def test_pay_link_for_an_order_that_never_reached_the_cashier(world: World
     page = await world.client.get(path)
     assert page.status_code == 200 and "5.00 USD" in page.text and "Pay now" in page.text
     assert "default-src 'none'" in page.headers["content-security-policy"]
-    go = await world.client.post(path)
-    assert go.status_code == 303 and go.headers["location"].startswith("http://celerypay.test/cashier/pay_")
-    await world.cp.pay(go.headers["location"].rsplit("/", 1)[1])
-    await world.cp.deliver_due()
-    await world.run_jobs()
+    await pay_through_the_page(world, path)
     assert world.order(order["id"])["status_id"] == 11
     # Back from the cashier, this shopper (no BigCommerce session, maybe another device) comes back to
     # bcpay's page, not to a store confirmation page that cannot show the order.
@@ -456,11 +461,7 @@ async def test_a_pay_link_opened_hours_later_still_reads_as_unpaid_and_pays(worl
     token = path.rsplit("/", 1)[1]
     polled = (await world.client.get(f"/api/v1/payments/{token}")).json()
     assert polled["state"] == "awaiting_payment" and polled["status"] == "failed"  # given up, shown unpaid
-    go = await world.client.post(path)
-    assert go.status_code == 303 and go.headers["location"].startswith("http://celerypay.test/cashier/pay_")
-    await world.cp.pay(go.headers["location"].rsplit("/", 1)[1])
-    await world.cp.deliver_due()
-    await world.run_jobs()
+    await pay_through_the_page(world, path)
     assert world.order(order["id"])["status_id"] == 11
     # The given-up link, opened again once the order is paid, leads to the paid attempt's page.
     again = await world.client.get(path)

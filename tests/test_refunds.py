@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -103,22 +104,29 @@ async def test_expiry_sweep_applies_a_lost_expiry_notification(db_url: str, secr
         assert (await w.status(body["token"])).json()["state"] == "expired"
 
 
-async def test_auto_refund_of_a_double_payment(db_url: str, secret_key: str) -> None:
+async def paid_twice(w: World) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """An order of 10.00 paid by a second attempt, then by the first one, which bcpay held as failed:
+    (order, first attempt's start answer, second's)."""
     from sqlalchemy import update
 
     from bcpay.storage.schema import payments
 
+    order = w.place_order("10.00")
+    first = (await w.start(order)).json()
+    async with w.rt.db.transaction() as conn:
+        await conn.execute(update(payments).where(payments.c.token == first["token"]).values(status="failed"))
+    second = (await w.start(order)).json()
+    for body in (second, first):
+        await w.cp.pay(body["cashier_url"].rsplit("/", 1)[1])
+        await w.cp.deliver_due()
+        await w.run_jobs()
+    return order, first, second
+
+
+async def test_auto_refund_of_a_double_payment(db_url: str, secret_key: str) -> None:
     async with open_world(db_url, secret_key, payments={"refund_duplicates": "auto"}) as w:
         await w.add_store()
-        order = w.place_order("10.00")
-        first = (await w.start(order)).json()
-        async with w.rt.db.transaction() as conn:
-            await conn.execute(update(payments).where(payments.c.token == first["token"]).values(status="failed"))
-        second = (await w.start(order)).json()
-        for body in (second, first):
-            await w.cp.pay(body["cashier_url"].rsplit("/", 1)[1])
-            await w.cp.deliver_due()
-            await w.run_jobs()
+        order, first, _second = await paid_twice(w)
         await w.cp.deliver_due()
         await w.run_jobs()
         first_pid = first["cashier_url"].rsplit("/", 1)[1]
@@ -132,22 +140,14 @@ async def test_a_double_payments_refund_found_not_made_is_queued_again_from_that
 ) -> None:
     """`refund-resolve --not-made` on bcpay's own refund of a double payment: `bcpay refund ORDER` would
     take the money from the payment that paid the order, so the worker refunds the double one again."""
-    from sqlalchemy import insert, update
+    from sqlalchemy import insert
 
-    from bcpay.storage.schema import REFUND_IN_DOUBT, payments
+    from bcpay.storage.schema import REFUND_IN_DOUBT
     from bcpay.storage.schema import refunds as refunds_table
 
     async with open_world(db_url, secret_key) as w:  # refund_duplicates: manual
         await w.add_store()
-        order = w.place_order("10.00")
-        first = (await w.start(order)).json()
-        async with w.rt.db.transaction() as conn:
-            await conn.execute(update(payments).where(payments.c.token == first["token"]).values(status="failed"))
-        second = (await w.start(order)).json()
-        for body in (second, first):
-            await w.cp.pay(body["cashier_url"].rsplit("/", 1)[1])
-            await w.cp.deliver_due()
-            await w.run_jobs()
+        order, first, second = await paid_twice(w)
         store = await world_store(w)
         async with w.rt.db.transaction() as conn:  # the worker's refund of the double one, left in doubt
             double = await q.get_payment_by_token(conn, first["token"])
