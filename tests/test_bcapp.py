@@ -811,6 +811,31 @@ async def test_open_anomalies_are_listed_and_resolved(
     assert "Open anomalies" not in (await panel.get("/bc/settings")).text
 
 
+async def test_an_anomaly_of_a_refund_still_in_doubt_is_not_resolved_from_the_page(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """The page's Resolve would leave the refund in doubt with nothing pointing at it: an error, unchanged."""
+    from sqlalchemy import insert
+
+    from bcpay.storage.schema import REFUND_IN_DOUBT, REFUND_IN_DOUBT_ANOMALY, refunds
+
+    await world.add_store()
+    order = await paid_payment(world)
+    payment = (await rows(world, payments))[0]
+    async with world.rt.db.transaction() as conn:
+        await conn.execute(insert(refunds).values(
+            payment_id=payment["id"], merchant_refund_no="abc123-1-r1", idempotency_key="k", amount=1999,
+            currency="USD", status=REFUND_IN_DOUBT, created_at=world.rt.now(), updated_at=world.rt.now()))
+        await q.record_anomaly(conn, store_id=payment["store_id"], order_id=order["id"], payment_id=payment["id"],
+                               kind=REFUND_IN_DOUBT_ANOMALY, amount=1999, currency="USD", detail="in doubt",
+                               now=world.rt.now())
+    html = await open_settings(panel)
+    anomaly_id = (await rows(world, anomalies))[0]["id"]
+    answer = await panel.post(f"/bc/settings/anomalies/{anomaly_id}/resolve", data={"csrf": csrf_of(html)})
+    assert answer.status_code == 409 and "refund-resolve" in answer.text
+    assert (await rows(world, anomalies))[0]["state"] == "open"
+
+
 async def test_the_fix_button_reactivates_webhooks_bigcommerce_switched_off(
     world: World, panel: httpx.AsyncClient
 ) -> None:

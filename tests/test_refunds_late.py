@@ -212,3 +212,20 @@ async def test_a_refund_marked_not_made_that_celerypay_then_settles_is_recorded_
     assert [r["status"] for r in await rows(world)] == ["succeeded"]
     assert [a["kind"] for a in await anomalies(world)] == ["refund_failed_then_made"]
     assert world.cp.payments[pid]["refunded_amount"] == 2000 and await left_to_refund(world, order_id) == 0
+
+
+async def test_a_refund_in_doubt_keeps_its_anomaly_open_until_the_refund_is_settled(world: World) -> None:
+    """Resolving the anomaly by hand would leave the refund in doubt, its amount held, with nothing open
+    pointing at it: refused, with the command that settles it (which then resolves the anomaly)."""
+    from bcpay import operations
+
+    order_id, _ = await paid(world)
+    await refund_lost(world, order_id, made=True)
+    world.travel(A_DAY_LATER)
+    await world.worker.sweep()
+    [row] = await rows(world)
+    [anomaly] = await anomalies(world)
+    assert (row["status"], anomaly["kind"]) == ("in_doubt", "refund_in_doubt")
+    with pytest.raises(ConflictError, match="refund-resolve"):
+        await operations.resolve_anomaly(world.rt, anomaly["id"], "looked at it")
+    assert [a["state"] for a in await anomalies(world, state=None)] == ["open"]

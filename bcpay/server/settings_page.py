@@ -379,6 +379,7 @@ async def resolve_anomaly(request: Request) -> Response:
     rt, store = runtime_of(request), viewer.store
     anomaly_id = int(request.path_params["anomaly_id"])
     note = field(form, "note", 200)
+    refused: BcpayError | None = None
     async with rt.db.transaction() as conn:
         open_ids = {a["id"] for a in await q.list_anomalies(conn, store_id=store.id)}
         if anomaly_id not in open_ids:
@@ -387,7 +388,12 @@ async def resolve_anomaly(request: Request) -> Response:
             detail = f"resolved in the control panel by {viewer.user.email}" + (
                 f": {note}" if note else ""
             )
-            resolved = await q.resolve_anomaly(conn, anomaly_id, rt.now(), detail)
+            try:
+                resolved = await q.resolve_anomaly(conn, anomaly_id, rt.now(), detail)
+            except BcpayError as exc:  # a refund still in doubt: settled by refund-resolve, not here
+                refused = exc
+    if refused is not None:
+        return await render_settings(request, viewer, error=refused.message, status=refused.http_status)
     if not resolved:
         return await render_settings(
             request, viewer, error="That anomaly is not open (or not of this store).", status=404

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bcpay.errors import NotFoundError
+from bcpay.errors import ConflictError, NotFoundError
 from bcpay.storage.db import Conn, Prepared
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import (
@@ -435,7 +435,18 @@ async def clear_refund_doubt(conn: Conn, payment_id: int, now: datetime, note: s
 
 
 async def resolve_anomaly(conn: Conn, anomaly_id: int, now: datetime, note: str) -> bool:
-    """Mark an anomaly resolved; False when it does not exist or was resolved."""
+    """Mark an anomaly resolved; False when it does not exist or was resolved.
+
+    A ``refund_in_doubt`` one is refused while a refund of its payment is still in doubt: it is what
+    points at that refund (its amount held until CeleryPay or ``bcpay refund-resolve`` settles it).
+    """
+    found = (await conn.execute(select(anomalies.c.kind, anomalies.c.payment_id)
+                                .where(anomalies.c.id == anomaly_id))).first()
+    if found is not None and found.kind == REFUND_IN_DOUBT_ANOMALY and await count(
+            conn, refunds, refunds.c.payment_id == found.payment_id, refunds.c.status == REFUND_IN_DOUBT):
+        raise ConflictError("a refund of this payment is still in doubt: settle it with `bcpay refund-resolve` "
+                            "(found at CeleryPay: --made ref_...; not there: --not-made); this resolves it",
+                            code="refund_still_in_doubt")
     result = await conn.execute(
         update(anomalies)
         .where(anomalies.c.id == anomaly_id, anomalies.c.state == "open")
