@@ -47,6 +47,9 @@ REUSE_MARGIN = timedelta(seconds=60)
 # than one creation call with its retries, so a creation still on the way is never given up.
 CREATION_GRACE = timedelta(minutes=10)
 NOT_CREATED = "not_created"  # failure_code of an attempt given up that way
+# A poll asks CeleryPay once the last look-up is payments.status_poll_interval times 1 to 1.5 old
+# (drawn on each poll): never more often than the interval, and payments opened together drift apart.
+LOOKUP_SPREAD = 0.5
 
 
 class AlreadyPaid(ConflictError):
@@ -455,7 +458,12 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
     if attempt.status not in rules.OPEN:
         return attempt
     now = rt.now()
-    threshold = now - timedelta(seconds=rt.settings.payments.status_poll_interval)
+    # Due after the interval times 1 to 1 + LOOKUP_SPREAD, drawn on each poll. With a fixed interval,
+    # payments first looked up together (opened in one burst, or all due once CeleryPay is back from an
+    # outage) stay in step: under steadily polling shoppers every look-up of hundreds of payments fell in
+    # one poll round in five, which queued the polls of that round behind one another.
+    spread = 1 + LOOKUP_SPREAD * rt.rng.random()
+    threshold = now - timedelta(seconds=rt.settings.payments.status_poll_interval * spread)
     if not force:
         if attempt.last_checked_at is not None and attempt.last_checked_at >= threshold:
             return attempt  # checked recently: the claim below would fail, so skip its write transaction

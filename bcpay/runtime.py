@@ -10,6 +10,7 @@ runs at import time.
 from __future__ import annotations
 
 import gc
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -83,6 +84,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], datetime] = utcnow
     wall: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)  # spreads CeleryPay look-ups (seeded in tests)
 
     def now(self) -> datetime:
         """The current time (injectable for tests)."""

@@ -581,6 +581,44 @@ async def test_a_poll_that_finds_it_still_pending_records_the_check_and_nothing_
     assert (await row())["status"] == "succeeded"
 
 
+async def test_payments_polled_in_step_ask_celerypay_in_different_rounds(db_url: str, secret_key: str) -> None:
+    """Thirty payments looked up together, then polled round after round: each asks CeleryPay again no
+    sooner than the interval and by 1.5 times it, and the look-ups fall in several rounds, not one."""
+    import random
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from bcpay.storage.schema import payments
+
+    async with open_world(db_url, secret_key, payments={"status_poll_interval": 10}) as w:
+        await w.add_store()
+        w.rt.rng = random.Random(20261126)
+        tokens = [(await w.start(w.place_order())).json()["token"] for _ in range(30)]
+
+        async def checked() -> dict[str, Any]:
+            async with w.rt.db.read() as conn:
+                rows = (await conn.execute(select(payments.c.token, payments.c.last_checked_at))).all()
+            return {token: at for token, at in rows}
+
+        w.travel(timedelta(seconds=60))
+        for token in tokens:  # every one is due: all ask CeleryPay in this round
+            await w.status(token)
+        first = await checked()
+        assert all(first[token] is not None and first[token] > w.rt.now() - timedelta(seconds=5) for token in tokens)
+        asked_in: dict[str, int] = {}
+        for second in range(1, 17):  # a poll round every second
+            w.travel(timedelta(seconds=1))
+            for token in tokens:
+                await w.status(token)
+            now = await checked()
+            asked_in.update({t: second for t in tokens if t not in asked_in and now[t] != first[t]})
+
+    assert set(asked_in) == set(tokens)
+    assert min(asked_in.values()) >= 10 and max(asked_in.values()) <= 15
+    assert len(set(asked_in.values())) >= 3, asked_in
+
+
 async def test_a_poll_answers_what_bcpay_knows_when_celerypay_refuses_the_lookup(world: World) -> None:
     """A 401 from CeleryPay (its secret was rotated and ours is stale) is no 502 for the shopper."""
     from datetime import timedelta
