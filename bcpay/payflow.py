@@ -43,9 +43,12 @@ log = logging.getLogger("bcpay.payments")
 
 # A pending attempt this close to expiry is not handed out again.
 REUSE_MARGIN = timedelta(seconds=60)
-# A "creating" attempt this old whose payment CeleryPay does not know was never created: far longer
-# than one creation call with its retries, so a creation still on the way is never given up.
+# A "creating" attempt untouched this long whose payment CeleryPay does not know was never created: far
+# longer than one creation call with its retries, so a creation still on the way is never given up.
 CREATION_GRACE = timedelta(minutes=10)
+# A creation that starts on a row this much older (a pay link's row, opened without calling CeleryPay)
+# first stamps the row's updated_at, from which CREATION_GRACE counts.
+RESTAMP_AFTER = timedelta(minutes=1)
 NOT_CREATED = "not_created"  # failure_code of an attempt given up that way
 # A poll asks CeleryPay once the last look-up is payments.status_poll_interval times 1 to 1.5 old
 # (drawn on each poll): never more often than the interval, and payments opened together drift apart.
@@ -276,6 +279,14 @@ def _create_fields(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, expi
 async def _create_remote(
     rt: Runtime, store: StoreRecord, attempt: PaymentRecord, order: Order, expires_in: int
 ) -> PaymentRecord:
+    now = rt.now()
+    if attempt.updated_at < now - RESTAMP_AFTER:
+        # A row opened long ago (a pay link's) whose creation starts only now: without the stamp the
+        # never-created sweep, finding no payment at CeleryPay yet, could give it up mid-creation.
+        async with rt.db.transaction() as conn:
+            if not await q.restamp_creating(conn, attempt.id, now=now):
+                return await q.get_payment(conn, attempt.id)  # given up meanwhile: the caller opens another
+        attempt = replace(attempt, updated_at=now)
     cp = rt.celerypay(store)
     fields = _create_fields(rt, store, attempt, expires_in)
     if order.email:
@@ -503,18 +514,19 @@ def never_created(attempt: PaymentRecord) -> bool:
 async def give_up_creation(rt: Runtime, attempt: PaymentRecord) -> bool:
     """Mark a ``creating`` attempt CeleryPay has no payment for as failed (``not_created``), freeing the order's slot.
 
-    Call it only after a lookup by merchant order number found nothing. An
-    attempt younger than :data:`CREATION_GRACE` is left alone: its creation may
-    still be on the way. True when the attempt was given up.
+    Call it only after a lookup by merchant order number found nothing, with
+    the attempt as read before that lookup. An attempt touched within
+    :data:`CREATION_GRACE` is left alone: its creation may still be on the way
+    (a creation starting on an old row stamps it first). True when the
+    attempt was given up.
     """
     now = rt.now()
-    if attempt.status != rules.CREATING or attempt.created_at >= now - CREATION_GRACE:
+    if attempt.status != rules.CREATING or attempt.updated_at >= now - CREATION_GRACE:
         return False
     async with rt.db.transaction() as conn:
-        # Only while still "creating": a creation that finished meanwhile must not be undone.
-        return await q.update_payment_if(conn, attempt.id, rules.CREATING, status=rules.FAILED,
-                                         failure_code=NOT_CREATED, failure_message="the payment was never created",
-                                         updated_at=now)
+        # Only if the row is as read: a creation that finished, or started, since must not be undone.
+        return await q.give_up_creating(conn, attempt.id, seen=attempt.updated_at, now=now,
+                                        failure_code=NOT_CREATED, failure_message="the payment was never created")
 
 
 async def _refresh_quietly(rt: Runtime, store: StoreRecord, attempt: PaymentRecord) -> PaymentRecord:

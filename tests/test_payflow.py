@@ -599,7 +599,7 @@ async def test_payments_polled_in_step_ask_celerypay_in_different_rounds(db_url:
         async def checked() -> dict[str, Any]:
             async with w.rt.db.read() as conn:
                 rows = (await conn.execute(select(payments.c.token, payments.c.last_checked_at))).all()
-            return {token: at for token, at in rows}
+            return dict(rows)
 
         w.travel(timedelta(seconds=60))
         for token in tokens:  # every one is due: all ask CeleryPay in this round

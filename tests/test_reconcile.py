@@ -6,6 +6,7 @@ import time
 import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -141,7 +142,8 @@ async def stuck_in_creating(w: World, order: dict[str, object], *, age: timedelt
     """The order's attempt as a process leaves it that died before CeleryPay answered its creation."""
     async with w.rt.db.transaction() as conn:
         await conn.execute(update(payments).where(payments.c.order_id == order["id"]).values(
-            status="creating", celerypay_id=None, cashier_url=None, created_at=datetime.now(UTC) - age))
+            status="creating", celerypay_id=None, cashier_url=None, created_at=datetime.now(UTC) - age,
+            updated_at=datetime.now(UTC) - age))
 
 
 async def attempts_of_order(w: World, order: dict[str, object]) -> list[tuple[str, str | None, str | None]]:
@@ -197,6 +199,64 @@ async def test_fix_leaves_a_creation_still_in_flight_alone_but_reports_it(world:
     [finding] = (await run(w, fix=True)).findings
     assert (finding.kind, finding.fixed) == ("never_started", False)
     assert await attempts_of_order(w, order) == [("creating", None, None)]
+
+
+async def test_fix_leaves_an_old_pay_link_attempt_alone_while_its_creation_is_on_the_way(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pay link's row sat unused for an hour; the shopper's "Pay now" starts its creation, and --fix runs
+    before CeleryPay has answered (a lookup finds nothing yet): the attempt is not given up, it ends pending."""
+    import asyncio
+
+    from bcpay.clients.celerypay import CeleryPayClient
+
+    w = world
+    order = w.place_order("12.00", created=datetime.now(UTC) - timedelta(hours=2))
+    link = await payflow.pay_link(w.rt, STORE_HASH, order["id"])
+    await stuck_in_creating(w, order)
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    create = CeleryPayClient.create_payment
+
+    async def held(self: CeleryPayClient, **fields: object) -> object:
+        entered.set()
+        await go_on.wait()
+        return await create(self, **fields)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CeleryPayClient, "create_payment", held)
+    pay_now = asyncio.create_task(w.client.post(link.removeprefix(PUBLIC_URL), follow_redirects=False))
+    await asyncio.wait_for(entered.wait(), 5)
+    [finding] = (await run(w, fix=True)).findings
+    assert (finding.kind, finding.fixed) == ("never_started", False)
+    go_on.set()
+    page = await pay_now
+    assert page.status_code in (200, 303), page.text
+    [(status, payment_id, failure)] = await attempts_of_order(w, order)
+    assert (status, failure) == ("pending", None) and payment_id is not None
+
+
+async def test_a_pay_link_attempt_given_up_as_its_creation_starts_gives_way_to_a_new_attempt(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--fix gives the old row up between "Pay now" finding it and stamping it: that row is never sent to
+    CeleryPay, the shopper gets a second attempt, and CeleryPay sees one payment for the order."""
+    w = world
+    order = w.place_order("12.00", created=datetime.now(UTC) - timedelta(hours=2))
+    link = await payflow.pay_link(w.rt, STORE_HASH, order["id"])
+    await stuck_in_creating(w, order)
+    restamp = q.restamp_creating
+
+    async def given_up_first(conn: Any, payment_id: int, **kwargs: Any) -> bool:
+        # The sweep's update, committed just before this one (on SQLite it cannot interleave otherwise).
+        seen = (await q.get_payment(conn, payment_id)).updated_at
+        assert await q.give_up_creating(conn, payment_id, seen=seen, now=w.rt.now(),
+                                        failure_code=payflow.NOT_CREATED, failure_message="the payment was never created")
+        return await restamp(conn, payment_id, **kwargs)
+
+    monkeypatch.setattr(q, "restamp_creating", given_up_first)
+    page = await w.client.post(link.removeprefix(PUBLIC_URL), follow_redirects=False)
+    assert page.status_code in (200, 303), page.text
+    assert [(s, f) for s, _, f in await attempts_of_order(w, order)] == [("failed", "not_created"), ("pending", None)]
+    assert [p["merchant_order_no"] for p in w.cp.payments.values()] == [f"{STORE_HASH}-{order['id']}-2"]
 
 
 async def test_fix_applies_a_payment_celerypay_created_whose_answer_was_lost(world: World) -> None:

@@ -227,6 +227,34 @@ _UPDATE_PAYMENT_IF = Prepared(
 )
 
 
+async def restamp_creating(conn: Conn, payment_id: int, *, now: datetime) -> bool:
+    """Set a ``creating`` attempt's updated_at to ``now`` (its creation starts); False if it moved on."""
+    result = await conn.run(_RESTAMP_CREATING, {"_payment_id": payment_id, "updated_at": now})
+    return bool(result.rowcount)
+
+
+_RESTAMP_CREATING = Prepared(
+    update(payments).where(payments.c.id == bindparam("_payment_id"), payments.c.status == "creating")
+)
+
+
+async def give_up_creating(
+    conn: Conn, payment_id: int, *, seen: datetime, now: datetime, failure_code: str, failure_message: str
+) -> bool:
+    """Fail a ``creating`` attempt whose updated_at is still ``seen``; False if it moved on or was touched."""
+    result = await conn.run(_GIVE_UP_CREATING, {
+        "_payment_id": payment_id, "_seen": seen, "status": "failed", "failure_code": failure_code,
+        "failure_message": failure_message, "updated_at": now,
+    })
+    return bool(result.rowcount)
+
+
+_GIVE_UP_CREATING = Prepared(
+    update(payments).where(payments.c.id == bindparam("_payment_id"), payments.c.status == "creating",
+                           payments.c.updated_at == bindparam("_seen", type_=payments.c.updated_at.type))
+)
+
+
 async def claim_check(conn: Conn, payment_id: int, *, now: datetime, checked_before: datetime) -> bool:
     """Record a look at CeleryPay for this attempt unless one was made since ``checked_before``.
 
