@@ -142,7 +142,8 @@ def worker(ctx: typer.Context) -> None:
             loop.add_signal_handler(sig, stop.set)
         settle_heap()
         announce(settings, "bcpay.worker", "bcpay worker running (Ctrl+C to stop)")
-        await Worker(rt).run_forever(stop)
+        async with rt.db.background_checkpoints():
+            await Worker(rt).run_forever(stop)
         announce(settings, "bcpay.worker", "bcpay worker stopped")
 
     run(ctx, work)

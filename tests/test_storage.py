@@ -267,6 +267,39 @@ async def test_a_rate_limited_retry_gives_its_attempt_back(db: Database) -> None
     assert job.attempts == 2
 
 
+FILL = ("INSERT INTO filler SELECT randomblob(4000) FROM (WITH RECURSIVE n(x) AS "
+        "(SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000) SELECT x FROM n)")  # about 2,000 pages
+
+
+async def test_a_commit_leaves_the_wal_checkpoint_to_the_background_thread(sqlite_url: str) -> None:
+    """Serve and worker: the commit that grows the WAL past SQLite's 1,000 pages does not copy it into the
+    database itself (two fsyncs on the loop); the background checkpoint does, a moment later. Closed, the
+    commits checkpoint themselves again."""
+    from pathlib import Path
+
+    from sqlalchemy import text
+
+    path = Path(sqlite_url.removeprefix("sqlite:///"))
+    db = Database(sqlite_url)
+    try:
+        async with db.background_checkpoints(every=0.2):
+            before = path.stat().st_size
+            async with db.transaction() as conn:
+                await conn.execute(text("CREATE TABLE filler (b BLOB)"))
+                await conn.execute(text(FILL))
+            assert path.stat().st_size < before + 1_000_000  # still only in the WAL
+            for _ in range(100):
+                if path.stat().st_size > before + 7_000_000:
+                    break
+                await asyncio.sleep(0.05)
+            assert path.stat().st_size > before + 7_000_000
+        async with db.transaction() as conn:
+            await conn.execute(text(FILL))
+        assert path.stat().st_size > before + 14_000_000
+    finally:
+        await db.dispose()
+
+
 async def test_an_idle_worker_poll_takes_no_write_lock(sqlite_url: str) -> None:
     """Nothing due: claim answers at once even while another process holds SQLite's write lock."""
     db = Database(sqlite_url)

@@ -138,7 +138,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with open_runtime(settings, http=http, clock=clock, metrics=metrics) as rt:
+        async with (open_runtime(settings, http=http, clock=clock, metrics=metrics) as rt,
+                    rt.db.background_checkpoints()):
             await migrate.ready_schema(rt.db)
             await snippet.keep_current(rt)  # so that every host serves this version too
             app.state.runtime = rt

@@ -20,7 +20,10 @@ after an asyncio sleep (backing off to ``BUSY_POLL_MAX``, for up to
 ``BUSY_WAIT`` seconds). Within one process write transactions queue on an asyncio lock
 first, which wakes the next writer at once; SQLite's single writer is also our
 per-payment lock there. ``synchronous=NORMAL``: a commit survives a crash of
-the process, and WAL checkpoints are fsynced.
+the process, and WAL checkpoints are fsynced. By default SQLite runs such a
+checkpoint inside the commit that grows the WAL past 1,000 pages, so its two
+fsyncs would stall the loop (hundreds of ms on a busy shared disk); serve and
+worker move them to a thread (:meth:`Database.background_checkpoints`).
 
 The hot paths' statements are :class:`Prepared`: compiled once per dialect
 and set of parameter names, and run with :meth:`Conn.run`. On SQLite that
@@ -33,6 +36,8 @@ the notification profile. On PostgreSQL it is an ordinary SQLAlchemy execution.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -66,6 +71,13 @@ BUSY_WAIT = 30.0  # seconds a SQLite writer waits for another process's write lo
 # `serve`), so waiting up to 50 ms between tries added tens of ms to a notification's latency.
 BUSY_POLL_MAX = 0.005  # seconds between tries at most; a try costs microseconds
 READ_BUSY_MS = 100  # the rare SQLITE_BUSY a WAL reader can meet (recovery) may block the loop this long
+CHECKPOINT_EVERY = 1.0  # seconds between a long-lived process's WAL checkpoints in a thread
+AUTOCHECKPOINT_PAGES = 1000  # SQLite's default: a commit past this WAL size checkpoints itself
+# With checkpoints in the background a commit still checkpoints itself past this size: a safety net
+# should the thread fall behind (or stop), so the WAL never grows without bound.
+FALLBACK_CHECKPOINT_PAGES = 20_000
+
+log = logging.getLogger("bcpay.db")
 
 
 def driver_url(url: str) -> str:
@@ -275,7 +287,8 @@ class Database:
             # Connections move between the threads of tests and the sandbox, one user at a time.
             self._sqlite = create_engine(target, echo=echo, pool_size=8, max_overflow=-1,
                                          connect_args={"check_same_thread": False})
-            _configure_sqlite(self._sqlite)
+            self._autocheckpoint = AUTOCHECKPOINT_PAGES
+            _configure_sqlite(self._sqlite, lambda: self._autocheckpoint)
             self.sqlalchemy_dialect: Dialect = self._sqlite.dialect
         else:
             self._pg = create_async_engine(target, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
@@ -328,6 +341,33 @@ class Database:
             self._writer, self._writer_loop = asyncio.Lock(), loop
         return self._writer
 
+    @asynccontextmanager
+    async def background_checkpoints(self, every: float = CHECKPOINT_EVERY) -> AsyncIterator[None]:
+        """SQLite: while open, WAL checkpoints run in a thread every ``every`` s, not inside commits.
+
+        A commit on the loop then never waits for a checkpoint's fsyncs (short
+        of :data:`FALLBACK_CHECKPOINT_PAGES`). The checkpoints are ``PASSIVE``:
+        they copy what no reader still needs and wait for nobody, and
+        ``sqlite3`` lets go of the GIL while they run. Nothing on PostgreSQL.
+        """
+        path = self._sqlite.url.database if self.is_sqlite else None
+        if not path or path == ":memory:":
+            yield
+            return
+        self._autocheckpoint = FALLBACK_CHECKPOINT_PAGES
+        self._sqlite.dispose()  # pooled connections reconnect with the new threshold
+        checkpointer = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        stop = asyncio.Event()
+        task = asyncio.create_task(_checkpoint_loop(checkpointer, every, stop), name="bcpay-wal-checkpoints")
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+            checkpointer.close()
+            self._autocheckpoint = AUTOCHECKPOINT_PAGES
+            self._sqlite.dispose()
+
     async def ping(self) -> bool:
         """True when the database answers a trivial query."""
         try:
@@ -371,7 +411,21 @@ async def _begin_immediate(conn: Connection) -> None:
         raw.execute(f"PRAGMA busy_timeout={READ_BUSY_MS}")
 
 
-def _configure_sqlite(engine: Any) -> None:
+async def _checkpoint_loop(conn: sqlite3.Connection, every: float, stop: asyncio.Event) -> None:
+    """``PRAGMA wal_checkpoint(PASSIVE)`` in a thread every ``every`` s until ``stop``, and once more then."""
+    conn.execute("PRAGMA synchronous=NORMAL")
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        try:
+            await asyncio.to_thread(conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # the database's own problem shows in the next statement; keep trying
+            log.warning("background WAL checkpoint failed: %s", exc)
+        if stop.is_set():
+            return
+
+
+def _configure_sqlite(engine: Any, autocheckpoint: Callable[[], int]) -> None:
     """WAL, no busy wait on the loop, foreign keys; BEGIN for reads.
 
     pysqlite's own transaction handling is switched off (isolation_level=None)
@@ -389,6 +443,7 @@ def _configure_sqlite(engine: Any) -> None:
         cursor.execute(f"PRAGMA busy_timeout={READ_BUSY_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint()}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
