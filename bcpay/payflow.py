@@ -478,7 +478,7 @@ async def refresh(rt: Runtime, store: StoreRecord, attempt: PaymentRecord, *, fo
     if not force:
         if attempt.last_checked_at is not None and attempt.last_checked_at >= threshold:
             return attempt  # checked recently: the claim below would fail, so skip its write transaction
-        async with rt.db.transaction() as conn:
+        async with rt.db.transaction(durable=False) as conn:  # lost in a crash, it only means an early look-up
             if not await q.claim_check(conn, attempt.id, now=now, checked_before=threshold):
                 return attempt
     cp = rt.celerypay(store)

@@ -267,6 +267,28 @@ async def test_a_rate_limited_retry_gives_its_attempt_back(db: Database) -> None
     assert job.attempts == 2
 
 
+@pytest.mark.postgres
+async def test_a_transaction_that_need_not_be_durable_commits_without_waiting_for_the_wal_on_postgresql(
+    pg_database: str,
+) -> None:
+    """``durable=False`` (a poll's "checked at"): synchronous_commit is off for that transaction alone; what it
+    wrote is committed all the same, and the next transaction waits for the disk again."""
+    from sqlalchemy import text
+
+    db = Database(pg_database)
+    try:
+        store_id = await make_store(db, "nodur1")
+        async with db.transaction(durable=False) as conn:
+            assert (await conn.execute(text("SHOW synchronous_commit"))).scalar_one() == "off"
+            await q.insert_payment(conn, **attempt(store_id, 4242, 1))
+        async with db.transaction() as conn:
+            assert (await conn.execute(text("SHOW synchronous_commit"))).scalar_one() == "on"
+        async with db.read() as conn:
+            assert [a.order_id for a in await q.order_attempts(conn, store_id, 4242)] == [4242]
+    finally:
+        await db.dispose()
+
+
 FILL = ("INSERT INTO filler SELECT randomblob(4000) FROM (WITH RECURSIVE n(x) AS "
         "(SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000) SELECT x FROM n)")  # about 2,000 pages
 
