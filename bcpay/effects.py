@@ -328,10 +328,11 @@ class Worker:
                 raise ConflictError(f"unknown job kind {job.kind!r}")
             async with asyncio.timeout(budget), self._subject_lock(job):
                 result = await handler(rt, job)
-        except TimeoutError:
-            await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=cfg.backoff_base,
-                                     error=f"took longer than {budget:.0f} s", max_attempts=cfg.max_attempts)
-            rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="timeout")
+        except TimeoutError:  # a slow upstream, transient like a 5xx: the same growing backoff
+            delay = rules.backoff_seconds(job.attempts, base=cfg.backoff_base, cap=cfg.backoff_cap)
+            state = await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=delay,
+                                             error=f"took longer than {budget:.0f} s", max_attempts=cfg.max_attempts)
+            rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="timeout" if state == outbox.QUEUED else "dead")
         except (RateLimited, NotForThisWorker) as exc:
             await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=exc.retry_after,
                                      error=repr(exc), max_attempts=cfg.max_attempts, counts=False)

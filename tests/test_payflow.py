@@ -542,6 +542,35 @@ async def test_a_job_slower_than_its_lease_is_cut_short_and_retried(db_url: str,
         assert len(w.status_puts(order["id"])) == 1
 
 
+async def test_a_job_that_keeps_timing_out_backs_off_like_any_other_transient_failure(
+    db_url: str, secret_key: str,
+) -> None:
+    """BigCommerce slower than a job's budget for a while: each timeout waits twice as long as the one before,
+    as a 5xx would, so an incident of some minutes does not use up every attempt at a fixed short pace."""
+    from datetime import timedelta
+
+    import pytest
+
+    from bcpay import outbox
+
+    async with open_world(db_url, secret_key, outbox={"lease_seconds": 6, "backoff_base": 0.1}) as w:
+        await w.add_store()
+        order = w.place_order()
+        body = (await w.start(order)).json()
+        await w.cp.pay(payment_id_of(body))
+        w.bc.chaos.latency = 1.5  # each BigCommerce call outlasts the 1 s budget
+        await w.cp.deliver_due()
+        waits = []
+        for _ in range(3):
+            await w.run_jobs()
+            [job] = await outbox.list_jobs(w.rt.db)
+            assert job.state == outbox.QUEUED and "took longer than" in (job.last_error or "")
+            waits.append((job.run_after - job.updated_at).total_seconds())
+            w.travel(timedelta(seconds=waits[-1]))
+        assert waits == pytest.approx([0.1, 0.2, 0.4])
+        assert job.attempts == 3
+
+
 async def test_a_poll_that_finds_it_still_pending_records_the_check_and_nothing_else(world: World) -> None:
     """CeleryPay is asked (last_checked_at moves), the attempt row is otherwise untouched; a later poll sees it paid."""
     from datetime import timedelta
