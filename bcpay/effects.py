@@ -278,6 +278,9 @@ HANDLERS: dict[str, Handler] = {
     "refund": refund,
     "refresh_script": refresh_script,
 }
+# Kinds whose dedupe key means "one queued at a time", not "once ever": done, the job lets go of it.
+# A snippet version can come back (a method name changed and changed back) and must be installed again.
+KEY_RELEASED_WHEN_DONE = frozenset({"refresh_script"})
 
 
 class Worker:
@@ -350,7 +353,8 @@ class Worker:
             if not isinstance(exc, (UpstreamUnavailable, BcpayError)):
                 log.exception("job %s (%s) failed", job.id, job.kind)
         else:
-            if not await outbox.complete(rt.db, job, owner=self.owner, now=rt.now()):
+            if not await outbox.complete(rt.db, job, owner=self.owner, now=rt.now(),
+                                         release_key=job.kind in KEY_RELEASED_WHEN_DONE):
                 log.warning("job %s (%s) finished after losing its lease", job.id, job.kind)
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result=result)
 

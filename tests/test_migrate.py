@@ -291,3 +291,27 @@ async def test_0008_marks_captures_of_cancelled_or_deleted_orders_kept_apart(emp
         assert ("0008", "0003") in (await markers(db) or [])
     finally:
         await db.dispose()
+
+
+async def test_0009_frees_the_keys_of_done_snippet_updates_only(empty_db_url: str) -> None:
+    """A done refresh_script job lets go of its key (a version may come back); a queued one keeps it, as do
+    other kinds' jobs, done or not."""
+    now = datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
+    jobs_t = table("jobs", *(column(n) for n in ("id", "kind", "payload", "dedupe_key", "state", "attempts")),
+                   *(column(n, UTCDateTime()) for n in ("run_after", "created_at", "updated_at")))
+    rows = {1: ("refresh_script", "done"), 2: ("refresh_script", "queued"), 3: ("mark_paid", "done")}
+    db = Database(empty_db_url)
+    try:
+        await migrate.upgrade(db, "0008")
+        async with db.transaction() as conn:
+            for job_id, (kind, state) in rows.items():
+                await conn.execute(insert(jobs_t).values(id=job_id, kind=kind, payload="{}", dedupe_key=f"key{job_id}",
+                                                         state=state, attempts=1, run_after=now, created_at=now,
+                                                         updated_at=now))
+        assert await migrate.upgrade(db, "0009") == ("0008", "0009")
+        async with db.read() as conn:
+            keys = dict((await conn.execute(select(jobs_t.c.id, jobs_t.c.dedupe_key))).all())
+        assert keys == {1: None, 2: "key2", 3: "key3"}
+        assert ("0009", "0003") in (await markers(db) or [])
+    finally:
+        await db.dispose()

@@ -44,6 +44,28 @@ async def test_after_a_release_changes_the_snippet_every_store_gets_the_new_tag(
     assert await world.worker.queue_outdated_scripts() == 0
 
 
+async def test_a_setting_changed_and_changed_back_gets_its_tag_back(world: World) -> None:
+    """Method name "In-Store A" -> "In-Store B" -> "In-Store A": every change gets its update, so the store ends
+    on A's tag; the job that installed A's version before does not stand in the way of the same version again."""
+    from bcpay import stores
+    from bcpay.snippet import SCRIPT_NAME
+
+    async with world.rt.db.read() as conn:
+        store = await q.require_store(conn, STORE_HASH)
+    await provisioning.install_script(world.rt, store)
+    fake = world.bc.store(STORE_HASH)
+    tags = []
+    for name in ("In-Store A", "In-Store B", "In-Store A"):
+        store = await stores.update_settings(world.rt, STORE_HASH, {"method_name": name})
+        assert await world.worker.queue_outdated_scripts() == 1, name
+        assert await world.run_jobs() == 1
+        [ours] = [s for s in fake.scripts.values() if s["name"] == SCRIPT_NAME]
+        assert ours["html"] == provisioning.desired_script(world.rt, store).html
+        tags.append(ours["html"])
+    assert tags[0] == tags[2] != tags[1]
+    assert await world.worker.queue_outdated_scripts() == 0
+
+
 async def test_a_worker_of_another_version_gives_the_refresh_back(world: World) -> None:
     """A rolling deploy: the job names the tag it was queued for. A worker whose own tag differs neither
     installs its tag nor marks the job done; it gives the job back, uncounted, for a worker that can."""
