@@ -10,8 +10,11 @@ had before (a method name changed and changed back), the worker could queue
 no update and the store kept the other version's tag. Done jobs now clear
 that key; this clears it on the ones done before.
 
-Data only. Code from 0003 on runs on it: older code queues an update whose
-key is free again, as the new code does. The downgrade leaves the keys
+Data only, but the oldest code it accepts is 0008's, not 0003's: code from
+before 0008 does not know refunds held ``in_doubt`` and would count their
+amounts as free to refund again, so it must not restart on this schema
+(0008 itself named 0003 and let it). Code from 0008 on queues an update
+whose key is free again, as the new code does. The downgrade leaves the keys
 cleared: a done job's key guards nothing.
 """
 
@@ -30,7 +33,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute(sa.text("UPDATE jobs SET dedupe_key = NULL WHERE kind = 'refresh_script' AND state = 'done'"))
-    record_compat(revision, oldest_code="0003")
+    record_compat(revision, oldest_code="0008")
 
 
 def downgrade() -> None:
