@@ -188,9 +188,8 @@ async def _finish(db: Database, job: JobRecord, owner: str, **values: Any) -> bo
 
 async def complete(db: Database, job: JobRecord, *, owner: str, now: datetime, release_key: bool = False) -> bool:
     """Mark a leased job done; ``release_key`` clears its dedupe key, so the same key may be queued again."""
-    if release_key:
-        return await _finish(db, job, owner, state=DONE, last_error=None, updated_at=now, dedupe_key=None)
-    return await _finish(db, job, owner, state=DONE, last_error=None, updated_at=now)
+    released = {"dedupe_key": None} if release_key else {}
+    return await _finish(db, job, owner, state=DONE, last_error=None, updated_at=now, **released)
 
 
 async def retry_later(
