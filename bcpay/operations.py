@@ -361,30 +361,43 @@ async def list_events(rt: Runtime, *, store_hash: str | None = None, limit: int 
     return [event_json(r, by_id[r["store_id"]]) for r in rows]
 
 
-async def get_event(rt: Runtime, event_id: str) -> dict[str, Any]:
+async def _event_row(conn: Any, event_id: str, store_hash: str | None) -> dict[str, Any]:
+    """The one stored event with this id (of this store, if given)."""
+    store_id = (await q.require_store(conn, store_hash)).id if store_hash else None
+    rows = await q.find_events(conn, event_id, store_id=store_id)
+    if not rows:
+        raise NotFoundError(f"no stored event {event_id!r}", code="event_not_found")
+    if len(rows) > 1:
+        by_id = {s.id: s.store_hash for s in await q.list_stores(conn)}
+        raise InvalidInputError(
+            f"event {event_id!r} was received by several stores ({', '.join(by_id[r['store_id']] for r in rows)}): "
+            "give --store", code="ambiguous_event")
+    return rows[0]
+
+
+async def get_event(rt: Runtime, event_id: str, store_hash: str | None = None) -> dict[str, Any]:
     """One stored event with its raw body."""
     async with rt.db.read() as conn:
-        row = await q.get_event(conn, event_id)
-        if row is None:
-            raise NotFoundError(f"no stored event {event_id!r}", code="event_not_found")
+        row = await _event_row(conn, event_id, store_hash)
         store = await q.get_store_by_id(conn, row["store_id"])
     return event_json(row, store.store_hash, body=True)
 
 
-async def replay_event(rt: Runtime, event_id: str) -> str:
-    """Run a stored (already verified) event through the normal path again; returns the outcome.
+async def replay_event(rt: Runtime, event_id: str, store_hash: str | None = None) -> str:
+    """Check a stored (already verified) event again with CeleryPay, at once; returns the outcome.
 
-    Idempotent like a second delivery: applying a state already applied is
-    ``stale`` and queues nothing new.
+    Idempotent like a second delivery: a state already applied is ``stale``
+    and queues nothing new. As for a delivery, the event's own data is not
+    applied: CeleryPay's answer about its payment is.
     """
-    async with rt.db.transaction() as conn:
-        row = await q.get_event(conn, event_id)
-        if row is None:
-            raise NotFoundError(f"no stored event {event_id!r}", code="event_not_found")
-        event = parse_event(row["raw_body"].encode("utf-8"))
-        outcome = await notifications.apply_event(rt, store_id=row["store_id"], event=event, conn=conn)
-        await q.set_event_outcome(conn, event_id, outcome)
-    return outcome
+    async with rt.db.read() as conn:
+        row = await _event_row(conn, event_id, store_hash)
+        store = await q.get_store_by_id(conn, row["store_id"])
+    event = parse_event(row["raw_body"].encode("utf-8"))
+    return await notifications.check_event(
+        rt, store, event_id=event.id, celerypay_id=event.payment.id,
+        refund_id=event.refund.id if event.refund is not None else None,
+    )
 
 
 async def prune_events(rt: Runtime, older_than: timedelta) -> int:

@@ -22,6 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from bcpay import outbox
+from bcpay import stores as stores_lib
 from bcpay.errors import SignatureError
 from bcpay.provisioning import WEBHOOK_SECRET_HEADER
 from bcpay.server.bcapp import frame_ancestors
@@ -480,9 +481,10 @@ async def test_uninstall_forgets_secrets_and_jobs_but_keeps_payments(
     load = await panel.get("/bc/load", params={"signed_payload_jwt": signed()})
     assert load.status_code == 401 and "not installed" in load.text
 
-    # Installed again: the stopped order update runs, the order is paid.
+    # Installed and configured again: the stopped read-back of the notification runs, the order is paid.
     assert (await install(world, panel)).status_code in (200, 303)
     assert {j.state for j in await outbox.list_jobs(world.rt.db)} == {outbox.QUEUED}
+    await stores_lib.configure_merchant(world.rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=MERCHANT_SECRET)
     await world.run_jobs()
     assert world.order(order["id"])["status_id"] == 11
 

@@ -463,16 +463,21 @@ def test_simulate_notify_applies_once_and_bad_signature_changes_nothing(env: Env
     order, pid = env.start_payment("19.99")
     sent = env.ok("simulate-notify", pid, "--repeat", "3")
     outcomes = [json.loads(line.strip().split(" ", 2)[2])["outcome"] for line in sent.stdout.splitlines()[1:]]
-    assert outcomes == ["applied", "duplicate", "duplicate"]
+    assert outcomes == ["queued", "duplicate", "duplicate"]
+    # A notification is a hint: CeleryPay says the payment is still pending, so nothing counts as paid.
     [attempt] = env.query(select(payments).where(payments.c.celerypay_id == pid))
-    assert attempt["status"] == "succeeded" and attempt["outcome"] == "applied"
-    assert [j["kind"] for j in env.query(select(jobs))] == ["mark_paid"]
+    assert attempt["status"] == "pending" and attempt["outcome"] is None
+    assert [j["kind"] for j in env.query(select(jobs))] == ["check_event"]
 
     [event] = json.loads(env.ok("events", "list", "--json").stdout)
     assert event["type"] == "payment.succeeded" and event["celerypay_payment_id"] == pid
     assert json.loads(env.ok("events", "show", event["event_id"]).stdout)["body"]["data"]["id"] == pid
     assert f"{event['event_id']}: stale" in env.ok("events", "replay", event["event_id"]).stdout
     assert len(env.query(select(jobs))) == 1
+    asyncio.run(env.cp.pay(pid))  # now CeleryPay has the money: asked again, it says so
+    assert f"{event['event_id']}: applied" in env.ok("events", "replay", event["event_id"], "--store",
+                                                     STORE_HASH).stdout
+    assert sorted(j["kind"] for j in env.query(select(jobs))) == ["check_event", "mark_paid"]
     one_error_line(env.cli("events", "replay", "evt_missing"), "no stored event")
 
     listed = json.loads(env.ok("payments", "list", "--store", STORE_HASH, "--status", "succeeded", "--json").stdout)
