@@ -282,6 +282,13 @@ async def check_event(rt: Runtime, job: JobRecord) -> str:
     )
 
 
+async def confirm_uninstall(rt: Runtime, job: JobRecord) -> str:
+    """An uninstall notice BigCommerce did not confirm yet: ask again (retried with backoff until it does)."""
+    from bcpay import stores
+
+    return await stores.confirm_uninstall(rt, int(job.store_id or 0), str(job.payload["token"]))
+
+
 async def order_status_changed(rt: Runtime, job: JobRecord) -> str:
     """A statusUpdated webhook: re-read the order and act (cancel / refund)."""
     from bcpay import bcwebhooks
@@ -291,6 +298,7 @@ async def order_status_changed(rt: Runtime, job: JobRecord) -> str:
 
 HANDLERS: dict[str, Handler] = {
     "check_event": check_event,
+    "confirm_uninstall": confirm_uninstall,
     "order_status_changed": order_status_changed,
     "mark_paid": mark_paid,
     "mark_mismatch": mark_mismatch,

@@ -25,6 +25,7 @@ from bcpay import outbox
 from bcpay import stores as stores_lib
 from bcpay.errors import SignatureError
 from bcpay.provisioning import WEBHOOK_SECRET_HEADER
+from bcpay.sandbox.bc_apps import revoke_tokens
 from bcpay.server.bcapp import frame_ancestors
 from bcpay.server.sessions import COOKIE_NAME, SessionSigner
 from bcpay.snippet import SCRIPT_NAME
@@ -460,6 +461,7 @@ async def test_uninstall_forgets_secrets_and_jobs_but_keeps_payments(
     queued = await outbox.list_jobs(world.rt.db, state=outbox.QUEUED)
     assert queued, "the notification should have queued the order update"
 
+    revoke_tokens(world.bc, STORE_HASH, client_id="sandbox-client-id")  # BigCommerce did uninstall it
     answer = await panel.get("/bc/uninstall", params={"signed_payload_jwt": signed()})
     assert answer.status_code == 200 and answer.text == "uninstalled"
     row = await store_row(world)

@@ -195,17 +195,17 @@ async def uninstall(request: Request) -> Response:
     """GET /bc/uninstall?signed_payload_jwt=: forget the store's secrets, users and jobs."""
     try:
         claims = _claims(request)
-        done = await install.uninstall_app(runtime_of(request), claims.store_hash)
+        outcome = await install.uninstall_app(runtime_of(request), claims)
     except (SignatureError, NotFoundError) as exc:
         return _refused(request, exc)
-    return PlainTextResponse("uninstalled" if done else "already uninstalled")
+    return PlainTextResponse(outcome)
 
 
 async def remove_user(request: Request) -> Response:
     """GET /bc/remove_user?signed_payload_jwt=: forget the user the JWT names."""
     try:
         claims = _claims(request)
-        known = await install.forget_user(runtime_of(request), claims.store_hash, claims.user_id)
+        known = await install.forget_user(runtime_of(request), claims)
     except (SignatureError, NotFoundError) as exc:
         return _refused(request, exc)
     return PlainTextResponse("user removed" if known else "user was not known")
