@@ -401,15 +401,18 @@ async def test_a_forged_paid_amount_is_never_applied(db_url: str, secret_key: st
         assert [p["status_id"] for p in w.status_puts(order["id"])] == [11]
 
 
-async def test_a_forged_failure_does_not_lock_the_real_capture_out(db_url: str, secret_key: str) -> None:
-    """Failed is final: applied from an event's data, it would make the real capture "stale" and the paid
-    order would never be marked. CeleryPay says pending, so nothing changes, and the real capture counts."""
+async def test_a_forged_failure_does_not_close_the_shoppers_open_payment(db_url: str, secret_key: str) -> None:
+    """Applied from an event's data, a made-up failure would end the attempt the shopper is paying: the
+    snippet shows "failed" and the shopper may pay twice. CeleryPay says pending, so it stays open, and the
+    real capture marks the order paid once."""
     async with open_world(db_url, secret_key) as w:
         await w.add_store()
         order = w.place_order("19.99")
-        pid = (await w.start(order)).json()["cashier_url"].rsplit("/", 1)[1]
+        body = (await w.start(order)).json()
+        pid = body["cashier_url"].rsplit("/", 1)[1]
         await w.notify(forged(w, pid, "evt_forgedfailure1", status="failed", failure_code="card_declined"))
         await w.run_jobs()
+        assert (await w.status(body["token"])).json()["state"] == "awaiting_payment"
         await w.cp.pay(pid)
         await w.cp.deliver_due()
         await w.run_jobs()
