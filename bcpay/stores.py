@@ -156,6 +156,23 @@ async def configure_merchant(
         return await q.require_store(conn, store_hash)
 
 
+async def revoke_old_secret(rt: Runtime, store_hash: str) -> bool:
+    """End the rotated-out CeleryPay secret's 24 h grace now; False when none was in its grace.
+
+    For a secret that leaked: until then, notifications signed with it are still accepted.
+    """
+    async with rt.db.transaction() as conn:
+        store = await q.require_store(conn, store_hash, lock=True)
+        live = bool(store.celerypay_old_secret_enc) and (
+            store.celerypay_old_secret_until is None or store.celerypay_old_secret_until > rt.now())
+        if store.celerypay_old_secret_enc:
+            await q.update_store(conn, store.id, rt.now(), celerypay_old_secret_enc=None,
+                                 celerypay_old_secret_until=None)
+    if live:
+        log.info("the old CeleryPay secret of store %s was revoked before its grace ended", store_hash)
+    return live
+
+
 async def verify_merchant(rt: Runtime, store: StoreRecord, merchant_id: str, api_secret: str,
                           environment: str | None = None) -> bool:
     """Ask CeleryPay whether it takes these credentials before they are saved (a signed, harmless search).

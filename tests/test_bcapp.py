@@ -679,12 +679,41 @@ async def test_a_post_without_a_valid_csrf_token_is_403_and_changes_nothing(
         ("/bc/settings/provision", {}),
         ("/bc/settings/refund", {"payment_id": "1"}),
         ("/bc/settings/anomalies/1/resolve", {}),
+        ("/bc/settings/revoke-old-secret", {}),
     ):
         form = {**extra, **({"csrf": token} if token is not None else {})}
         answer = await panel.post(path, data=form)
         assert answer.status_code == 403, (path, answer.text)
         assert "Nothing was changed" in answer.text
     assert await snapshot(world) == before
+
+
+async def test_the_old_secret_can_be_revoked_from_the_page_before_its_grace_ends(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """After a rotation the page says until when the previous secret is accepted and offers to stop it;
+    the POST (CSRF-checked like every form) ends the grace, and a notification signed with it is a 401."""
+    await world.add_store()
+    html = await open_settings(panel)
+    assert "Stop accepting the previous CeleryPay secret" not in html  # nothing to revoke yet
+    new_secret = "n" * 40
+    world.cp.add_merchant(MERCHANT_ID, new_secret, old_secret=MERCHANT_SECRET)
+    await stores_lib.configure_merchant(world.rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=new_secret)
+    html = (await panel.get("/bc/settings")).text
+    assert 'id="old-secret"' in html and "Stop accepting the previous CeleryPay secret now" in html
+    event = {"id": "evt_oldsecret00001", "object": "event", "type": "payment.succeeded",
+             "created_at": "2026-11-25T19:10:02Z", "data": {}}
+    answer = await panel.post("/bc/settings/revoke-old-secret", data={"csrf": csrf_of(html)})
+    assert answer.status_code == 303 and answer.headers["location"] == "/bc/settings?done=old_secret_revoked"
+    row = await store_row(world)
+    assert row["celerypay_old_secret_enc"] is None and row["celerypay_old_secret_until"] is None
+    assert world.rt.vault.open(row["celerypay_secret_enc"]) == new_secret
+    refused = await world.notify(event, secret=MERCHANT_SECRET)
+    assert refused.status_code == 401
+    page = (await panel.get("/bc/settings?done=old_secret_revoked")).text
+    assert "no longer accepted" in page and "Stop accepting" not in page
+    again = await panel.post("/bc/settings/revoke-old-secret", data={"csrf": csrf_of(page)})
+    assert again.status_code == 409 and "No previous CeleryPay secret" in again.text
 
 
 async def test_a_session_cookie_that_is_not_ascii_is_refused_like_any_bad_one(

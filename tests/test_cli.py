@@ -1090,3 +1090,18 @@ def test_a_secret_with_nothing_to_read_it_from_is_one_clear_error(env: Env) -> N
     result = env.cli("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID, input="")
     one_error_line(result, "no CeleryPay API secret: set $BCPAY_CELERYPAY_SECRET", code=2)
     assert "Warning" not in result.output and "Aborted" not in result.output
+
+
+def test_revoke_old_secret_ends_the_rotation_grace_at_once(env: Env) -> None:
+    """After a rotation the old secret is accepted for 24 h; --revoke-old-secret ends that now, once."""
+    env.add_store()
+    new_secret = "n" * 40
+    env.cp.add_merchant(MERCHANT_ID, new_secret, old_secret=MERCHANT_SECRET)
+    env.ok("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID, env={"BCPAY_CELERYPAY_SECRET": new_secret})
+    assert json.loads(env.ok("stores", "show", STORE_HASH, "--json").stdout)["old_secret_valid_until"] is not None
+    revoked = env.ok("stores", "configure", STORE_HASH, "--revoke-old-secret")
+    assert "Old CeleryPay secret revoked" in revoked.stdout
+    shown = json.loads(env.ok("stores", "show", STORE_HASH, "--json").stdout)
+    assert shown["old_secret_valid_until"] is None and shown["celerypay_secret"] == "set"
+    assert "nothing to revoke" in env.ok("stores", "configure", STORE_HASH, "--revoke-old-secret").stdout
+    one_error_line(env.cli("stores", "configure", "nosuch", "--revoke-old-secret"), "nosuch")

@@ -116,6 +116,7 @@ def routes() -> list[Route]:
         Route("/bc/settings/refund", settings_page.refund, methods=["POST"]),
         Route("/bc/settings/anomalies/{anomaly_id:int}/resolve", settings_page.resolve_anomaly, methods=["POST"]),
         Route("/bc/settings/provision", settings_page.reprovision, methods=["POST"]),
+        Route("/bc/settings/revoke-old-secret", settings_page.revoke_old_secret, methods=["POST"]),
     ]
 
 
