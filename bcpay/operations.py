@@ -518,6 +518,21 @@ def secret_key_check(rt: Runtime, installed: list[StoreRecord]) -> Check:
          "Then set app.secret_key to that key, turn app.sandbox off and restart bcpay."])
 
 
+def metrics_check(rt: Runtime) -> Check:
+    """``/metrics`` answers without a token only on loopback; elsewhere ``serve`` refuses to start without one."""
+    server = rt.settings.server
+    if server.metrics_token:
+        return Check("metrics", True, "/metrics wants server.metrics_token")
+    if server.on_loopback():
+        return Check("metrics", True, f"/metrics is open to this machine only (server.host {server.host})")
+    return Check(
+        "metrics", False,
+        f"server.host {server.host} is not a loopback address and server.metrics_token is empty: "
+        "`bcpay serve` refuses to start",
+        ["Set server.metrics_token (BCPAY_SERVER_METRICS_TOKEN) and give it to the scraper as a Bearer token, "
+         "or listen on 127.0.0.1 behind the proxy."])
+
+
 def webhook_destination_check(rt: Runtime) -> Check:
     """BigCommerce takes only https on port 443 as a webhook destination (bigcommerce-api.md, Webhooks v3).
 
@@ -605,7 +620,8 @@ async def doctor(
     ``environ`` is where the settings were read from (default: this process's environment).
     """
     report: list[tuple[str, Check]] = [("bcpay", Check("configuration", True, "valid")),
-                                       ("bcpay", environment_check(os.environ if environ is None else environ))]
+                                       ("bcpay", environment_check(os.environ if environ is None else environ)),
+                                       ("bcpay", metrics_check(rt))]
     if not await rt.db.ping():
         report.append(("bcpay", Check("database", False, "unreachable", ["Check database.url."])))
         return report

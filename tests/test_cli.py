@@ -1105,3 +1105,22 @@ def test_revoke_old_secret_ends_the_rotation_grace_at_once(env: Env) -> None:
     assert shown["old_secret_valid_until"] is None and shown["celerypay_secret"] == "set"
     assert "nothing to revoke" in env.ok("stores", "configure", STORE_HASH, "--revoke-old-secret").stdout
     one_error_line(env.cli("stores", "configure", "nosuch", "--revoke-old-secret"), "nosuch")
+
+
+def test_serve_refuses_a_public_address_without_a_metrics_token_and_doctor_says_so(tmp_path: Path,
+                                                                                  secret_key: str) -> None:
+    """/metrics (outbox depth, traffic per route) answers without a token only on loopback: listening on any
+    other address, `serve` stops before starting, naming the setting; doctor flags the same configuration."""
+    config = tmp_path / "bcpay.toml"
+    config.write_text(f'[app]\nsecret_key = "{secret_key}"\n[database]\nurl = "sqlite:///{tmp_path}/x.db"\n')
+    for host in ("0.0.0.0", "::", "10.1.2.3", "bcpay.internal"):
+        result = CliRunner().invoke(app, ["--config", str(config), "serve", "--host", host])
+        one_error_line(result, "server.metrics_token: required when server.host is not a loopback address")
+    report = CliRunner().invoke(app, ["--config", str(config), "doctor", "--json"],
+                                env={"BCPAY_SERVER_HOST": "0.0.0.0"})
+    [check] = [c for c in json.loads(report.stdout)["checks"] if c["name"] == "metrics"]
+    assert not check["ok"] and "refuses to start" in check["detail"]
+    for env_ in ({"BCPAY_SERVER_HOST": "0.0.0.0", "BCPAY_SERVER_METRICS_TOKEN": "m" * 32}, {}):
+        report = CliRunner().invoke(app, ["--config", str(config), "doctor", "--json"], env=env_)
+        [check] = [c for c in json.loads(report.stdout)["checks"] if c["name"] == "metrics"]
+        assert check["ok"], check

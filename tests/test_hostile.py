@@ -488,3 +488,83 @@ async def test_the_same_event_id_and_webhook_hash_in_two_stores_are_both_process
             ids = [(await q.require_store(conn, h)).id for h in (OTHER_HASH, STORE_HASH)]
         queued = await outbox.list_jobs(w.rt.db, state=outbox.QUEUED)
         assert sorted((j.kind, j.store_id) for j in queued) == [("order_status_changed", i) for i in sorted(ids)]
+
+
+# --- metrics, the install callback, tokens in logs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "bcpay.example.com"])
+async def test_metrics_need_their_token_off_loopback(sqlite_url: str, secret_key: str, host: str) -> None:
+    """Started some other way than `serve` (which refuses), a server on a public address without
+    server.metrics_token still answers /metrics to nobody."""
+    async with open_world(sqlite_url, secret_key, server={"host": host}) as w:
+        refused = await w.client.get("/metrics")
+        assert refused.status_code == 401 and "bcpay_" not in refused.text
+        assert "server.metrics_token" in refused.json()["error"]["message"]
+    async with open_world(sqlite_url, secret_key, server={"host": host, "metrics_token": "m" * 32}) as w:
+        ok = await w.client.get("/metrics", headers={"Authorization": "Bearer " + "m" * 32})
+        assert ok.status_code == 200 and "bcpay_outbox_depth" in ok.text
+    for loopback in ("127.0.0.1", "::1", "localhost", "[::1]"):
+        async with open_world(sqlite_url, secret_key, server={"host": loopback}) as w:
+            assert (await w.client.get("/metrics")).status_code == 200
+
+
+@pytest.mark.parametrize("params", [
+    {}, {"code": "x"}, {"code": "\x00", "context": "stores/abc123"}, {"code": "c" * 5000, "context": "stores/abc123"},
+    {"code": "abc", "context": "stores/../../etc"}, {"code": "é☃", "scope": "<script>", "context": "stores/abc123"},
+])
+async def test_junk_install_callbacks_get_a_clear_page(sqlite_url: str, secret_key: str,
+                                                        params: dict[str, str]) -> None:
+    async with open_world(sqlite_url, secret_key) as w:
+        answer = await w.client.get("/bc/auth", params=params)
+        assert 400 <= answer.status_code < 500, answer.text
+        assert "OKCloud Pay could not be installed" in answer.text and "Nothing was installed" in answer.text
+        assert "<script>" not in answer.text
+        async with w.rt.db.read() as conn:
+            assert await q.list_stores(conn) == []
+
+
+async def test_the_install_callback_is_rate_limited_per_client(sqlite_url: str, secret_key: str) -> None:
+    """Each /bc/auth makes bcpay call BigCommerce's OAuth endpoint: a flood of junk codes from one client
+    is answered 429 with a clear page, without calling BigCommerce; another client still installs."""
+    async with open_world(sqlite_url, secret_key, server={"install_attempts_per_minute": 3}) as w:
+        params = {"code": "junk", "scope": APP_SCOPES, "context": f"stores/{STORE_HASH}"}
+        codes = [(await w.client.get("/bc/auth", params=params)).status_code for _ in range(6)]
+        assert codes[:3] == [400] * 3 and codes[3:] == [429] * 3
+        limited = await w.client.get("/bc/auth", params=params)
+        assert "Too many installation attempts" in limited.text and int(limited.headers["retry-after"]) >= 1
+        assert sum(r.path == "/oauth2/token" for r in w.bc.requests) == 0  # the fake records API calls only
+        other = httpx.AsyncClient(transport=httpx.ASGITransport(app=w.app, client=("203.0.113.9", 4000)),
+                                  base_url=PUBLIC_URL)
+        async with other:
+            app = w.settings.app
+            code = w.bc.issue_oauth_code(STORE_HASH, client_id=app.client_id, client_secret=app.client_secret.get(),
+                                         redirect_uri=f"{PUBLIC_URL}/bc/auth", scope=APP_SCOPES)
+            installed = await other.get("/bc/auth", params={**params, "code": code})
+            assert installed.status_code == 303, installed.text
+
+
+async def test_no_log_line_carries_a_payment_token(db_url: str, secret_key: str,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A payment's token opens its pay page: the 5xx branch, warnings and refusals log route templates only."""
+    from sqlalchemy import update
+
+    from bcpay.storage.schema import stores as stores_table
+
+    async with open_world(db_url, secret_key) as w:
+        await w.add_store()
+        body = (await w.start(w.place_order())).json()
+        token = body["token"]
+        async with w.rt.db.transaction() as conn:  # a secret sealed under another key: a 500 on every look-up
+            await conn.execute(update(stores_table).values(celerypay_secret_enc="gAAAAA-not-a-sealed-secret"))
+        caplog.set_level(logging.DEBUG)
+        w.bc.chaos.error_rate = 1.0  # and BigCommerce down
+        answers = [await w.client.get(f"/api/v1/payments/{token}", headers={"Origin": STORE_URL}),
+                   await w.client.get(f"/pay/{token}"), await w.client.post(f"/pay/{token}"),
+                   await w.client.get(f"/pay/{token}/return?celerypay_payment_id=x&celerypay_status=succeeded"),
+                   await w.client.get(f"/pay/{token}x"), await w.client.get(f"/api/v1/payments/{token}x")]
+        assert answers[0].status_code == 500, answers[0].text
+        ours = [r for r in caplog.records if r.name.startswith("bcpay")]  # httpx's lines are the test client's
+        assert any("on GET /api/v1/payments/{token}" in r.getMessage() for r in ours)  # the 5xx branch logged
+        for record in ours:
+            assert token not in record.getMessage() and token not in (record.exc_text or ""), record.getMessage()

@@ -49,7 +49,8 @@ def world_settings(db_url: str, secret_key: str, **sections: dict[str, Any]) -> 
         "database": {"url": db_url},
         "bigcommerce": {"api_url": BC_URL, "login_url": BC_URL, "max_retries": 3},
         "celerypay": {"api_url": CP_URL, "sandbox_api_url": CP_URL, "max_retries": 2},
-        "server": {"run_worker": False, "rate_limit_per_ip": 100000, "rate_limit_per_store": 100000},
+        "server": {"run_worker": False, "rate_limit_per_ip": 100000, "rate_limit_per_store": 100000,
+                   "install_attempts_per_minute": 100000},
         "payments": {"status_poll_interval": 0},
     }
     for name, values in sections.items():
