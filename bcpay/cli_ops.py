@@ -68,7 +68,9 @@ def simulate_notify(
     """Post a correctly signed CeleryPay notification for a real payment attempt, and show the answers.
 
     For tests and demos, on sandbox stores only. Exits 0 when the server answered as expected: 2xx,
-    or 401 with --bad-signature.
+    or 401 with --bad-signature. A notification is a hint: the server then asks CeleryPay about the
+    payment and applies that answer, so a simulated capture of a payment CeleryPay holds as pending
+    changes nothing (pay at the sandbox cashier for that).
 
     Example: bcpay simulate-notify 101 --store abc123 --status succeeded --repeat 3
     """

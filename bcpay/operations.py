@@ -262,8 +262,9 @@ def build_notification(
 ) -> Notification:
     """A CeleryPay ``payment.<status>`` event for a real attempt, signed like CeleryPay signs it.
 
-    ``amount``/``currency`` change what the event claims was paid (to show the
-    mismatch path); ``bad_signature`` signs with a random secret instead.
+    ``amount``/``currency`` change what the event claims was paid (the server
+    applies CeleryPay's own figures, not these); ``bad_signature`` signs with
+    a random secret instead.
     """
     if store.environment == "production":
         # Signed with the real secret, a simulated capture would mark a real order paid with no money taken.
