@@ -1,9 +1,10 @@
 """BigCommerce webhooks: authenticate, deduplicate on ``hash``, queue the work.
 
 Each hook is registered with a per-store random secret in its custom headers
-(``X-Bcpay-Secret``); a call without it is refused. Where BigCommerce also
-signs callbacks (Standard Webhooks headers, reference section 8) the
-signature is verified too. The payload is only a hint: the job re-reads the
+(``X-Bcpay-Secret``); a call without it is refused. For a store that
+installed the app, the Standard Webhooks signature (reference section 8) is
+required as well; an uninstall notice is confirmed with BigCommerce before
+anything is forgotten. The payload is only a hint: the job re-reads the
 order before acting.
 """
 
@@ -21,7 +22,7 @@ from bcpay.provisioning import WEBHOOK_SECRET_HEADER
 from bcpay.runtime import Runtime
 from bcpay.signatures import verify_standard_webhook
 from bcpay.storage import queries as q
-from bcpay.stores import uninstall
+from bcpay.stores import uninstall_confirmed
 
 MAX_BODY = 64 * 1024
 
@@ -38,10 +39,15 @@ async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[st
     given = headers.get(WEBHOOK_SECRET_HEADER.lower(), "")
     if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8")):
         raise SignatureError("missing or wrong webhook secret header")
-    # Our own secret header above authenticates every delivery. A Standard Webhooks signature is
-    # checked on top only for app installs: hooks made with a store's API account are signed (if at
-    # all) with that account's secret, which bcpay never sees (bigcommerce-api.md, "unconfirmed").
-    if "webhook-signature" in headers and store.source == "app" and rt.settings.app.client_secret:
+    # Our own secret header above authenticates every delivery. For an app install BigCommerce signs
+    # every callback as Standard Webhooks with the app's client secret (reference section 8; the
+    # "HTTPS webhooks" docs): there the signature is required, and a delivery without it is refused.
+    # Hooks made with a store's API account are signed (if at all) with that account's secret, which
+    # bcpay never sees ("unconfirmed" in the reference): the secret header alone authenticates them.
+    if store.source == "app":
+        if not rt.settings.app.client_secret:
+            raise SignatureError("no app.client_secret to check this app store's webhook signature",
+                                 code="secret_missing")
         secret = rt.settings.app.client_secret.get().encode("utf-8")
         verify_standard_webhook(body, headers, secret=secret, now=rt.wall())
     payload = _parse(body)
@@ -62,8 +68,9 @@ async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[st
                                  store_id=store.id)
             return "queued"
     if scope == "store/app/uninstalled":
-        await uninstall(rt, store_hash)
-        return "uninstalled"
+        # A claim like any payload: forgotten only once BigCommerce refuses the token.
+        done = await uninstall_confirmed(rt, store, reason="the store/app/uninstalled webhook")
+        return "uninstalled" if done else "uninstall pending"
     return "ignored"
 
 

@@ -65,10 +65,11 @@ def serve(
 ) -> None:
     """Run the gateway server (uvicorn) with the outbox worker.
 
-    Refuses to start without app.secret_key (except in sandbox mode). SQLite
+    Refuses to start without app.secret_key (except in sandbox mode), and
+    without server.metrics_token on an address other than loopback. SQLite
     databases are migrated on start; PostgreSQL needs `bcpay db upgrade` first.
 
-    Example: bcpay serve --host 0.0.0.0 --port 8000 --workers 4 --proxy-headers
+    Example: BCPAY_SERVER_METRICS_TOKEN=... bcpay serve --host 0.0.0.0 --port 8000 --workers 4 --proxy-headers
     """
     import uvicorn
 
@@ -80,6 +81,7 @@ def serve(
     with failures(ctx):
         settings = load(ctx, server={k: v for k, v in server.items() if v is not None})
         settings.require_secret_key()
+        settings.require_metrics_token()
     start_process(settings)
     # The database answers and its schema is current, checked here: inside uvicorn's start-up a
     # failure is a traceback and exit 3, not the CLI's one line and exit 1.

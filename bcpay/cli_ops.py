@@ -68,7 +68,9 @@ def simulate_notify(
     """Post a correctly signed CeleryPay notification for a real payment attempt, and show the answers.
 
     For tests and demos, on sandbox stores only. Exits 0 when the server answered as expected: 2xx,
-    or 401 with --bad-signature.
+    or 401 with --bad-signature. A notification is a hint: the server then asks CeleryPay about the
+    payment and applies that answer, so a simulated capture of a payment CeleryPay holds as pending
+    changes nothing (pay at the sandbox cashier for that).
 
     Example: bcpay simulate-notify 101 --store abc123 --status succeeded --repeat 3
     """
@@ -284,27 +286,34 @@ def events_list(ctx: typer.Context, store: StoreOpt = None, limit: Limit = 50, j
            for e in found])
 
 
+EventStore = Annotated[str | None, typer.Option(
+    "--store", help="The store that received it (needed only when several stores have this event id).")]
+
+
 @events_app.command("show")
 def events_show(ctx: typer.Context, event_id: Annotated[str, typer.Argument(help="The evt_... id.")],
-                json_: JsonFlag = False) -> None:
+                json_: JsonFlag = False, store: EventStore = None) -> None:
     """Show one stored notification with its raw body.
 
     Example: bcpay events show evt_0123456789abcdef
     """
     from bcpay import operations
 
-    print_json(run(ctx, lambda rt: operations.get_event(rt, event_id)))
+    print_json(run(ctx, lambda rt: operations.get_event(rt, event_id, store)))
 
 
 @events_app.command("replay")
-def events_replay(ctx: typer.Context, event_id: Annotated[str, typer.Argument(help="The evt_... id.")]) -> None:
-    """Run a stored notification through the normal path again (idempotent: applied state stays).
+def events_replay(ctx: typer.Context, event_id: Annotated[str, typer.Argument(help="The evt_... id.")],
+                  store: EventStore = None) -> None:
+    """Ask CeleryPay again about a stored notification's payment and apply its answer (idempotent).
 
-    Example: bcpay events replay evt_0123456789abcdef
+    As for a delivery, the event's own data is not applied: CeleryPay's word is.
+
+    Example: bcpay events replay evt_0123456789abcdef --store abc123
     """
     from bcpay import operations
 
-    outcome = run(ctx, lambda rt: operations.replay_event(rt, event_id))
+    outcome = run(ctx, lambda rt: operations.replay_event(rt, event_id, store))
     out().print(f"{event_id}: {outcome}", markup=False)
 
 

@@ -153,11 +153,15 @@ def stores_configure(
         "--reset", metavar="SETTING",
         help="Drop the store's own value of SETTING, so it follows the global config again (repeatable; "
              f"all for every one): {', '.join(STORE_SETTINGS)}.")] = None,
+    revoke_old_secret: Annotated[bool, typer.Option(
+        "--revoke-old-secret",
+        help="End the previous CeleryPay secret's 24 h grace now: notifications signed with it are refused "
+             "from then on (after a leak).")] = False,
 ) -> None:
     """Set a store's CeleryPay merchant and payment settings, or reset them to the global config.
 
     A new secret keeps the old one valid for notifications for 24 hours
-    (rotation). Settings not given are left as they are. After a settings
+    (rotation); --revoke-old-secret ends that grace at once. Settings not given are left as they are. After a settings
     change, every setting is shown with its value in force and where it comes
     from (store, or global: bcpay.toml, BCPAY_* or the default). Resetting a
     setting the store does not override changes nothing.
@@ -165,14 +169,16 @@ def stores_configure(
     Example: BCPAY_CELERYPAY_SECRET=... bcpay stores configure abc123 --merchant-id mch_0123456789abcdef --environment production
 
     Example: bcpay stores configure abc123 --reset paid_status_id --reset expires_in
+
+    Example: bcpay stores configure abc123 --revoke-old-secret
     """  # noqa: E501 (an example is one line to copy)
     changes = {k: v for k, v in {
         "method_name": method_name, "on_expired": on_expired, "paid_status_id": paid_status_id,
         "mismatch_status_id": mismatch_status_id, "expires_in": expires_in, "return_to": return_to,
         "refund_on_status": refund_on_status, "refund_duplicates": refund_duplicates,
     }.items() if v is not None}
-    if merchant_id is None and environment is None and not changes and not reset:
-        raise typer.BadParameter("nothing to change: give --merchant-id, settings and/or --reset")
+    if merchant_id is None and environment is None and not changes and not reset and not revoke_old_secret:
+        raise typer.BadParameter("nothing to change: give --merchant-id, settings, --reset and/or --revoke-old-secret")
     from bcpay import operations, stores
 
     try:
@@ -197,6 +203,7 @@ def stores_configure(
 
     unchecked = False
     effective: dict[str, tuple[Any, bool]] = {}
+    revoked: list[bool] = []
 
     async def work(rt: "Runtime") -> "StoreRecord":
         nonlocal unchecked
@@ -210,9 +217,15 @@ def stores_configure(
         if changes or cleared:
             store = await stores.update_settings(rt, store_hash, {**cleared, **changes})
             effective.update(stores.effective_settings(rt, store))
+        if revoke_old_secret:
+            revoked.append(await stores.revoke_old_secret(rt, store_hash))
+            store = await operations.get_store(rt, store_hash)
         return store
 
     store = run(ctx, work)
+    if revoked:
+        out().print("Old CeleryPay secret revoked: notifications signed with it are refused from now on."
+                    if revoked[0] else "No old CeleryPay secret was in its grace period: nothing to revoke.")
     out().print(f"Configured {store.store_hash}: merchant {store.merchant_id or '-'} ({store.environment}), "
                 f"secret {'set' if store.celerypay_secret_enc else 'not set'}.")
     for key, (value, own) in effective.items():

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -101,10 +102,27 @@ class ServerSettings:
     # Order look-ups from the public API that find no such order (or the wrong cart), per store and
     # minute; past it, orders bcpay has never seen wait (each look-up spends the store's BigCommerce quota).
     failed_lookups_per_minute: int = 30
+    # Installs (GET /bc/auth) per client IP and minute: each one makes bcpay call BigCommerce's OAuth endpoint.
+    install_attempts_per_minute: int = 10
     log_format: Literal["text", "json"] = "text"
     log_level: str = "info"
     run_worker: bool = True
-    metrics_token: Secret = field(default_factory=lambda: Secret(""))  # set: /metrics wants it as a Bearer token
+    # Set: /metrics wants it as a Bearer token. Required unless the server listens on loopback only.
+    metrics_token: Secret = field(default_factory=lambda: Secret(""))
+
+    def on_loopback(self) -> bool:
+        """True when ``host`` is a loopback address (or ``localhost``): nothing off this machine connects."""
+        host = self.host.strip().strip("[]")
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return False
+
+    def metrics_open(self) -> bool:
+        """True when ``/metrics`` may answer without a token: none is set and only this machine connects."""
+        return not self.metrics_token and self.on_loopback()
 
 
 @dataclass(frozen=True)
@@ -190,6 +208,15 @@ class Settings:
     def accepted_methods(self) -> tuple[str, ...]:
         """The order ``payment_method`` values bcpay acts for."""
         return self.payments.accepted_methods or (self.payments.method_name,)
+
+    def require_metrics_token(self) -> None:
+        """Refuse to serve ``/metrics`` (outbox depth, traffic per route) beyond loopback without a token."""
+        if not self.server.metrics_token and not self.server.on_loopback():
+            raise ConfigError(
+                f"server.metrics_token: required when server.host is not a loopback address (it is "
+                f"{self.server.host!r}): /metrics would answer anyone; set it (e.g. BCPAY_SERVER_METRICS_TOKEN) "
+                "or listen on 127.0.0.1"
+            )
 
     def require_secret_key(self) -> None:
         """Refuse to run without ``app.secret_key``, except in sandbox mode."""
@@ -411,7 +438,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # poll interval spins the worker): refused at load, with the setting's name.
 POSITIVE = (
     "server.workers", "server.max_body_bytes", "server.rate_limit_per_ip", "server.rate_limit_per_store",
-    "server.failed_lookups_per_minute",
+    "server.failed_lookups_per_minute", "server.install_attempts_per_minute",
     "bigcommerce.timeout", "celerypay.timeout", "outbox.max_attempts", "outbox.lease_seconds",
     "outbox.concurrency", "outbox.backoff_base", "outbox.backoff_cap", "payments.max_order_age",
     "database.pool_size",

@@ -239,6 +239,12 @@ class NotForThisWorker(Exception):
     retry_after = 30.0
 
 
+class StoreNotReady(Exception):
+    """The store has no CeleryPay credentials (installed again, not configured yet): later, uncounted."""
+
+    retry_after = 300.0
+
+
 async def refresh_script(rt: Runtime, job: JobRecord) -> str:
     """Put the current snippet tag on a store (a new bcpay release, a new public_url or method name).
 
@@ -261,6 +267,28 @@ async def refresh_script(rt: Runtime, job: JobRecord) -> str:
     return "apply"
 
 
+async def check_event(rt: Runtime, job: JobRecord) -> str:
+    """A CeleryPay notification arrived: apply what CeleryPay itself says about its payment."""
+    from bcpay import notifications
+
+    async with rt.db.read() as conn:
+        store = await q.get_store_by_id(conn, int(job.store_id or 0))
+    if not store.has_credentials:
+        raise StoreNotReady  # installed again but not configured yet: nothing can be asked
+    refund_id = job.payload.get("refund_id")
+    return await notifications.check_event(
+        rt, store, event_id=str(job.payload["event_id"]), celerypay_id=str(job.payload["celerypay_id"]),
+        refund_id=None if refund_id is None else str(refund_id),
+    )
+
+
+async def confirm_uninstall(rt: Runtime, job: JobRecord) -> str:
+    """An uninstall notice BigCommerce did not confirm yet: ask again (retried with backoff until it does)."""
+    from bcpay import stores
+
+    return await stores.confirm_uninstall(rt, int(job.store_id or 0), str(job.payload["token"]))
+
+
 async def order_status_changed(rt: Runtime, job: JobRecord) -> str:
     """A statusUpdated webhook: re-read the order and act (cancel / refund)."""
     from bcpay import bcwebhooks
@@ -269,6 +297,8 @@ async def order_status_changed(rt: Runtime, job: JobRecord) -> str:
 
 
 HANDLERS: dict[str, Handler] = {
+    "check_event": check_event,
+    "confirm_uninstall": confirm_uninstall,
     "order_status_changed": order_status_changed,
     "mark_paid": mark_paid,
     "mark_mismatch": mark_mismatch,
@@ -336,7 +366,7 @@ class Worker:
             state = await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=delay,
                                              error=f"took longer than {budget:.0f} s", max_attempts=cfg.max_attempts)
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result="timeout" if state == outbox.QUEUED else "dead")
-        except (RateLimited, NotForThisWorker) as exc:
+        except (RateLimited, NotForThisWorker, StoreNotReady) as exc:
             await outbox.retry_later(rt.db, job, owner=self.owner, now=rt.now(), delay=exc.retry_after,
                                      error=repr(exc), max_attempts=cfg.max_attempts, counts=False)
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind,

@@ -205,21 +205,28 @@ async def _roll_back(rt: Runtime, store_hash: str, before: dict[str, Any] | None
     log.info("install of %s rolled back", store_hash)
 
 
-async def open_app(rt: Runtime, claims: BcClaims) -> tuple[StoreRecord, AppUser]:
-    """A verified ``/bc/load``: the installed store and its (remembered) user.
+async def use_once(rt: Runtime, claims: BcClaims) -> None:
+    """Accept a verified callback JWT once, in every process sharing the database, or raise SignatureError.
 
-    Each link opens the app once (BigCommerce signs a new one, with a new
-    ``jti``, every time the app is opened): a JWT copied from a URL, a log or
-    a browser history is refused, though its 24 hours have not passed.
+    BigCommerce signs a new JWT, with a new ``jti``, for every callback: a
+    ``/bc/load`` link sits in the iframe URL and the browser history for its
+    24 hours, and without this anyone who saw one could replay it to
+    ``/bc/uninstall`` or ``/bc/remove_user``. Each ``jti`` is remembered (the
+    ``used_jwts`` table) for as long as the JWT is accepted: until exp plus
+    the leeway, not just exp.
     """
-    store = await installed_store(rt, claims.store_hash)
     if claims.jti is None:
         raise SignatureError("JWT has no jti")
-    # Remembered for as long as the JWT is accepted: until exp plus the leeway, not just exp.
     expires_at = datetime.fromtimestamp(claims.expires + JWT_LEEWAY, UTC)
     async with rt.db.transaction() as conn:
         if not await q.use_jwt_once(conn, claims.jti, expires_at, rt.now()):
             raise SignatureError("this link was already used", code="jwt_replayed")
+
+
+async def open_app(rt: Runtime, claims: BcClaims) -> tuple[StoreRecord, AppUser]:
+    """A verified ``/bc/load``: the installed store and its (remembered) user; each link opens the app once."""
+    store = await installed_store(rt, claims.store_hash)
+    await use_once(rt, claims)
     user = await remember_user(
         rt,
         store,
@@ -241,23 +248,27 @@ async def installed_store(rt: Runtime, store_hash: str) -> StoreRecord:
     return store
 
 
-async def uninstall_app(rt: Runtime, store_hash: str) -> bool:
-    """A verified ``/bc/uninstall``: forget secrets, jobs and users; False if already uninstalled.
+async def uninstall_app(rt: Runtime, claims: BcClaims) -> str:
+    """A verified ``/bc/uninstall``: forget secrets, jobs and users once BigCommerce confirms it.
 
-    Unknown stores raise :class:`NotFoundError`. Payments history stays.
+    The JWT is used once (:func:`use_once`). The store is forgotten only when
+    its token no longer works at BigCommerce (:func:`bcpay.stores.uninstall_confirmed`);
+    else everything is kept and asked again later. Returns ``uninstalled``,
+    ``already uninstalled`` or ``pending``. Unknown stores raise
+    :class:`NotFoundError`. Payments history stays.
     """
+    await use_once(rt, claims)
     async with rt.db.read() as conn:
-        store = await q.get_store(conn, store_hash)
+        store = await q.get_store(conn, claims.store_hash)
     if store is None:
-        raise NotFoundError(f"unknown store {store_hash!r}", code="unknown_store")
+        raise NotFoundError(f"unknown store {claims.store_hash!r}", code="unknown_store")
     # The store/app/uninstalled webhook may have got here first: nothing to redo.
-    done = False
-    if store.installed:
-        await stores.uninstall(rt, store_hash)
-        done = True
-    async with rt.db.transaction() as conn:
-        await conn.execute(delete(store_users).where(store_users.c.store_id == store.id))
-    return done
+    if not store.installed:
+        async with rt.db.transaction() as conn:
+            await conn.execute(delete(store_users).where(store_users.c.store_id == store.id))
+        return "already uninstalled"
+    done = await stores.uninstall_confirmed(rt, store, reason="the /bc/uninstall callback")
+    return "uninstalled" if done else "pending"
 
 
 async def remember_user(
@@ -296,13 +307,14 @@ async def find_user(rt: Runtime, store: StoreRecord, user_id: int) -> AppUser | 
     return AppUser(store.id, row["user_id"], row["email"], bool(row["is_owner"])) if row else None
 
 
-async def forget_user(rt: Runtime, store_hash: str, user_id: int) -> bool:
-    """A verified ``/bc/remove_user``: forget that user; False if they were not known."""
-    store = await installed_store(rt, store_hash)
+async def forget_user(rt: Runtime, claims: BcClaims) -> bool:
+    """A verified ``/bc/remove_user`` (used once): forget that user; False if they were not known."""
+    store = await installed_store(rt, claims.store_hash)
+    await use_once(rt, claims)
     async with rt.db.transaction() as conn:
         result = await conn.execute(
             delete(store_users).where(
-                store_users.c.store_id == store.id, store_users.c.user_id == user_id
+                store_users.c.store_id == store.id, store_users.c.user_id == claims.user_id
             )
         )
     return bool(result.rowcount)

@@ -2,12 +2,17 @@
 
 Tokens, secrets and shopper emails are never logged in full: call
 :func:`mask` on anything that might be one before it reaches a log line.
+Both formatters also blank any payment token in a bcpay path
+(``/pay/{token}``, ``/api/v1/payments/{token}``, ``bcpay_token=``) that an
+upstream's error text or a traceback carried into a message
+(:func:`redact_tokens`): whoever holds a token sees that payment's page.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +28,14 @@ def mask(value: str | None, keep: int = 4) -> str:
     return value[:keep] + "…" if len(value) > keep else "…"
 
 
+_TOKEN_IN_PATH = re.compile(r"(/pay/|/api/v1/payments/|bcpay_token=)[A-Za-z0-9_-]{8,64}")
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with every payment token in a bcpay path or fragment replaced by ``{token}``."""
+    return _TOKEN_IN_PATH.sub(r"\1{token}", text)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line with the record's structured ``fields``."""
 
@@ -31,11 +44,11 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact_tokens(record.getMessage()),
         }
         data.update(getattr(record, "fields", {}) or {})
         if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
+            data["exc"] = redact_tokens(self.formatException(record.exc_info))
         return json.dumps(data, default=str, separators=(",", ":"))
 
 
@@ -47,7 +60,7 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             base += " " + " ".join(f"{k}={v}" for k, v in fields.items())
-        return base
+        return redact_tokens(base)
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:

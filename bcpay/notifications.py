@@ -1,22 +1,33 @@
-"""Receiving CeleryPay notifications: verify, record once, apply, all in one commit.
+"""Receiving CeleryPay notifications: verify, record once, queue the read-back; all in one commit.
 
 The order of work follows the contract: the signature is checked on the raw
-bytes before anything is parsed; the event id is the dedupe key; the event is
-stored and its effects queued in the same transaction, and only after that
-commit does the server answer 2xx. A crash before the commit makes CeleryPay
-deliver again; a crash after it loses nothing.
+bytes before anything is parsed; the event id is the dedupe key (per store);
+the event is stored and its read-back job queued in the same transaction,
+and only after that commit does the server answer 2xx. A crash before the
+commit makes CeleryPay deliver again; a crash after it loses nothing.
+
+A notification is a hint, never the truth (contract, "Notifications": "when
+in doubt, GET the payment"). Its ``data`` is not applied: whoever holds the
+store's API secret (a leak, a rotated-out secret in its grace period) can sign
+any event. The ``check_event`` job (:func:`check_event`, in the outbox with its
+retries) reads the payment, and the refund of a refund event, from CeleryPay
+and applies what CeleryPay answers through :func:`bcpay.payflow.apply_remote`.
+So the answer to CeleryPay never waits for CeleryPay's own API (10 s
+deadline), and an order moves only on CeleryPay's word.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import insert, select, update
 
 from bcpay import outbox, payflow
 from bcpay.clients.celerypay import Event, Refund, parse_event
-from bcpay.errors import InvalidInputError, NotFoundError, SignatureError
+from bcpay.errors import InvalidInputError, NotFoundError, SignatureError, UpstreamNotFound
 from bcpay.runtime import Runtime
 from bcpay.signatures import verify_notification
 from bcpay.storage import queries as q
@@ -24,15 +35,18 @@ from bcpay.storage.db import Conn
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import REFUND_IN_DOUBT, refunds
 
+log = logging.getLogger("bcpay.notifications")
+
 MAX_BODY = 256 * 1024
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)  # "last notification received" on the settings page
+CHECK_JOB = "check_event"
 
 
 @dataclass(frozen=True)
 class Received:
     """The result of one delivery: ``outcome`` is also the metrics label."""
 
-    outcome: str  # applied | mismatch | duplicate | stale | unknown | updated | duplicate_payment
+    outcome: str  # queued (its read-back is in the outbox) | duplicate | unknown
     event_id: str
 
 
@@ -45,7 +59,10 @@ async def receive(
     timestamp: str | None,
     signature: str | None,
 ) -> Received:
-    """Verify and apply one notification; raises SignatureError/InvalidInputError/NotFoundError."""
+    """Verify, record and queue the read-back of one notification.
+
+    Raises SignatureError, InvalidInputError or NotFoundError, having stored nothing.
+    """
     if len(body) > MAX_BODY:
         raise InvalidInputError("notification body too large", code="body_too_large")
     async with rt.db.read() as conn:
@@ -76,8 +93,8 @@ async def receive(
         if not fresh:
             rt.metrics.inc("bcpay_notifications_total", outcome="duplicate")
             return Received("duplicate", event.id)
-        outcome = await apply_event(rt, store_id=store.id, event=event, conn=conn, store=store)
-        await q.set_event_outcome(conn, event.id, outcome)
+        outcome = await queue_check(rt, conn, store, event)
+        await q.set_event_outcome(conn, event.id, outcome, store_id=store.id)
         seen = store.last_notification_at
         if seen is None or rt.now() - seen > LAST_SEEN_RESOLUTION:  # a hot row: write it rarely
             await q.update_store(conn, store.id, rt.now(), last_notification_at=rt.now())
@@ -85,15 +102,59 @@ async def receive(
     return Received(outcome, event.id)
 
 
-async def apply_event(
-    rt: Runtime, *, store_id: int, event: Event, conn: Conn, store: StoreRecord | None = None
+async def queue_check(rt: Runtime, conn: Conn, store: StoreRecord, event: Event) -> str:
+    """Queue the read-back of a verified event inside the caller's transaction.
+
+    ``unknown`` (nothing queued) when no attempt of this store has the
+    event's payment id or merchant order number: such an event can change
+    nothing. The job is about the attempt's order, so it never runs beside
+    another job of that order (``outbox.subject_of``).
+    """
+    remote = event.payment
+    attempt = await q.find_payment(conn, celerypay_id=remote.id) or await q.find_payment(
+        conn, merchant_order_no=remote.merchant_order_no
+    )
+    if attempt is None or attempt.store_id != store.id or attempt.celerypay_id not in (None, remote.id):
+        return "unknown"
+    payload: dict[str, Any] = {"payment_id": attempt.id, "order_id": attempt.order_id, "event_id": event.id,
+                               "celerypay_id": remote.id}
+    if event.refund is not None:
+        payload["refund_id"] = event.refund.id
+    await outbox.enqueue(conn, CHECK_JOB, payload, now=rt.now(), store_id=store.id)
+    return "queued"
+
+
+async def check_event(
+    rt: Runtime, store: StoreRecord, *, event_id: str, celerypay_id: str, refund_id: str | None = None
 ) -> str:
-    """Apply a verified event inside the caller's transaction (also used by replay)."""
-    if store is None:
-        store = await q.get_store_by_id(conn, store_id)
-    result = await payflow.apply_remote(rt, store, event.payment, source=f"event {event.id}", conn=conn)
-    if event.refund is not None and result.payment is not None:
-        await record_refund_event_for(rt, conn, result.payment, event.refund)
+    """Read the event's payment (and refund) from CeleryPay and apply that answer; returns the outcome.
+
+    Also what ``bcpay events replay`` runs. A payment CeleryPay does not
+    know (404) was never CeleryPay's: ``unknown``, nothing changes. CeleryPay
+    down or rate limiting raises, and the job retries with backoff.
+    """
+    cp = rt.celerypay(store)
+    try:
+        remote = await cp.get_payment(celerypay_id)
+    except UpstreamNotFound:
+        log.warning("event %s of store %s names payment %s, which CeleryPay does not know: ignored",
+                    event_id, store.store_hash, celerypay_id)
+        outcome = "unknown"
+        async with rt.db.transaction() as conn:
+            await q.set_event_outcome(conn, event_id, outcome, store_id=store.id)
+        return outcome
+    refund: Refund | None = None
+    if refund_id is not None:
+        try:
+            refund = await cp.get_refund(celerypay_id, refund_id)
+        except UpstreamNotFound:
+            log.warning("event %s of store %s names refund %s, which CeleryPay does not know: payment only",
+                        event_id, store.store_hash, refund_id)
+    async with rt.db.transaction() as conn:
+        result = await payflow.apply_remote(rt, store, remote, source=f"event {event_id}", conn=conn)
+        if refund is not None and result.payment is not None and refund.payment_id == remote.id:
+            await record_refund_event_for(rt, conn, result.payment, refund)
+        await q.set_event_outcome(conn, event_id, result.outcome, store_id=store.id)
     return result.outcome
 
 

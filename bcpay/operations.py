@@ -262,8 +262,9 @@ def build_notification(
 ) -> Notification:
     """A CeleryPay ``payment.<status>`` event for a real attempt, signed like CeleryPay signs it.
 
-    ``amount``/``currency`` change what the event claims was paid (to show the
-    mismatch path); ``bad_signature`` signs with a random secret instead.
+    ``amount``/``currency`` change what the event claims was paid (the server
+    applies CeleryPay's own figures, not these); ``bad_signature`` signs with
+    a random secret instead.
     """
     if store.environment == "production":
         # Signed with the real secret, a simulated capture would mark a real order paid with no money taken.
@@ -361,30 +362,43 @@ async def list_events(rt: Runtime, *, store_hash: str | None = None, limit: int 
     return [event_json(r, by_id[r["store_id"]]) for r in rows]
 
 
-async def get_event(rt: Runtime, event_id: str) -> dict[str, Any]:
+async def _event_row(conn: Any, event_id: str, store_hash: str | None) -> dict[str, Any]:
+    """The one stored event with this id (of this store, if given)."""
+    store_id = (await q.require_store(conn, store_hash)).id if store_hash else None
+    rows = await q.find_events(conn, event_id, store_id=store_id)
+    if not rows:
+        raise NotFoundError(f"no stored event {event_id!r}", code="event_not_found")
+    if len(rows) > 1:
+        by_id = {s.id: s.store_hash for s in await q.list_stores(conn)}
+        raise InvalidInputError(
+            f"event {event_id!r} was received by several stores ({', '.join(by_id[r['store_id']] for r in rows)}): "
+            "give --store", code="ambiguous_event")
+    return rows[0]
+
+
+async def get_event(rt: Runtime, event_id: str, store_hash: str | None = None) -> dict[str, Any]:
     """One stored event with its raw body."""
     async with rt.db.read() as conn:
-        row = await q.get_event(conn, event_id)
-        if row is None:
-            raise NotFoundError(f"no stored event {event_id!r}", code="event_not_found")
+        row = await _event_row(conn, event_id, store_hash)
         store = await q.get_store_by_id(conn, row["store_id"])
     return event_json(row, store.store_hash, body=True)
 
 
-async def replay_event(rt: Runtime, event_id: str) -> str:
-    """Run a stored (already verified) event through the normal path again; returns the outcome.
+async def replay_event(rt: Runtime, event_id: str, store_hash: str | None = None) -> str:
+    """Check a stored (already verified) event again with CeleryPay, at once; returns the outcome.
 
-    Idempotent like a second delivery: applying a state already applied is
-    ``stale`` and queues nothing new.
+    Idempotent like a second delivery: a state already applied is ``stale``
+    and queues nothing new. As for a delivery, the event's own data is not
+    applied: CeleryPay's answer about its payment is.
     """
-    async with rt.db.transaction() as conn:
-        row = await q.get_event(conn, event_id)
-        if row is None:
-            raise NotFoundError(f"no stored event {event_id!r}", code="event_not_found")
-        event = parse_event(row["raw_body"].encode("utf-8"))
-        outcome = await notifications.apply_event(rt, store_id=row["store_id"], event=event, conn=conn)
-        await q.set_event_outcome(conn, event_id, outcome)
-    return outcome
+    async with rt.db.read() as conn:
+        row = await _event_row(conn, event_id, store_hash)
+        store = await q.get_store_by_id(conn, row["store_id"])
+    event = parse_event(row["raw_body"].encode("utf-8"))
+    return await notifications.check_event(
+        rt, store, event_id=event.id, celerypay_id=event.payment.id,
+        refund_id=event.refund.id if event.refund is not None else None,
+    )
 
 
 async def prune_events(rt: Runtime, older_than: timedelta) -> int:
@@ -505,6 +519,21 @@ def secret_key_check(rt: Runtime, installed: list[StoreRecord]) -> Check:
          "Then set app.secret_key to that key, turn app.sandbox off and restart bcpay."])
 
 
+def metrics_check(rt: Runtime) -> Check:
+    """``/metrics`` answers without a token only on loopback; elsewhere ``serve`` refuses to start without one."""
+    server = rt.settings.server
+    if server.metrics_token:
+        return Check("metrics", True, "/metrics wants server.metrics_token")
+    if server.on_loopback():
+        return Check("metrics", True, f"/metrics is open to this machine only (server.host {server.host})")
+    return Check(
+        "metrics", False,
+        f"server.host {server.host} is not a loopback address and server.metrics_token is empty: "
+        "`bcpay serve` refuses to start",
+        ["Set server.metrics_token (BCPAY_SERVER_METRICS_TOKEN) and give it to the scraper as a Bearer token, "
+         "or listen on 127.0.0.1 behind the proxy."])
+
+
 def webhook_destination_check(rt: Runtime) -> Check:
     """BigCommerce takes only https on port 443 as a webhook destination (bigcommerce-api.md, Webhooks v3).
 
@@ -592,7 +621,8 @@ async def doctor(
     ``environ`` is where the settings were read from (default: this process's environment).
     """
     report: list[tuple[str, Check]] = [("bcpay", Check("configuration", True, "valid")),
-                                       ("bcpay", environment_check(os.environ if environ is None else environ))]
+                                       ("bcpay", environment_check(os.environ if environ is None else environ)),
+                                       ("bcpay", metrics_check(rt))]
     if not await rt.db.ping():
         report.append(("bcpay", Check("database", False, "unreachable", ["Check database.url."])))
         return report

@@ -243,11 +243,12 @@ async def discard_dead(db: Database, *, now: datetime, job_id: int | None = None
         return int(result.rowcount or 0)
 
 
-async def cancel_store_jobs(conn: Conn, store_id: int, now: datetime) -> int:
-    """Stop every queued job of a store (uninstall)."""
+async def cancel_store_jobs(conn: Conn, store_id: int, now: datetime, *, keep_kind: str | None = None) -> int:
+    """Stop every queued job of a store (uninstall), but those of ``keep_kind``."""
+    kept = [jobs.c.kind != keep_kind] if keep_kind is not None else []
     result = await conn.execute(
         update(jobs)
-        .where(jobs.c.store_id == store_id, jobs.c.state == QUEUED)
+        .where(jobs.c.store_id == store_id, jobs.c.state == QUEUED, *kept)
         .values(state=CANCELLED, updated_at=now, lease_owner=None, lease_until=None)
     )
     return int(result.rowcount or 0)

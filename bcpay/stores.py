@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import secrets
 from datetime import timedelta
@@ -18,12 +19,21 @@ from sqlalchemy import delete
 from bcpay import outbox, rules
 from bcpay.clients.bigcommerce import BigCommerceClient, StoreInfo
 from bcpay.clients.celerypay import CeleryPayClient
-from bcpay.errors import ConflictError, InvalidInputError, NotFoundError, UpstreamError, UpstreamRejected
+from bcpay.errors import (
+    BcpayError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    UpstreamError,
+    UpstreamRejected,
+)
 from bcpay.runtime import STORE_OVERRIDES, Runtime
 from bcpay.scopes import REQUIRED_SCOPES as REQUIRED_SCOPES  # re-exported for callers
 from bcpay.storage import queries as q
 from bcpay.storage.records import StoreRecord
 from bcpay.storage.schema import store_users
+
+log = logging.getLogger("bcpay.stores")
 
 MERCHANT_ID = re.compile(r"mch_[A-Za-z0-9]{16,32}")
 STORE_HASH = re.compile(r"[a-z0-9]{1,32}")
@@ -146,6 +156,23 @@ async def configure_merchant(
         return await q.require_store(conn, store_hash)
 
 
+async def revoke_old_secret(rt: Runtime, store_hash: str) -> bool:
+    """End the rotated-out CeleryPay secret's 24 h grace now; False when none was in its grace.
+
+    For a secret that leaked: until then, notifications signed with it are still accepted.
+    """
+    async with rt.db.transaction() as conn:
+        store = await q.require_store(conn, store_hash, lock=True)
+        live = bool(store.celerypay_old_secret_enc) and (
+            store.celerypay_old_secret_until is None or store.celerypay_old_secret_until > rt.now())
+        if store.celerypay_old_secret_enc:
+            await q.update_store(conn, store.id, rt.now(), celerypay_old_secret_enc=None,
+                                 celerypay_old_secret_until=None)
+    if live:
+        log.info("the old CeleryPay secret of store %s was revoked before its grace ended", store_hash)
+    return live
+
+
 async def verify_merchant(rt: Runtime, store: StoreRecord, merchant_id: str, api_secret: str,
                           environment: str | None = None) -> bool:
     """Ask CeleryPay whether it takes these credentials before they are saved (a signed, harmless search).
@@ -263,8 +290,81 @@ async def update_settings(
         return await q.require_store(conn, store_hash)
 
 
+CONFIRM_UNINSTALL = "confirm_uninstall"  # the outbox job that asks BigCommerce again
+CONFIRM_FIRST_DELAY = 60.0  # seconds before the first new question; then the outbox's backoff
+
+
+def token_mark(rt: Runtime, store: StoreRecord) -> str:
+    """A short digest naming the store's current token (never the token): a re-install makes another."""
+    assert store.access_token_enc is not None
+    return hashlib.sha256(rt.vault.open(store.access_token_enc).encode()).hexdigest()[:16]
+
+
+async def token_revoked(rt: Runtime, store: StoreRecord) -> bool:
+    """True when BigCommerce answers 401 to a cheap read (``GET /v2/store``) with the store's token.
+
+    Any other refusal (403: a scope is missing) means the token still works;
+    BigCommerce down or rate limiting raises :class:`UpstreamError`.
+    """
+    try:
+        await rt.bigcommerce(store).store_info()
+    except UpstreamRejected as exc:
+        return exc.status == 401
+    return False
+
+
+async def uninstall_confirmed(rt: Runtime, store: StoreRecord, *, reason: str) -> bool:
+    """Forget the store (:func:`uninstall`) if BigCommerce confirms its token no longer works.
+
+    An uninstall callback or webhook is only a claim: a replayed or forged one
+    must not wipe a working store's token and CeleryPay secrets. When
+    BigCommerce still takes the token (or cannot be asked), everything is
+    kept, the reason is logged (never a secret), and a ``confirm_uninstall``
+    job asks again later, with the outbox's backoff. True when forgotten now.
+    """
+    if not store.installed or not store.access_token_enc:
+        return False
+    try:
+        revoked = await token_revoked(rt, store)
+        why = "BigCommerce still accepts the store's API token"
+    except UpstreamError as exc:
+        revoked, why = False, f"BigCommerce could not be asked whether the token still works ({exc.code})"
+    if revoked:
+        await uninstall(rt, store.store_hash)
+        log.info("store %s uninstalled (%s; BigCommerce refuses its token)", store.store_hash, reason)
+        return True
+    mark = token_mark(rt, store)
+    async with rt.db.transaction() as conn:
+        await outbox.enqueue(conn, CONFIRM_UNINSTALL, {"token": mark}, now=rt.now(), store_id=store.id,
+                             dedupe_key=f"{CONFIRM_UNINSTALL}:{store.id}:{mark}", delay=CONFIRM_FIRST_DELAY)
+    log.warning("%s for store %s, but %s: its token and secrets are kept, and BigCommerce is asked again later",
+                reason, store.store_hash, why)
+    return False
+
+
+async def confirm_uninstall(rt: Runtime, store_id: int, mark: str) -> str:
+    """The ``confirm_uninstall`` job: forget the store once its token is refused, else raise to retry later.
+
+    ``skipped`` when the store was uninstalled meanwhile or holds another
+    token (installed again since).
+    """
+    async with rt.db.read() as conn:
+        store = await q.get_store_by_id(conn, store_id)
+    if not store.installed or not store.access_token_enc or token_mark(rt, store) != mark:
+        return "skipped"
+    if not await token_revoked(rt, store):
+        raise BcpayError(f"BigCommerce still accepts the token of store {store.store_hash}: its secrets are kept",
+                         code="token_still_valid")
+    await uninstall(rt, store.store_hash)
+    log.info("store %s uninstalled: BigCommerce now refuses its token", store.store_hash)
+    return "uninstalled"
+
+
 async def uninstall(rt: Runtime, store_hash: str) -> StoreRecord:
-    """Forget the token and merchant secrets, stop the store's jobs; payment history stays."""
+    """Forget the token and merchant secrets, stop the store's jobs; payment history stays.
+
+    Callers acting on an uninstall notice go through :func:`uninstall_confirmed`.
+    """
     async with rt.db.transaction() as conn:
         store = await q.get_store(conn, store_hash)
         if store is None:
@@ -276,7 +376,8 @@ async def uninstall(rt: Runtime, store_hash: str) -> StoreRecord:
             celerypay_old_secret_enc=None, celerypay_old_secret_until=None, webhook_secret_enc=None,
             script_uuid=None, script_hash=None,
         )
-        await outbox.cancel_store_jobs(conn, store.id, now)
+        # A running confirmation (the caller, maybe) finishes on its own: the store is gone by then.
+        await outbox.cancel_store_jobs(conn, store.id, now, keep_kind=CONFIRM_UNINSTALL)
         # Its users' sessions end too, whichever way the uninstall came (callback or webhook).
         await conn.execute(delete(store_users).where(store_users.c.store_id == store.id))
         return await q.require_store(conn, store_hash)

@@ -22,8 +22,10 @@ import pytest
 from sqlalchemy import select
 
 from bcpay import outbox
+from bcpay import stores as stores_lib
 from bcpay.errors import SignatureError
 from bcpay.provisioning import WEBHOOK_SECRET_HEADER
+from bcpay.sandbox.bc_apps import revoke_tokens
 from bcpay.server.bcapp import frame_ancestors
 from bcpay.server.sessions import COOKIE_NAME, SessionSigner
 from bcpay.snippet import SCRIPT_NAME
@@ -459,6 +461,7 @@ async def test_uninstall_forgets_secrets_and_jobs_but_keeps_payments(
     queued = await outbox.list_jobs(world.rt.db, state=outbox.QUEUED)
     assert queued, "the notification should have queued the order update"
 
+    revoke_tokens(world.bc, STORE_HASH, client_id="sandbox-client-id")  # BigCommerce did uninstall it
     answer = await panel.get("/bc/uninstall", params={"signed_payload_jwt": signed()})
     assert answer.status_code == 200 and answer.text == "uninstalled"
     row = await store_row(world)
@@ -480,9 +483,10 @@ async def test_uninstall_forgets_secrets_and_jobs_but_keeps_payments(
     load = await panel.get("/bc/load", params={"signed_payload_jwt": signed()})
     assert load.status_code == 401 and "not installed" in load.text
 
-    # Installed again: the stopped order update runs, the order is paid.
+    # Installed and configured again: the stopped read-back of the notification runs, the order is paid.
     assert (await install(world, panel)).status_code in (200, 303)
     assert {j.state for j in await outbox.list_jobs(world.rt.db)} == {outbox.QUEUED}
+    await stores_lib.configure_merchant(world.rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=MERCHANT_SECRET)
     await world.run_jobs()
     assert world.order(order["id"])["status_id"] == 11
 
@@ -675,12 +679,41 @@ async def test_a_post_without_a_valid_csrf_token_is_403_and_changes_nothing(
         ("/bc/settings/provision", {}),
         ("/bc/settings/refund", {"payment_id": "1"}),
         ("/bc/settings/anomalies/1/resolve", {}),
+        ("/bc/settings/revoke-old-secret", {}),
     ):
         form = {**extra, **({"csrf": token} if token is not None else {})}
         answer = await panel.post(path, data=form)
         assert answer.status_code == 403, (path, answer.text)
         assert "Nothing was changed" in answer.text
     assert await snapshot(world) == before
+
+
+async def test_the_old_secret_can_be_revoked_from_the_page_before_its_grace_ends(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """After a rotation the page says until when the previous secret is accepted and offers to stop it;
+    the POST (CSRF-checked like every form) ends the grace, and a notification signed with it is a 401."""
+    await world.add_store()
+    html = await open_settings(panel)
+    assert "Stop accepting the previous CeleryPay secret" not in html  # nothing to revoke yet
+    new_secret = "n" * 40
+    world.cp.add_merchant(MERCHANT_ID, new_secret, old_secret=MERCHANT_SECRET)
+    await stores_lib.configure_merchant(world.rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=new_secret)
+    html = (await panel.get("/bc/settings")).text
+    assert 'id="old-secret"' in html and "Stop accepting the previous CeleryPay secret now" in html
+    event = {"id": "evt_oldsecret00001", "object": "event", "type": "payment.succeeded",
+             "created_at": "2026-11-25T19:10:02Z", "data": {}}
+    answer = await panel.post("/bc/settings/revoke-old-secret", data={"csrf": csrf_of(html)})
+    assert answer.status_code == 303 and answer.headers["location"] == "/bc/settings?done=old_secret_revoked"
+    row = await store_row(world)
+    assert row["celerypay_old_secret_enc"] is None and row["celerypay_old_secret_until"] is None
+    assert world.rt.vault.open(row["celerypay_secret_enc"]) == new_secret
+    refused = await world.notify(event, secret=MERCHANT_SECRET)
+    assert refused.status_code == 401
+    page = (await panel.get("/bc/settings?done=old_secret_revoked")).text
+    assert "no longer accepted" in page and "Stop accepting" not in page
+    again = await panel.post("/bc/settings/revoke-old-secret", data={"csrf": csrf_of(page)})
+    assert again.status_code == 409 and "No previous CeleryPay secret" in again.text
 
 
 async def test_a_session_cookie_that_is_not_ascii_is_refused_like_any_bad_one(

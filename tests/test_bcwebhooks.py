@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bcpay import outbox, provisioning
+from bcpay.sandbox.bc_apps import revoke_tokens
 from bcpay.storage import queries as q
 from bcpay.storage.schema import jobs
 from tests.world import STORE_HASH, World, open_world
@@ -98,6 +99,7 @@ async def test_refunded_status_refunds_only_when_enabled(db_url: str, secret_key
 
 async def test_app_uninstalled_webhook_forgets_the_store_secrets(world: World) -> None:
     value = await secret(world)
+    revoke_tokens(world.bc, STORE_HASH, client_id="sandbox-client-id")  # BigCommerce did uninstall it
     assert await post(world, payload("store/app/uninstalled", hash_="u1"), value) == 200
     async with world.rt.db.read() as conn:
         store = await q.require_store(conn, STORE_HASH)

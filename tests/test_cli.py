@@ -463,16 +463,21 @@ def test_simulate_notify_applies_once_and_bad_signature_changes_nothing(env: Env
     order, pid = env.start_payment("19.99")
     sent = env.ok("simulate-notify", pid, "--repeat", "3")
     outcomes = [json.loads(line.strip().split(" ", 2)[2])["outcome"] for line in sent.stdout.splitlines()[1:]]
-    assert outcomes == ["applied", "duplicate", "duplicate"]
+    assert outcomes == ["queued", "duplicate", "duplicate"]
+    # A notification is a hint: CeleryPay says the payment is still pending, so nothing counts as paid.
     [attempt] = env.query(select(payments).where(payments.c.celerypay_id == pid))
-    assert attempt["status"] == "succeeded" and attempt["outcome"] == "applied"
-    assert [j["kind"] for j in env.query(select(jobs))] == ["mark_paid"]
+    assert attempt["status"] == "pending" and attempt["outcome"] is None
+    assert [j["kind"] for j in env.query(select(jobs))] == ["check_event"]
 
     [event] = json.loads(env.ok("events", "list", "--json").stdout)
     assert event["type"] == "payment.succeeded" and event["celerypay_payment_id"] == pid
     assert json.loads(env.ok("events", "show", event["event_id"]).stdout)["body"]["data"]["id"] == pid
     assert f"{event['event_id']}: stale" in env.ok("events", "replay", event["event_id"]).stdout
     assert len(env.query(select(jobs))) == 1
+    asyncio.run(env.cp.pay(pid))  # now CeleryPay has the money: asked again, it says so
+    assert f"{event['event_id']}: applied" in env.ok("events", "replay", event["event_id"], "--store",
+                                                     STORE_HASH).stdout
+    assert sorted(j["kind"] for j in env.query(select(jobs))) == ["check_event", "mark_paid"]
     one_error_line(env.cli("events", "replay", "evt_missing"), "no stored event")
 
     listed = json.loads(env.ok("payments", "list", "--store", STORE_HASH, "--status", "succeeded", "--json").stdout)
@@ -1085,3 +1090,37 @@ def test_a_secret_with_nothing_to_read_it_from_is_one_clear_error(env: Env) -> N
     result = env.cli("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID, input="")
     one_error_line(result, "no CeleryPay API secret: set $BCPAY_CELERYPAY_SECRET", code=2)
     assert "Warning" not in result.output and "Aborted" not in result.output
+
+
+def test_revoke_old_secret_ends_the_rotation_grace_at_once(env: Env) -> None:
+    """After a rotation the old secret is accepted for 24 h; --revoke-old-secret ends that now, once."""
+    env.add_store()
+    new_secret = "n" * 40
+    env.cp.add_merchant(MERCHANT_ID, new_secret, old_secret=MERCHANT_SECRET)
+    env.ok("stores", "configure", STORE_HASH, "--merchant-id", MERCHANT_ID, env={"BCPAY_CELERYPAY_SECRET": new_secret})
+    assert json.loads(env.ok("stores", "show", STORE_HASH, "--json").stdout)["old_secret_valid_until"] is not None
+    revoked = env.ok("stores", "configure", STORE_HASH, "--revoke-old-secret")
+    assert "Old CeleryPay secret revoked" in revoked.stdout
+    shown = json.loads(env.ok("stores", "show", STORE_HASH, "--json").stdout)
+    assert shown["old_secret_valid_until"] is None and shown["celerypay_secret"] == "set"
+    assert "nothing to revoke" in env.ok("stores", "configure", STORE_HASH, "--revoke-old-secret").stdout
+    one_error_line(env.cli("stores", "configure", "nosuch", "--revoke-old-secret"), "nosuch")
+
+
+def test_serve_refuses_a_public_address_without_a_metrics_token_and_doctor_says_so(tmp_path: Path,
+                                                                                  secret_key: str) -> None:
+    """/metrics (outbox depth, traffic per route) answers without a token only on loopback: listening on any
+    other address, `serve` stops before starting, naming the setting; doctor flags the same configuration."""
+    config = tmp_path / "bcpay.toml"
+    config.write_text(f'[app]\nsecret_key = "{secret_key}"\n[database]\nurl = "sqlite:///{tmp_path}/x.db"\n')
+    for host in ("0.0.0.0", "::", "10.1.2.3", "bcpay.internal"):
+        result = CliRunner().invoke(app, ["--config", str(config), "serve", "--host", host])
+        one_error_line(result, "server.metrics_token: required when server.host is not a loopback address")
+    report = CliRunner().invoke(app, ["--config", str(config), "doctor", "--json"],
+                                env={"BCPAY_SERVER_HOST": "0.0.0.0"})
+    [check] = [c for c in json.loads(report.stdout)["checks"] if c["name"] == "metrics"]
+    assert not check["ok"] and "refuses to start" in check["detail"]
+    for env_ in ({"BCPAY_SERVER_HOST": "0.0.0.0", "BCPAY_SERVER_METRICS_TOKEN": "m" * 32}, {}):
+        report = CliRunner().invoke(app, ["--config", str(config), "doctor", "--json"], env=env_)
+        [check] = [c for c in json.loads(report.stdout)["checks"] if c["name"] == "metrics"]
+        assert check["ok"], check

@@ -81,6 +81,7 @@ def test_literal_and_range_validation(tmp_path: Path) -> None:
     [
         ("BCPAY_SERVER_RATE_LIMIT_PER_IP", "0", r"^server\.rate_limit_per_ip: must be a number greater than 0"),
         ("BCPAY_SERVER_RATE_LIMIT_PER_STORE", "-5", r"^server\.rate_limit_per_store: must be"),
+        ("BCPAY_SERVER_INSTALL_ATTEMPTS_PER_MINUTE", "0", r"^server\.install_attempts_per_minute: must be"),
         ("BCPAY_OUTBOX_POLL_INTERVAL", "-1", r"^outbox\.poll_interval: expected 0\.001 to 60"),
         ("BCPAY_OUTBOX_POLL_INTERVAL", "nan", r"^outbox\.poll_interval: expected"),
         ("BCPAY_OUTBOX_BACKOFF_CAP", "inf", r"^outbox\.backoff_cap: must be"),
@@ -228,3 +229,20 @@ def test_every_bcpay_name_in_the_repository_is_a_setting_or_read_elsewhere() -> 
 def test_odd_variable_names_stay_one_short_printable_line(name: str, shown: str) -> None:
     """Empty after the prefix, lower case, other scripts, a newline, an undecodable byte, 100 kB: one line each."""
     assert unknown_env_names({name: "value"}) == [shown]
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("[::1]", True), ("localhost", True),
+    ("LOCALHOST", True), ("0.0.0.0", False), ("::", False), ("10.0.0.1", False), ("bcpay.internal", False),
+])
+def test_only_a_loopback_host_serves_metrics_without_a_token(host: str, loopback: bool) -> None:
+    settings = load_settings(environ={}, overrides={"server": {"host": host}, "app": {"sandbox": True}})
+    assert settings.server.on_loopback() is loopback and settings.server.metrics_open() is loopback
+    if loopback:
+        settings.require_metrics_token()
+    else:
+        with pytest.raises(ConfigError, match=r"^server\.metrics_token: required when server\.host is not a loopback"):
+            settings.require_metrics_token()
+    with_token = load_settings(environ={}, overrides={"server": {"host": host, "metrics_token": "m" * 32}})
+    with_token.require_metrics_token()
+    assert not with_token.server.metrics_open()

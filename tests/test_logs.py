@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from bcpay.logs import setup_logging
+from bcpay.logs import JsonFormatter, TextFormatter, redact_tokens, setup_logging
 from bcpay.server.entry import uvicorn_log_config
 
 
@@ -56,3 +56,20 @@ def test_uvicorn_logs_through_bcpay_json_formatter_and_keep_their_own_text() -> 
     assert config["handlers"]["json"]["stream"] == "ext://sys.stderr"
     assert uvicorn_log_config("text") == LOGGING_CONFIG
     assert uvicorn_log_config("text") is not LOGGING_CONFIG
+
+
+def test_both_formatters_blank_payment_tokens_in_bcpay_paths() -> None:
+    """An upstream's error text or a traceback that carried /pay/{token} into a message loses the token."""
+    token = "13lSDnrm8_uv8WvYQWx2rWtf5CanzQqt"
+    text = f"CeleryPay said: return_url http://x/pay/{token}/return is bad; see /api/v1/payments/{token}, #bcpay_token={token}"
+    assert token not in redact_tokens(text) and redact_tokens(text).count("{token}") == 3
+    assert redact_tokens("POST /api/v1/payments 200, pay_A1b2C3d4E5f6G7h8I9j0K1l2") == (
+        "POST /api/v1/payments 200, pay_A1b2C3d4E5f6G7h8I9j0K1l2")  # CeleryPay's ids are not tokens
+    try:
+        raise ValueError(f"failed on /pay/{token}")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("bcpay.x", logging.WARNING, __file__, 1, "at /pay/%s", (token,), sys.exc_info())
+    for formatter in (TextFormatter(), JsonFormatter()):
+        assert token not in formatter.format(record)

@@ -316,3 +316,71 @@ async def test_0009_frees_the_keys_of_done_snippet_updates_only(empty_db_url: st
         assert ("0009", "0008") in (await markers(db) or [])
     finally:
         await db.dispose()
+
+
+def _revision_named(slug: str) -> tuple[str, str]:
+    """(revision, down_revision) of the migration whose file ends in ``_{slug}.py`` (ids get renumbered)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrate.MIGRATIONS))
+    [script] = [s for s in ScriptDirectory.from_config(cfg).walk_revisions()
+                if s.path.endswith(f"_{slug}.py")]
+    assert isinstance(script.down_revision, str)
+    return script.revision, script.down_revision
+
+
+async def test_event_ids_and_webhook_hashes_become_unique_per_store_and_downgrade(empty_db_url: str) -> None:
+    """Before: one event id or hook hash per database. After: per store, so a second store's row with the same
+    id is stored while a repeat within one store is still refused; the code before accepts the schema. The
+    downgrade keeps the first of the rows sharing an id and puts the global key back."""
+    from sqlalchemy.exc import IntegrityError
+
+    revision, before = _revision_named("per_store_dedupe_keys")
+    now = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    stores_t = table("stores", *(column(n) for n in ("id", "store_hash", "source")),
+                     *(column(n, UTCDateTime()) for n in ("installed_at", "updated_at")))
+    events_t = table("events", *(column(n) for n in ("id", "event_id", "store_id", "type", "raw_body", "outcome")),
+                     column("received_at", UTCDateTime()))
+    hooks_t = table("webhook_receipts", *(column(n) for n in ("id", "hash", "store_id", "scope")),
+                    column("received_at", UTCDateTime()))
+
+    def event(row_id: int, store_id: int) -> Any:
+        return insert(events_t).values(id=row_id, event_id="evt_same", store_id=store_id, type="payment.succeeded",
+                                       raw_body="{}", outcome="queued", received_at=now)
+
+    def hook(row_id: int, store_id: int) -> Any:
+        return insert(hooks_t).values(id=row_id, hash="h-same", store_id=store_id, scope="store/order/updated",
+                                      received_at=now)
+
+    async def refused(statement: Any) -> bool:
+        try:
+            async with db.transaction() as conn:
+                await conn.execute(statement)
+        except IntegrityError:
+            return True
+        return False
+
+    db = Database(empty_db_url)
+    try:
+        await migrate.upgrade(db, before)
+        async with db.transaction() as conn:
+            for store_id, store_hash in ((1, "aaa111"), (2, "bbb222")):
+                await conn.execute(insert(stores_t).values(id=store_id, store_hash=store_hash, source="api_account",
+                                                           installed_at=now, updated_at=now))
+            await conn.execute(event(1, 1))
+            await conn.execute(hook(1, 1))
+        assert await refused(event(2, 2)) and await refused(hook(2, 2))  # the old, global keys
+
+        assert await migrate.upgrade(db, revision) == (before, revision)
+        found = dict(await markers(db) or [])
+        assert found[revision] == found[before]  # expand only: the code the revision before accepts runs on it
+        assert not await refused(event(2, 2)) and not await refused(hook(2, 2))
+        assert await refused(event(3, 1)) and await refused(hook(3, 1))  # still once per store
+
+        await downgrade(db, before)
+        async with db.read() as conn:
+            assert (await conn.execute(select(events_t.c.store_id))).scalars().all() == [1]
+            assert (await conn.execute(select(hooks_t.c.store_id))).scalars().all() == [1]
+        assert await refused(event(2, 2)) and await refused(hook(2, 2))
+        await migrate.upgrade(db)
+    finally:
+        await db.dispose()

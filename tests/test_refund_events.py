@@ -99,10 +99,11 @@ async def test_a_68_character_event_id_is_stored_and_the_payment_applied(world: 
 async def test_a_68_character_refund_id_is_stored_and_read_back(world: World) -> None:
     """A refund made in CeleryPay's dashboard with the longest refund id is recorded, and the order follows."""
     order_id, pid = await pay_order(world, STORE_HASH, STORE_URL)
-    made = world.cp.create_refund(MERCHANT_ID, pid, RefundRequest(amount=500, merchant_refund_no="R1"))
+    made = world.cp.create_refund(MERCHANT_ID, pid, RefundRequest(amount=500, merchant_refund_no="R1"),
+                                  refund_id=LONG_REFUND_ID)
     world.cp.settle_refund(made)
     event = copy.deepcopy(world.events_of(pid)[-1])
-    event["data"]["id"] = LONG_REFUND_ID
+    assert event["data"]["id"] == LONG_REFUND_ID
 
     assert (await world.notify(event)).status_code == 200
     await world.run_jobs()

@@ -21,7 +21,7 @@ import httpx
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bcpay import stores
+from bcpay import outbox, stores
 from bcpay.config import Settings, load_settings
 from bcpay.effects import Worker
 from bcpay.runtime import Runtime, utcnow
@@ -49,7 +49,8 @@ def world_settings(db_url: str, secret_key: str, **sections: dict[str, Any]) -> 
         "database": {"url": db_url},
         "bigcommerce": {"api_url": BC_URL, "login_url": BC_URL, "max_retries": 3},
         "celerypay": {"api_url": CP_URL, "sandbox_api_url": CP_URL, "max_retries": 2},
-        "server": {"run_worker": False, "rate_limit_per_ip": 100000, "rate_limit_per_store": 100000},
+        "server": {"run_worker": False, "rate_limit_per_ip": 100000, "rate_limit_per_store": 100000,
+                   "install_attempts_per_minute": 100000},
         "payments": {"status_poll_interval": 0},
     }
     for name, values in sections.items():
@@ -130,6 +131,17 @@ class World:
     def events_of(self, payment_id: str) -> list[dict[str, Any]]:
         """The fake's events for one payment, oldest first."""
         return [e for e in self.cp.events if (e["data"].get("payment") or e["data"])["id"] == payment_id]
+
+    async def run_checks(self) -> int:
+        """Run the queued notification read-backs (``check_event``) one job at a time, stopping before the
+        effects they queue when those come after them; returns jobs run."""
+        one, total = Worker(self.rt, owner="checks", batch=1), 0
+        while any(j.kind == "check_event" for j in await outbox.list_jobs(self.rt.db, state=outbox.QUEUED)):
+            ran = await one.run_once()
+            if not ran:
+                break
+            total += ran
+        return total
 
     async def run_jobs(self) -> int:
         """Run the outbox until nothing is due now; returns jobs run."""

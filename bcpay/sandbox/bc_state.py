@@ -274,7 +274,10 @@ class FakeBigCommerce:
         self.requests: list[RecordedRequest] = []
         self.put_log: list[tuple[str, int, JSON]] = []
         self.webhook_deliveries: list[WebhookDelivery] = []
-        # An app's client secret: deliveries are then signed as Standard Webhooks (reference section 8).
+        # Apps by client id -> client secret. Hooks an app made are signed as Standard Webhooks with
+        # its secret (reference section 8); API-account hooks are not signed.
+        self.apps: dict[str, str] = {}
+        # When set, every delivery is signed with this key instead (a test of a wrong app secret).
         self.webhook_signing_key: bytes | None = None
         self.rate_limited = 0
         self.oauth_codes: dict[str, OAuthCode] = {}
@@ -318,10 +321,15 @@ class FakeBigCommerce:
 
     # --- OAuth (login.bigcommerce.com) ----------------------------------------
 
+    def register_app(self, client_id: str, client_secret: str) -> None:
+        """Know an app (Developer Portal): its hooks' deliveries and its callbacks are signed with its secret."""
+        self.apps[client_id] = client_secret
+
     def issue_oauth_code(self, store_hash: str, *, client_id: str, client_secret: str,
                          redirect_uri: str, scope: str) -> str:
         """Register a single-use ``code`` as BC sends it to the app's /auth callback."""
         self.store(store_hash)
+        self.register_app(client_id, client_secret)
         code = secrets.token_urlsafe(18)
         self.oauth_codes[code] = OAuthCode(store_hash, client_id, client_secret, redirect_uri, scope)
         return code
@@ -499,28 +507,37 @@ class FakeBigCommerce:
         return {"scope": scope, "store_id": store.store_id, "producer": f"stores/{store_hash}",
                 "hash": digest, "created_at": created_at, "data": data}
 
-    def _standard_webhook_headers(self, body: bytes) -> dict[str, str]:
+    def _signing_key(self, client_id: str) -> bytes | None:
+        """The key a hook's deliveries are signed with: its app's client secret (None: an API account's)."""
+        if self.webhook_signing_key is not None:
+            return self.webhook_signing_key
+        secret = self.apps.get(client_id)
+        return secret.encode() if secret is not None else None
+
+    def _standard_webhook_headers(self, key: bytes, body: bytes) -> dict[str, str]:
         """``webhook-id``, ``-timestamp`` and ``-signature`` (v1: base64 HMAC-SHA256 of id.timestamp.body)."""
-        assert self.webhook_signing_key is not None
         msg_id = f"msg_{uuid.uuid4().hex}"
         timestamp = str(int(self.clock().timestamp()))
-        mac = hmac.new(self.webhook_signing_key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
+        mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
         return {"webhook-id": msg_id, "webhook-timestamp": timestamp,
                 "webhook-signature": "v1," + base64.b64encode(mac.digest()).decode()}
 
     async def fire_webhook(self, http: httpx.AsyncClient, store_hash: str, scope: str,
-                           data: JSON) -> list[WebhookDelivery]:
-        """POST the event to every active hook of ``scope`` (or its ``/*`` wildcard)."""
+                           data: JSON, *, client_id: str | None = None) -> list[WebhookDelivery]:
+        """POST the event to every active hook of ``scope`` (or its ``/*`` wildcard), of ``client_id`` if given."""
         payload = self.webhook_payload(store_hash, scope, data)
         wildcard = scope.rsplit("/", 1)[0] + "/*"
         deliveries = []
         for hook in list(self.store(store_hash).hooks.values()):
             if not hook["is_active"] or hook["scope"] not in (scope, wildcard):
                 continue
+            if client_id is not None and hook["client_id"] != client_id:
+                continue
             headers = {"Content-Type": "application/json", **(hook["headers"] or {})}
             body = json.dumps(payload).encode()
-            if self.webhook_signing_key is not None:
-                headers.update(self._standard_webhook_headers(body))
+            key = self._signing_key(hook["client_id"])
+            if key is not None:
+                headers.update(self._standard_webhook_headers(key, body))
             try:
                 response = await http.post(hook["destination"], content=body, headers=headers)
                 status = response.status_code

@@ -271,9 +271,12 @@ class FakeCeleryPay:
         return payment
 
     def create_refund(
-        self, merchant_id: str, payment_id: str, request: RefundRequest
+        self, merchant_id: str, payment_id: str, request: RefundRequest, *, refund_id: str | None = None
     ) -> RefundRecord:
-        """A pending refund; refused when not refundable, too large, or its number is reused."""
+        """A pending refund; refused when not refundable, too large, or its number is reused.
+
+        ``refund_id`` chooses its id (tests of the longest id the contract allows); else a new one.
+        """
         payment = self.payment_record(payment_id, merchant_id)
         for other in self._refunds.values():
             if (
@@ -300,7 +303,7 @@ class FakeCeleryPay:
             raise invalid("amount", f"amount exceeds the refundable {refundable}")
         now = self.now()
         refund = RefundRecord(
-            id=new_id("ref_"),
+            id=refund_id or new_id("ref_"),
             merchant_id=merchant_id,
             payment_id=payment.id,
             merchant_refund_no=request.merchant_refund_no,

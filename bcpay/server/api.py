@@ -141,9 +141,13 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    """GET /metrics: Prometheus text format; with ``server.metrics_token`` set, only for its Bearer token."""
+    """GET /metrics: Prometheus text format; only for ``server.metrics_token`` as a Bearer token, unless
+    none is set and the server listens on loopback."""
     rt = runtime(request)
     token = rt.settings.server.metrics_token.get()
+    if not token and not rt.settings.server.on_loopback():  # `serve` refuses this; other starts land here
+        return JSONResponse({"error": {"code": "unauthorized", "message": "set server.metrics_token"}},
+                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
     if token:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8")):

@@ -74,8 +74,8 @@ class OriginCache:
 async def _bcpay_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BcpayError)
     status = exc.http_status
-    if status >= 500:
-        log.warning("%s on %s: %r", exc.code, request.url.path, exc)
+    if status >= 500:  # the route template, never the raw path: /pay/{token} and the like carry a token
+        log.warning("%s on %s %s: %r", exc.code, request.method, route_name(request.scope), exc)
     headers = {"WWW-Authenticate": "CeleryPay-Signature"} if isinstance(exc, SignatureError) else None
     return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=status, headers=headers)
 
@@ -116,6 +116,7 @@ def routes() -> list[Route]:
         Route("/bc/settings/refund", settings_page.refund, methods=["POST"]),
         Route("/bc/settings/anomalies/{anomaly_id:int}/resolve", settings_page.resolve_anomaly, methods=["POST"]),
         Route("/bc/settings/provision", settings_page.reprovision, methods=["POST"]),
+        Route("/bc/settings/revoke-old-secret", settings_page.revoke_old_secret, methods=["POST"]),
     ]
 
 
@@ -189,4 +190,5 @@ def create_app(
     app.state.origins = origins
     app.state.store_bucket = TokenBucket(settings.server.rate_limit_per_store)
     app.state.failed_lookups = TokenBucket(settings.server.failed_lookups_per_minute)
+    app.state.install_attempts = TokenBucket(settings.server.install_attempts_per_minute)
     return app

@@ -31,6 +31,7 @@ from bcpay.crypto import SANDBOX_KEY
 from bcpay.errors import BcpayError, InvalidInputError, NotFoundError, SignatureError
 from bcpay.install import AppUser
 from bcpay.runtime import Runtime
+from bcpay.server.middleware import route_name
 from bcpay.server.pages import render_page
 from bcpay.server.sessions import COOKIE_NAME, Session, SessionSigner, cookie_header
 from bcpay.signatures import BcClaims, verify_bc_jwt
@@ -126,9 +127,23 @@ def _signed_in(rt: Runtime, store_hash: str, user_id: int) -> Response:
 
 
 async def auth(request: Request) -> Response:
-    """GET /bc/auth?code=&scope=&context=: install, then open the settings page."""
+    """GET /bc/auth?code=&scope=&context=: install, then open the settings page.
+
+    Limited per client IP (``server.install_attempts_per_minute``): each attempt
+    makes bcpay call BigCommerce's OAuth endpoint, and a flood of junk codes
+    must not spend that on an attacker's behalf.
+    """
     rt = runtime_of(request)
     params = request.query_params
+    client = request.client.host if request.client else "unknown"
+    wait = request.app.state.install_attempts.take(client)
+    if wait:
+        retry = max(1, int(wait + 0.999))
+        page = error_page(request, 429, "Too many installation attempts",
+                          f"Nothing was installed. Wait {retry} seconds, then start the installation again from "
+                          "your BigCommerce control panel.", store_hash=_context_hash(params.get("context", "")))
+        page.headers["Retry-After"] = str(retry)
+        return page
     try:
         done = await install.install_from_oauth(
             rt,
@@ -171,7 +186,7 @@ def _claims(request: Request) -> BcClaims:
 
 
 def _refused(request: Request, exc: BcpayError) -> HTMLResponse:
-    log.warning("refused app callback %s: %s", request.url.path, exc.message)
+    log.warning("refused app callback %s: %s", route_name(request.scope), exc.message)
     return error_page(
         request,
         401,
@@ -195,17 +210,17 @@ async def uninstall(request: Request) -> Response:
     """GET /bc/uninstall?signed_payload_jwt=: forget the store's secrets, users and jobs."""
     try:
         claims = _claims(request)
-        done = await install.uninstall_app(runtime_of(request), claims.store_hash)
+        outcome = await install.uninstall_app(runtime_of(request), claims)
     except (SignatureError, NotFoundError) as exc:
         return _refused(request, exc)
-    return PlainTextResponse("uninstalled" if done else "already uninstalled")
+    return PlainTextResponse(outcome)
 
 
 async def remove_user(request: Request) -> Response:
     """GET /bc/remove_user?signed_payload_jwt=: forget the user the JWT names."""
     try:
         claims = _claims(request)
-        known = await install.forget_user(runtime_of(request), claims.store_hash, claims.user_id)
+        known = await install.forget_user(runtime_of(request), claims)
     except (SignatureError, NotFoundError) as exc:
         return _refused(request, exc)
     return PlainTextResponse("user removed" if known else "user was not known")

@@ -107,7 +107,10 @@ def document() -> dict[str, Any]:
                 ],
                 "responses": {"303": {"description": "installed: to the settings page"},
                               **{str(c): {"description": "install failed; nothing installed", "content": html}
-                                 for c in (400, 401, 404, 409, 502, 503)}},
+                                 for c in (400, 401, 404, 409, 502, 503)},
+                              "429": {"description": "too many installs from this client "
+                                                     "(server.install_attempts_per_minute); nothing installed",
+                                      "content": html, "headers": {"Retry-After": {"schema": {"type": "integer"}}}}},
             }},
             **{f"/bc/{name}": {"get": {
                 "summary": summary, "operationId": f"bc_{name}",

@@ -63,6 +63,7 @@ DONE_MESSAGES = {
     "refunded": "Refund sent to CeleryPay.",
     "resolved": "Anomaly marked as resolved.",
     "provisioned": "Storefront snippet and webhooks are in place.",
+    "old_secret_revoked": "The previous CeleryPay secret is no longer accepted.",
 }
 SHOWN_FIELDS = (
     "merchant_id",
@@ -180,6 +181,9 @@ async def render_settings(
         checks=checks,
         fixable=fixable,
         secret_set=bool(store.celerypay_secret_enc),
+        old_secret_until=(store.celerypay_old_secret_until
+                          if store.celerypay_old_secret_enc and store.celerypay_old_secret_until
+                          and store.celerypay_old_secret_until > rt.now() else None),
         payments=payments,
         dead_jobs=dead,
         anomalies=[
@@ -414,3 +418,15 @@ async def reprovision(request: Request) -> Response:
             request, viewer, error=f"BigCommerce refused: {exc.message[:300]}", status=502
         )
     return _done("provisioned")
+
+
+@page
+async def revoke_old_secret(request: Request) -> Response:
+    """POST /bc/settings/revoke-old-secret: end the previous CeleryPay secret's grace now (after a leak)."""
+    viewer, _ = await posted(request)
+    rt, store = runtime_of(request), viewer.store
+    if not await stores.revoke_old_secret(rt, store.store_hash):
+        return await render_settings(request, viewer, error="No previous CeleryPay secret is accepted any more.",
+                                     status=409)
+    log.info("old CeleryPay secret of %s revoked by user %s", store.store_hash, viewer.user.user_id)
+    return _done("old_secret_revoked")

@@ -314,7 +314,7 @@ async def record_event(
     outcome: str,
     now: datetime,
 ) -> bool:
-    """Store a notification once; False when this event id was already stored."""
+    """Store a notification once per store; False when this store already has this event id."""
     return await insert_ignore(
         conn,
         events,
@@ -328,18 +328,21 @@ async def record_event(
     )
 
 
-async def set_event_outcome(conn: Conn, event_id: str, outcome: str) -> None:
-    """Record what applying an event did."""
-    await conn.run(_EVENT_OUTCOME, {"_event_id": event_id, "outcome": outcome})
+async def set_event_outcome(conn: Conn, event_id: str, outcome: str, *, store_id: int) -> None:
+    """Record what applying one store's event did."""
+    await conn.run(_EVENT_OUTCOME, {"_event_id": event_id, "_store_id": store_id, "outcome": outcome})
 
 
-_EVENT_OUTCOME = Prepared(update(events).where(events.c.event_id == bindparam("_event_id")))
+_EVENT_OUTCOME = Prepared(update(events).where(events.c.event_id == bindparam("_event_id"),
+                                               events.c.store_id == bindparam("_store_id")))
 
 
-async def get_event(conn: Conn, event_id: str) -> dict[str, Any] | None:
-    """One stored event row as a dict."""
-    row = (await conn.execute(select(events).where(events.c.event_id == event_id))).mappings().first()
-    return dict(row) if row else None
+async def find_events(conn: Conn, event_id: str, *, store_id: int | None = None) -> list[dict[str, Any]]:
+    """The stored rows with this event id (one per store at most), oldest first, as dicts."""
+    query = select(events).where(events.c.event_id == event_id).order_by(events.c.id)
+    if store_id is not None:
+        query = query.where(events.c.store_id == store_id)
+    return [dict(row) for row in (await conn.execute(query)).mappings()]
 
 
 async def list_events(

@@ -8,7 +8,9 @@ Invariants live here as constraints, not only in code:
 - ``merchant_order_no``, the CeleryPay payment id and the public token are unique;
 - a refund number is unique per payment, not globally: CeleryPay makes
   ``merchant_refund_no`` unique per merchant only, and every store has its own;
-- a CeleryPay event id is stored once (``events.event_id`` unique): the dedupe key;
+- a CeleryPay event id is stored once per store (``(store_id, event_id)`` unique): the dedupe key,
+  per store so that one store's events (signed with its own secret) never silence another's; a
+  BigCommerce webhook hash likewise;
 - an outbox job with a ``dedupe_key`` exists once.
 
 One invariant is not a constraint, because a lease ends with the clock, not
@@ -192,7 +194,7 @@ events = Table(
     "events",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("event_id", String(ID), nullable=False, unique=True),
+    Column("event_id", String(ID), nullable=False),
     Column("store_id", ForeignKey("stores.id"), nullable=False),
     Column("type", String(32), nullable=False),
     Column("celerypay_payment_id", String(64)),
@@ -200,6 +202,7 @@ events = Table(
     Column("outcome", String(32), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
     Index("ix_events_received", "received_at"),
+    UniqueConstraint("store_id", "event_id"),  # per store: one store's events never silence another's
 )
 
 jobs = Table(
@@ -271,10 +274,11 @@ webhook_receipts = Table(
     "webhook_receipts",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("hash", String(128), nullable=False, unique=True),
+    Column("hash", String(128), nullable=False),
     Column("store_id", ForeignKey("stores.id"), nullable=False),
     Column("scope", String(64), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("store_id", "hash"),
 )
 
 # Which code can run on a schema: each migration from 0004 on records the oldest code revision that can
