@@ -132,9 +132,16 @@ async def remove_webhooks(rt: Runtime, store: StoreRecord) -> int:
     return len(hooks)
 
 
+def control_panel_base(store: StoreRecord) -> str:
+    """The store's control panel: ``control_panel_base_url`` is the bare host (store_information.v2.yml);
+    a "/manage" suffix, as the sandbox reports it, is tolerated."""
+    base = store.control_panel_url or f"https://store-{store.store_hash}.mybigcommerce.com"
+    return base.rstrip("/").removesuffix("/manage")
+
+
 def payment_method_fix(store: StoreRecord, method_name: str) -> list[str]:
     """The control-panel steps to show the offline method under our name (no API can rename it)."""
-    link = (store.control_panel_url or f"https://store-{store.store_hash}.mybigcommerce.com") + PAYMENT_SETTINGS_PATH
+    link = control_panel_base(store) + PAYMENT_SETTINGS_PATH
     return [
         f"Open {link} (Settings > Payments).",
         "Under Offline payment methods, enable one method, e.g. Pay in Store.",
