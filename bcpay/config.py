@@ -132,7 +132,7 @@ class BigCommerceSettings:
     timeout: float = 15.0
     """Seconds per BigCommerce request."""
     max_retries: int = 5
-    """Retries of a BigCommerce call after a 429, a 502/503/504 or a connection error (0-20)."""
+    """Retries of a BigCommerce call after a 429, a 502/503/504 or a connection error."""
     shared_quota: Literal["auto", "on", "off"] = "auto"
     """One count of each store's API quota in the database for every process, so several processes together
     stay inside it: on, off, or auto (on with PostgreSQL, off with SQLite, where it would cost a write per
@@ -150,7 +150,7 @@ class CeleryPaySettings:
     timeout: float = 15.0
     """Seconds per CeleryPay request."""
     max_retries: int = 4
-    """Retries of a CeleryPay call after a 429, a 5xx or a connection error (0-20); every POST keeps its
+    """Retries of a CeleryPay call after a 429, a 5xx or a connection error; every POST keeps its
     Idempotency-Key."""
 
 
