@@ -165,14 +165,12 @@ def settings_page(settings: type[Any] = Settings) -> str:
     ]
     for name, cls in sections(settings).items():
         docs, hints = field_docs(cls), typing.get_type_hints(cls)
-        lines += [f"## [{name}]", "", section_doc(cls), "",
-                  "| setting | type | default | environment | description |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"## [{name}]", "", section_doc(cls), ""]
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
-            lines.append(f'| <a id="{name}.{f.name}"></a>`{name}.{f.name}` | {type_label(tp)} | '
-                         f"`{cell(toml_value(default_of(f)))}` | `{env_name(name, f.name)}` | "
-                         f"{cell(describe(name, f, tp, docs[f.name]))} |")
-        lines.append("")
+            lines += [f"### {name}.{f.name} {{#{name}.{f.name}}}", "",
+                      f"{type_label(tp)} · default `{toml_value(default_of(f))}` · `{env_name(name, f.name)}`", "",
+                      describe(name, f, tp, docs[f.name]), ""]
     lines += store_settings_section(settings)
     lines += ["## bcpay.toml.example", "",
               "The example file at the root of the repository, generated from the same descriptions:", "",
