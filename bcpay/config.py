@@ -27,7 +27,6 @@ import difflib
 import ipaddress
 import math
 import os
-import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bcpay.config_types import Secret, coerce, show
 from bcpay.errors import ConfigError
 from bcpay.rules import status_choice_error
 
@@ -42,49 +42,35 @@ ENV_PREFIX = "BCPAY_"
 DEFAULT_CONFIG_FILE = "bcpay.toml"
 
 
-class Secret:
-    """A string that never shows itself in reprs, str() or log lines."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        """Return the secret value; call only where it is actually used."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')" if self._value else "Secret('')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
 @dataclass(frozen=True)
 class AppSettings:
     """The BigCommerce app and the server's public face."""
 
     public_url: str = "http://127.0.0.1:8000"
+    """Where BigCommerce (app callbacks, webhooks), CeleryPay (notifications, the shopper's return) and shoppers
+    reach this server. https in production, on port 443 for BigCommerce webhooks; http only on a loopback
+    address, which CeleryPay accepts only for a store in its sandbox environment."""
     client_id: str = ""
+    """The BigCommerce app's client id (Developer Portal). Only the single-click app needs it (OAuth install,
+    /bc/load); stores added with `bcpay stores add` (store-level API accounts) do not."""
     client_secret: Secret = field(default_factory=lambda: Secret(""))
+    """The BigCommerce app's client secret: it trades install codes for tokens and verifies /bc/load JWTs and
+    BigCommerce's webhook signatures."""
     secret_key: Secret = field(default_factory=lambda: Secret(""))
-    # A second key that opens stored secrets but never seals: the next key before `rotate-key`,
-    # the previous one after, so running processes never meet a value they cannot open.
+    """Encrypts the stored access tokens, CeleryPay secrets and webhook secrets (make one with `bcpay keygen`).
+    Required, except in sandbox mode; without it nothing stored can be opened again."""
     other_secret_key: Secret = field(default_factory=lambda: Secret(""))
+    """A second key that opens stored secrets but never seals: the next key before `bcpay rotate-key`, the
+    previous one after, so running processes never meet a value they cannot open. Empty outside a rotation."""
     sandbox: bool = False
+    """Sandbox mode: a fixed, public key stands in for an empty secret_key (serve and worker warn at every
+    start, doctor fails while a production store is sealed with it). Never for real stores."""
     control_panel_origins: tuple[str, ...] = (
         "https://store-*.mybigcommerce.com",
         "https://login.bigcommerce.com",
     )
+    """Origins allowed to frame the settings page (the BigCommerce control panel): scheme://host[:port], where
+    "*" in the host stands for the store hash (or, for an unknown store, widens to the parent domain)."""
 
 
 @dataclass(frozen=True)
@@ -92,23 +78,38 @@ class ServerSettings:
     """How ``bcpay serve`` listens and protects itself."""
 
     host: str = "127.0.0.1"
+    """The address `bcpay serve` listens on (0.0.0.0 for every interface; never empty)."""
     port: int = 8000
+    """The TCP port `bcpay serve` listens on (1-65535)."""
     workers: int = 1
+    """uvicorn worker processes of `bcpay serve` (each runs its own outbox worker when run_worker is on)."""
     proxy_headers: bool = False
+    """Trust X-Forwarded-For and X-Forwarded-Proto from forwarded_allow_ips: on behind a TLS reverse proxy."""
     forwarded_allow_ips: str = "127.0.0.1"
+    """The proxies (comma-separated addresses) whose X-Forwarded-* headers count, so the client address used for
+    rate limits comes only from them."""
     max_body_bytes: int = 65536
+    """Request bodies larger than this are refused with 413 before they are read in full."""
     rate_limit_per_ip: int = 120
+    """Requests per minute per client address on /api, /pay and /metrics (per process: enforce a hard limit at
+    the proxy)."""
     rate_limit_per_store: int = 600
-    # Order look-ups from the public API that find no such order (or the wrong cart), per store and
-    # minute; past it, orders bcpay has never seen wait (each look-up spends the store's BigCommerce quota).
+    """Payment starts per minute per store (per process)."""
     failed_lookups_per_minute: int = 30
-    # Installs (GET /bc/auth) per client IP and minute: each one makes bcpay call BigCommerce's OAuth endpoint.
+    """Payment starts that find no such order (or the wrong cart), per store and minute; past it, orders bcpay
+    has never seen get 429 for a while, since each look-up spends the store's BigCommerce quota."""
     install_attempts_per_minute: int = 10
+    """Installs (GET /bc/auth) per client address and minute: each one makes bcpay call BigCommerce's OAuth
+    endpoint."""
     log_format: Literal["text", "json"] = "text"
+    """text, or json: one JSON object per line for every line `serve` and `worker` write."""
     log_level: str = "info"
+    """critical, error, warning, info or debug."""
     run_worker: bool = True
-    # Set: /metrics wants it as a Bearer token. Required unless the server listens on loopback only.
+    """Run the outbox worker inside `bcpay serve`; off when a separate `bcpay worker` does the jobs."""
     metrics_token: Secret = field(default_factory=lambda: Secret(""))
+    """When set, GET /metrics answers only requests with "Authorization: Bearer <token>". Required unless the
+    server listens on loopback only (`serve` refuses to start without it)."""
 
     def on_loopback(self) -> bool:
         """True when ``host`` is a loopback address (or ``localhost``): nothing off this machine connects."""
@@ -130,10 +131,13 @@ class DatabaseSettings:
     """Where bcpay keeps its state."""
 
     url: str = "sqlite:///bcpay.db"
-    # PostgreSQL connections per process: every `serve` worker, `bcpay worker` and CLI command opens up to
-    # pool_size + max_overflow; keep processes x that under the server's max_connections.
+    """sqlite:///relative.db, sqlite:////absolute/path.db (one host), or postgresql://user:password@host:5432/db
+    (several processes or hosts)."""
     pool_size: int = 10
+    """PostgreSQL connections each process keeps (every `serve` worker, `bcpay worker` and CLI command)."""
     max_overflow: int = 10
+    """PostgreSQL connections a process may open beyond pool_size under load; keep processes x (pool_size +
+    max_overflow) under the server's max_connections."""
 
 
 @dataclass(frozen=True)
@@ -141,13 +145,17 @@ class BigCommerceSettings:
     """BigCommerce endpoints; only tests and the sandbox change them."""
 
     api_url: str = "https://api.bigcommerce.com"
+    """The BigCommerce API; only tests and the sandbox change it."""
     login_url: str = "https://login.bigcommerce.com"
+    """Where app install codes are exchanged (/oauth2/token); only tests and the sandbox change it."""
     timeout: float = 15.0
+    """Seconds per BigCommerce request."""
     max_retries: int = 5
-    # Every process takes its requests from one count per store in the database, so several
-    # processes together stay inside the store's quota. "auto": on with PostgreSQL (several
-    # processes or hosts), off with SQLite (one host; the count would cost a write per call).
+    """Retries of a BigCommerce call after a 429, a 502/503/504 or a connection error."""
     shared_quota: Literal["auto", "on", "off"] = "auto"
+    """One count of each store's API quota in the database for every process, so several processes together
+    stay inside it: on, off, or auto (on with PostgreSQL, off with SQLite, where it would cost a write per
+    call)."""
 
 
 @dataclass(frozen=True)
@@ -155,9 +163,14 @@ class CeleryPaySettings:
     """CeleryPay endpoints for the two environments a store can choose."""
 
     api_url: str = "https://api.celerypay.com"
+    """CeleryPay's production environment."""
     sandbox_api_url: str = "https://sandbox.celerypay.com"
+    """CeleryPay's sandbox environment (a store chooses its environment)."""
     timeout: float = 15.0
+    """Seconds per CeleryPay request."""
     max_retries: int = 4
+    """Retries of a CeleryPay call after a 429, a 5xx or a connection error; every POST keeps its
+    Idempotency-Key."""
 
 
 @dataclass(frozen=True)
@@ -165,17 +178,35 @@ class PaymentSettings:
     """The payment rules every store starts with (stores may override some)."""
 
     method_name: str = "OKCloud Pay"
+    """The offline payment method's display name, as the shopper sees it and BigCommerce reports it on the
+    order."""
     accepted_methods: tuple[str, ...] = ()
+    """Values of the order's payment_method that bcpay collects for; empty means [method_name]."""
     paid_status_id: int = 11
+    """The status a paid order gets: 11 Awaiting Fulfillment, or 2, 3, 8, 9 or 10 (statuses of a paid order)."""
     mismatch_status_id: int = 12
+    """The status of an order whose capture does not match it: 12 Manual Verification Required or 13 Disputed
+    (a person looks)."""
     expires_in: int = 1800
+    """Seconds a cashier page stays payable (CeleryPay accepts 300-86400)."""
     on_expired: Literal["keep", "cancel"] = "keep"
+    """What happens to an order whose payment expired unpaid: keep it, or cancel it (status 5, only while still
+    Awaiting Payment and paid by no attempt)."""
     return_to: Literal["confirmation", "bcpay"] = "confirmation"
+    """Where the shopper lands after the cashier: the store's confirmation page, or bcpay's /pay/{token} page
+    (for themes and headless storefronts that do not show the confirmation page again)."""
     max_order_age: int = 86400
+    """Seconds after its creation an order can still start a payment."""
     status_poll_interval: int = 3
+    """Seconds at least between CeleryPay look-ups per pending payment while the shopper's page polls (each
+    look-up is due between 1 and 1.5 times this, drawn per poll); 0 asks on every poll."""
     refund_on_status: bool = False
+    """Refund at CeleryPay when the merchant sets an order to Refunded in the control panel."""
     refund_duplicates: Literal["manual", "auto"] = "manual"
+    """Double and late payments: listed as anomalies for a person to refund (manual), or refunded at once
+    (auto)."""
     unstarted_after: int = 3600
+    """Seconds after which `bcpay reconcile` lists an order that never reached the cashier."""
 
 
 @dataclass(frozen=True)
@@ -183,13 +214,22 @@ class OutboxSettings:
     """The durable job queue that applies effects to BigCommerce."""
 
     max_attempts: int = 12
+    """Tries of a job before it is dead (then `bcpay jobs retry` or `bcpay jobs discard`)."""
     backoff_base: float = 2.0
+    """Seconds before a failed job's first retry; doubles with each attempt."""
     backoff_cap: float = 900.0
+    """The longest wait between two tries of a job, in seconds."""
     lease_seconds: int = 60
+    """A claimed job must finish within this (minus 5 s), or it is cut short and retried."""
     concurrency: int = 64
+    """Jobs in flight per worker (a job mostly waits on BigCommerce, whose pacing still applies)."""
     poll_interval: float = 0.05
+    """Seconds between a separate worker's checks for due jobs when idle (a read; jobs queued in the same
+    process wake its worker at once)."""
     sweep_interval: int = 60
+    """Seconds between the worker's sweeps: expired payments, refunds left open, outdated snippets."""
     event_retention_days: int = 90
+    """Days of raw notifications `bcpay events prune` keeps by default (at least 30: dedupe needs them)."""
 
 
 @dataclass(frozen=True)
@@ -231,77 +271,6 @@ class Settings:
 _SECTIONS: dict[str, type[Any]] = typing.get_type_hints(Settings)
 
 
-def _type_name(tp: Any) -> str:
-    names = {int: "integer", float: "number", bool: "boolean", str: "string", Secret: "string"}
-    if typing.get_origin(tp) is Literal:
-        return " or ".join(repr(a) for a in typing.get_args(tp))
-    if typing.get_origin(tp) is tuple:
-        return "list of strings"
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _show(value: Any) -> str:
-    return f'"{value}"' if isinstance(value, str) else repr(value)
-
-
-ENV_INT = re.compile(r"[+-]?[0-9]+")
-ENV_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
-
-
-def _coerce(path: str, tp: Any, value: Any, *, from_env: bool) -> Any:
-    """Check (and for env strings, parse) one value against its annotation."""
-    wrong = ConfigError(f"{path}: expected {_type_name(tp)}, got {_show(value)}")
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise wrong
-        return value
-    if origin is tuple:
-        if from_env and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise wrong
-        return tuple(value)
-    if tp is bool:
-        if from_env and isinstance(value, str):
-            lowered = value.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off", ""):
-                return False
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if tp is int:
-        if from_env and isinstance(value, str):
-            # Plain ASCII digits: int() also takes "1_1" and other scripts' digits ("١١").
-            if not ENV_INT.fullmatch(value.strip()):
-                raise wrong
-            return int(value.strip())
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-        return value
-    if tp is float:
-        if from_env and isinstance(value, str):
-            if not ENV_FLOAT.fullmatch(value.strip()) and value.strip().lower() not in ("nan", "inf", "-inf"):
-                raise wrong  # the validators below refuse nan and inf by the setting's name
-            return float(value.strip())
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong
-        return float(value)
-    if tp is Secret:
-        if isinstance(value, Secret):
-            return value
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected string, got {type(value).__name__}")
-        return Secret(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise wrong
-        return value
-    raise ConfigError(f"{path}: unsupported setting type")  # pragma: no cover
-
-
 def _field_types(cls: type[Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -314,13 +283,13 @@ def _merge(
         if section not in _SECTIONS:
             raise ConfigError(f"{section}: unknown section (in {origin})")
         if not isinstance(values, Mapping):
-            raise ConfigError(f"{section}: expected a table, got {_show(values)}")
+            raise ConfigError(f"{section}: expected a table, got {show(values)}")
         types_ = _field_types(_SECTIONS[section])
         for key, value in values.items():
             path = f"{section}.{key}"
             if key not in types_:
                 raise ConfigError(f"{path}: unknown setting (in {origin})")
-            raw.setdefault(section, {})[key] = _coerce(path, types_[key], value, from_env=from_env)
+            raw.setdefault(section, {})[key] = coerce(path, types_[key], value, from_env=from_env)
 
 
 def _env_values(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
@@ -479,10 +448,10 @@ def _validate(s: Settings) -> None:
         ("celerypay.sandbox_api_url", s.celerypay.sandbox_api_url),
     ):
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{path}: expected an http(s) URL, got {_show(url)}")
+            raise ConfigError(f"{path}: expected an http(s) URL, got {show(url)}")
     if not s.database.url.startswith(("sqlite://", "postgresql://", "postgres://", "postgresql+")):
         raise ConfigError(
-            f"database.url: expected sqlite:///PATH or postgresql://..., got {_show(s.database.url)}"
+            f"database.url: expected sqlite:///PATH or postgresql://..., got {show(s.database.url)}"
         )
     if not 1 <= s.server.port <= 65535:
         raise ConfigError(f"server.port: expected 1-65535, got {s.server.port}")
@@ -498,7 +467,7 @@ def _validate(s: Settings) -> None:
     if not s.payments.method_name.strip():
         raise ConfigError("payments.method_name: must not be empty")
     if s.server.log_level.lower() not in LOG_LEVELS:
-        raise ConfigError(f"server.log_level: expected one of {', '.join(LOG_LEVELS)}, got {_show(s.server.log_level)}")
+        raise ConfigError(f"server.log_level: expected one of {', '.join(LOG_LEVELS)}, got {show(s.server.log_level)}")
     for path in POSITIVE:
         positive(path, _value(s, path))
     for path, low, high in RANGES:

@@ -35,6 +35,21 @@ class Metrics:
         "bcpay_jobs_total": "Outbox jobs run, by kind and result.",
         "bcpay_payments_started_total": "Payment starts, by result.",
     }
+    # The labels each counter is counted by (tests/test_metrics.py holds every inc() to them).
+    LABELS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "bcpay_http_requests_total": ("route", "status"),
+        "bcpay_notifications_total": ("outcome",),
+        "bcpay_bigcommerce_calls_total": ("status",),
+        "bcpay_bigcommerce_429_total": (),
+        "bcpay_jobs_total": ("kind", "result"),
+        "bcpay_payments_started_total": ("result",),
+    }
+    # Gauges read from the database at every scrape: the same whichever process answers.
+    GAUGES: ClassVar[dict[str, str]] = {
+        "bcpay_outbox_depth": "Queued outbox jobs.",
+        "bcpay_outbox_oldest_age_seconds": "Age of the oldest queued job.",
+        "bcpay_outbox_dead": "Dead outbox jobs waiting for an operator.",
+    }
 
     def __init__(self) -> None:
         self._counts: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()

@@ -311,8 +311,9 @@ async def _create_remote(
                 conn, attempt.id, status=rules.FAILED, failure_code=exc.code,
                 failure_message=f"CeleryPay refused the payment: {exc.code}", updated_at=rt.now(),
             )
-        code = "currency_not_supported" if exc.code == "currency_not_supported" else "gateway_rejected"
-        raise Refused("the payment could not be created: " + exc.code, code=code) from exc
+        raise Refused("the payment could not be created: " + exc.code,
+                      code="currency_not_supported" if exc.code == "currency_not_supported" else "gateway_rejected",
+                      ) from exc
     rt.metrics.inc("bcpay_payments_started_total", result="created")
     await apply_remote(rt, store, remote, source="create")
     async with rt.db.read() as conn:

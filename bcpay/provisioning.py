@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from bcpay.clients.bigcommerce import Hook, ScriptSpec
-from bcpay.errors import BcpayError, UpstreamRejected
+from bcpay.errors import BcpayError, RateLimited, UpstreamRejected, UpstreamUnavailable
 from bcpay.runtime import Runtime
 from bcpay.snippet import SCRIPT_DESCRIPTION, SCRIPT_NAME, script_tag
 from bcpay.storage import queries as q
@@ -77,8 +77,9 @@ async def install_script(rt: Runtime, store: StoreRecord, *, remove: bool = Fals
         keep, *extra = ours
         for script in extra:
             await bc.delete_script(script.uuid)
-        current = (keep.html, keep.visibility, keep.location, keep.enabled, keep.kind)
-        if current != (spec.html, spec.visibility, spec.location, spec.enabled, spec.kind) or extra:
+        current = (keep.html, keep.visibility, keep.location, keep.enabled, keep.kind, keep.consent_category)
+        wanted = (spec.html, spec.visibility, spec.location, spec.enabled, spec.kind, spec.consent_category)
+        if current != wanted or extra:
             await bc.update_script(keep.uuid, spec)
             action = "updated"
         uuid = keep.uuid
@@ -132,9 +133,16 @@ async def remove_webhooks(rt: Runtime, store: StoreRecord) -> int:
     return len(hooks)
 
 
+def control_panel_base(store: StoreRecord) -> str:
+    """The store's control panel: ``control_panel_base_url`` is the bare host (store_information.v2.yml);
+    a "/manage" suffix, as the sandbox reports it, is tolerated."""
+    base = store.control_panel_url or f"https://store-{store.store_hash}.mybigcommerce.com"
+    return base.rstrip("/").removesuffix("/manage")
+
+
 def payment_method_fix(store: StoreRecord, method_name: str) -> list[str]:
     """The control-panel steps to show the offline method under our name (no API can rename it)."""
-    link = (store.control_panel_url or f"https://store-{store.store_hash}.mybigcommerce.com") + PAYMENT_SETTINGS_PATH
+    link = control_panel_base(store) + PAYMENT_SETTINGS_PATH
     return [
         f"Open {link} (Settings > Payments).",
         "Under Offline payment methods, enable one method, e.g. Pay in Store.",
@@ -186,6 +194,13 @@ async def check_script(rt: Runtime, store: StoreRecord) -> Check:
     if len(ours) > 1 or ours[0].html != spec.html or not ours[0].enabled:
         return Check("storefront snippet", False, "installed but outdated or disabled",
                      [f"bcpay install-script {store.store_hash}"])
+    if ours[0].consent_category != spec.consent_category:
+        # Script Manager lets a merchant change it; behind a cookie-consent banner only essential scripts
+        # load before the shopper consents, so the shopper would never be sent to the cashier.
+        return Check("storefront snippet", False,
+                     f'consent category is "{ours[0].consent_category}", not "{spec.consent_category}": with a '
+                     "cookie-consent banner, shoppers who have not consented never load it",
+                     [f"bcpay install-script {store.store_hash}"])
     return Check("storefront snippet", True, "installed and current")
 
 
@@ -210,6 +225,10 @@ async def check_celerypay(rt: Runtime, store: StoreRecord) -> Check:
                      [f"bcpay stores configure {store.store_hash} --merchant-id mch_..."])
     try:
         await rt.celerypay(store).ping()
+    except (UpstreamUnavailable, RateLimited) as exc:
+        # Down, slow or busy says nothing about the credentials: new ones would not help.
+        return Check("CeleryPay credentials", False, f"CeleryPay did not answer ({exc.message}); not checked",
+                     ["Payments cannot start while CeleryPay does not answer: run this check again later."])
     except BcpayError as exc:
         return Check("CeleryPay credentials", False, f"CeleryPay refused them: {exc.code}",
                      [f"bcpay stores configure {store.store_hash} --merchant-id {store.merchant_id}"])

@@ -64,6 +64,12 @@ _FORWARD: dict[str, frozenset[str]] = {
     CANCELLED: PAID,
 }
 
+
+def transitions() -> list[tuple[str, str]]:
+    """Every step the state machine allows, as (from, to) pairs (the handbook draws them)."""
+    return sorted((current, new) for current, targets in _FORWARD.items() for new in targets)
+
+
 # BigCommerce order statuses bcpay cares about (reference section 3).
 STATUS_PENDING = 1
 STATUS_REFUNDED = 4
@@ -212,11 +218,11 @@ def check_order_eligible(
 ) -> Refusal | None:
     """None when a payment may start for ``order`` (cart already matched), else why not."""
     if order.payment_method not in accepted_methods:
-        return Refusal("wrong_payment_method", "this order is not paid with OKCloud Pay")
+        return Refusal(code="wrong_payment_method", message="this order is not paid with OKCloud Pay")
     if order.status_id != STATUS_AWAITING_PAYMENT:
-        return Refusal("order_not_awaiting_payment", "this order is not awaiting payment")
+        return Refusal(code="order_not_awaiting_payment", message="this order is not awaiting payment")
     if now - order.date_created > max_age:
-        return Refusal("order_too_old", "this order is too old to be paid online; contact the store")
+        return Refusal(code="order_too_old", message="this order is too old to be paid online; contact the store")
     return None
 
 

@@ -55,6 +55,8 @@ class StorePolicy:
     refund_on_status: bool
     refund_duplicates: str
     extra_origins: tuple[str, ...]
+    """Browser origins besides the store's own URL that may call /api/v1 for this store (a store's own
+    setting: there is no global one)."""
 
 
 # Keys a store may override, with the type each must have.

@@ -363,7 +363,8 @@ def test_provision_prints_control_panel_steps_until_the_method_is_renamed(env: E
     first = env.cli("provision", STORE_HASH)
     assert first.exit_code == 1
     assert "✗ offline payment method" in first.stdout
-    assert "https://shop.example.com/manage/manage/settings/payment" in first.stdout
+    # The fake reports control_panel_base_url with "/manage" (real stores: the bare host); the link has it once.
+    assert "Open https://shop.example.com/manage/settings/payment (Settings > Payments)." in first.stdout
     assert 'Set its display name to exactly "OKCloud Pay"' in first.stdout
     env.bc.store(STORE_HASH).payment_methods[0].name = "OKCloud Pay"
     second = env.ok("provision", STORE_HASH)
@@ -383,6 +384,43 @@ def test_install_script_print_remove_and_never_duplicates(env: Env) -> None:
     assert "absent" in env.ok("install-script", STORE_HASH, "--remove").stdout
     assert env.bc.store(STORE_HASH).scripts == {}
     assert env.cli("install-script", STORE_HASH, "--print", "--remove").exit_code == 2
+
+
+def test_a_snippet_moved_out_of_the_essential_consent_category_is_reported_and_put_back(env: Env) -> None:
+    """Script Manager lets a merchant change the category; behind a consent banner the snippet would not load."""
+    env.add_store()
+    env.ok("install-script", STORE_HASH)
+    [script] = env.bc.store(STORE_HASH).scripts.values()
+    script["consent_category"] = "analytics"
+    report = json.loads(env.cli("doctor", STORE_HASH, "--json").stdout)
+    [check] = [c for c in report["checks"] if c["name"] == "storefront snippet"]
+    assert not check["ok"] and check["detail"].startswith('consent category is "analytics", not "essential"')
+    assert check["fix"] == [f"bcpay install-script {STORE_HASH}"]
+    assert "updated" in env.ok("install-script", STORE_HASH).stdout
+    assert script["consent_category"] == "essential" and len(env.bc.store(STORE_HASH).scripts) == 1
+    assert "unchanged" in env.ok("install-script", STORE_HASH).stdout
+
+
+def test_doctor_says_celerypay_did_not_answer_rather_than_refused_the_credentials(env: Env) -> None:
+    """A CeleryPay that is down says nothing about the credentials: no advice to configure them again."""
+    env.add_store()
+
+    async def down(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"error": {"code": "unavailable", "message": "down"}}'})
+
+    env.servers.cp_switch.app = down
+    report = json.loads(env.cli("doctor", STORE_HASH, "--json").stdout)
+    [check] = [c for c in report["checks"] if c["name"] == "CeleryPay credentials"]
+    assert not check["ok"] and check["detail"].startswith("CeleryPay did not answer (CeleryPay GET ")
+    assert check["detail"].endswith("; not checked") and "stores configure" not in " ".join(check["fix"])
+    env.servers.cp_switch.app = env.cp.app
+    refused = env.cp  # a secret CeleryPay no longer knows: the credentials are the problem
+    refused.add_merchant(MERCHANT_ID, "another-secret-0123456789abcdef-0123456789")
+    report = json.loads(env.cli("doctor", STORE_HASH, "--json").stdout)
+    [check] = [c for c in report["checks"] if c["name"] == "CeleryPay credentials"]
+    assert check["detail"] == "CeleryPay refused them: invalid_signature"
+    assert check["fix"] == [f"bcpay stores configure {STORE_HASH} --merchant-id {MERCHANT_ID}"]
 
 
 def test_webhooks_register_is_idempotent_and_list_hides_the_secret(env: Env) -> None:

@@ -197,7 +197,7 @@ def test_settings_and_the_names_read_elsewhere_are_not_reported() -> None:
 
 def test_every_bcpay_name_in_the_repository_is_a_setting_or_read_elsewhere() -> None:
     """A new BCPAY_ variable read by a command or script must join OTHER_ENV_NAMES, or every start warns of it."""
-    deliberate = {"BCPAY_PAYMENTS_PAID_STATUS"}  # README's example of a misspelling
+    deliberate = {"BCPAY_PAYMENTS_PAID_STATUS"}  # the handbook's example of a misspelling (operations/configuration.md)
     known = {*setting_env_names(), *OTHER_ENV_NAMES, *deliberate}
     found: dict[str, str] = {}
     for path in ROOT.rglob("*"):

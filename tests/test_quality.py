@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "bcpay"
 FACES = ("bcpay.cli", "bcpay.server", "bcpay.sandbox")
-PURE = ("rules", "money", "signatures", "config", "errors", "scopes")
+PURE = ("rules", "money", "signatures", "config", "config_types", "errors", "scopes")
 IO_MODULES = ("bcpay.clients", "bcpay.storage", "bcpay.runtime", "httpx", "sqlalchemy")
 
 

@@ -264,6 +264,7 @@ class Script:
     enabled: bool
     channel_id: int | None
     integrity_hashes: tuple[str, ...]
+    consent_category: str = "unknown"  # BigCommerce's default; merchants can change it in Script Manager
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -284,6 +285,7 @@ class Script:
             enabled=_bool(o, "enabled", default=True),
             channel_id=_int(o, "channel_id", optional=True),
             integrity_hashes=tuple(hashes),
+            consent_category=_str(o, "consent_category", default="unknown"),
             raw=o,
         )
 

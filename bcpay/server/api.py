@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from bcpay import notifications, outbox, payflow
 from bcpay import snippet as snippet_versions
 from bcpay.errors import InvalidInputError, NotFoundError
+from bcpay.metrics import Metrics
 from bcpay.runtime import Runtime
 from bcpay.snippet import asset
 
@@ -154,11 +155,9 @@ async def metrics(request: Request) -> Response:
             return JSONResponse({"error": {"code": "unauthorized", "message": "send the metrics token"}},
                                 status_code=401, headers={"WWW-Authenticate": "Bearer"})
     stats = await outbox.stats(rt.db, rt.now())
-    gauges = {
-        "bcpay_outbox_depth": ("Queued outbox jobs.", stats["depth"]),
-        "bcpay_outbox_oldest_age_seconds": ("Age of the oldest queued job.", stats["oldest_age"]),
-        "bcpay_outbox_dead": ("Dead outbox jobs waiting for an operator.", stats["dead"]),
-    }
+    readings = {"bcpay_outbox_depth": stats["depth"], "bcpay_outbox_oldest_age_seconds": stats["oldest_age"],
+                "bcpay_outbox_dead": stats["dead"]}
+    gauges = {name: (Metrics.GAUGES[name], reading) for name, reading in readings.items()}
     return PlainTextResponse(rt.metrics.render(gauges), media_type="text/plain; version=0.0.4")
 
 

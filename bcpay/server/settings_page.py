@@ -96,9 +96,7 @@ class PaymentRow:
 
 def order_url(store: StoreRecord, order_id: int) -> str:
     """The order in the control panel (``{control_panel_url}/manage/orders/{id}``)."""
-    base = store.control_panel_url or f"https://store-{store.store_hash}.mybigcommerce.com"
-    # control_panel_base_url is the bare host (store_information.v2.yml); tolerate a "/manage" suffix.
-    return f"{base.rstrip('/').removesuffix('/manage')}/manage/orders/{order_id}"
+    return f"{provisioning.control_panel_base(store)}/manage/orders/{order_id}"
 
 
 async def _checked(name: str, run: Awaitable[Check]) -> Check:

@@ -40,7 +40,7 @@ TITLE = "#bcpay-okcloud-title"
 FAST_OUTBOX: dict[str, Any] = {"backoff_base": 0.2, "backoff_cap": 1.0, "poll_interval": 0.2}
 SHOPPER_EMAIL = "jane@example.com"
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-# The README walkthrough shows these; they are refreshed only on request (they are committed).
+# The README walkthrough and the handbook show these; they are refreshed only on request (they are committed).
 UPDATE_DOCS_ENV = "BCPAY_UPDATE_SCREENSHOTS"
 
 
@@ -54,6 +54,14 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str) -> T:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def keep(path: Path, *, docs: bool) -> Path:
+    """With ``docs`` and $BCPAY_UPDATE_SCREENSHOTS set, copy a screenshot to docs/screenshots/ (the handbook's)."""
+    if docs and os.environ.get(UPDATE_DOCS_ENV):
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_SCREENSHOTS / path.name)
+    return path
 
 
 def screenshot(page: Page, name: str, *, docs: bool = False, navigating: bool = False) -> Path:
@@ -71,10 +79,7 @@ def screenshot(page: Page, name: str, *, docs: bool = False, navigating: bool = 
         path.write_bytes(base64.b64decode(shot["data"]))
     else:
         page.screenshot(path=str(path), full_page=True)
-    if docs and os.environ.get(UPDATE_DOCS_ENV):
-        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, DOCS_SCREENSHOTS / path.name)
-    return path
+    return keep(path, docs=docs)
 
 
 @dataclass
@@ -131,8 +136,12 @@ class Shop:
 
     # --- the shopper ----------------------------------------------------------------------
 
-    def place_order(self, method: str = "OKCloud Pay", product_id: int = 77) -> int:
-        """Product page -> Add to cart -> Check out -> email and payment method -> Place order."""
+    def place_order(self, method: str = "OKCloud Pay", product_id: int = 77, *, shot: str | None = None,
+                    docs: bool = False) -> int:
+        """Product page -> Add to cart -> Check out -> email and payment method -> Place order.
+
+        With ``shot``, the checkout page is photographed with the method chosen, before the order is placed.
+        """
         urls = self.sandbox.urls
         self.page.goto(urls.storefront + "/")
         self.page.locator(f"#add-{product_id}").click()
@@ -141,6 +150,8 @@ class Shop:
         self.page.wait_for_url(urls.storefront + "/checkout")
         self.page.get_by_label("Email address").fill(SHOPPER_EMAIL)
         self.page.get_by_role("radio", name=method).check()
+        if shot is not None:
+            screenshot(self.page, shot, docs=docs)
         self.page.get_by_role("button", name="Place order").click()
         self.page.wait_for_url(re.compile(re.escape(urls.storefront) + r"/checkout/order-confirmation/\d+$"))
         return int(self.page.url.rsplit("/", 1)[1])

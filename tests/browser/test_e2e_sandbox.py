@@ -82,10 +82,11 @@ def cli_reconcile(shop: Shop, tmp_path: Path) -> dict[str, Any]:
 def test_paying_at_the_cashier_marks_the_order_paid_and_reconcile_finds_nothing(page: Page, tmp_path: Path) -> None:
     """The whole walkthrough: panel, cashier, Pay, "Payment received", Awaiting Fulfillment + staff note."""
     with open_shop(page, options()) as shop:
-        order_id = shop.place_order()
+        order_id = shop.place_order(shot="checkout-method", docs=True)
         assert shop.order(order_id)["status_id"] == AWAITING_PAYMENT
         panel = page.locator(PANEL)
         shop.expect_title(PAY_TITLE)
+        expect(page.locator(".payment-instructions")).to_have_text("You will be taken to OKCloud Pay to pay.")
         expect(panel).to_contain_text(f"Your order #{order_id} has been placed but is not paid yet.")
         expect(panel).to_contain_text(f"Amount due: {PRICE}")
         expect(panel).to_contain_text("Taking you to OKCloud Pay")

@@ -17,13 +17,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Page, expect
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -37,6 +38,7 @@ from bcpay.sandbox.bigcommerce import create_bigcommerce_api
 from bcpay.sandbox.celerypay import FakeCeleryPay
 from bcpay.server.app import create_app
 from bcpay.server.sessions import COOKIE_NAME
+from tests.browser.e2e_helpers import keep
 from tests.builders import bc_jwt
 
 pytestmark = pytest.mark.browser
@@ -127,11 +129,15 @@ class Stack:
     panel: ControlPanel
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    """bcpay, the fakes and the control panel on loopback; the store installed through /bc/auth."""
+@contextmanager
+def running_stack(tmp_path: Path, *, offline_method_name: str = "OKCloud Pay") -> Iterator[Stack]:
+    """bcpay, the fakes and the control panel on loopback; the store installed through /bc/auth.
+
+    ``offline_method_name``: the display name the store's offline payment method has.
+    """
     bc = FakeBigCommerce()
-    bc.add_store(STORE_HASH, secure_url="https://shop.example.com", name="Browser Shop")
+    bc.add_store(STORE_HASH, secure_url="https://shop.example.com", name="Browser Shop",
+                 offline_method_name=offline_method_name)
     cp = FakeCeleryPay()
     cp.add_merchant(MERCHANT_ID, MERCHANT_SECRET)
     panel = ControlPanel()
@@ -190,6 +196,48 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             srv.stop()
 
 
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """The stack with the store's offline method already named "OKCloud Pay"."""
+    with running_stack(tmp_path) as running:
+        yield running
+
+
+@contextmanager
+def control_panel_page(stack: Stack, browser: Browser) -> Iterator[Page]:
+    """A browser page on the control panel, whose iframe opens the app through a freshly signed /bc/load URL."""
+
+    def load_url() -> str:
+        jwt = bc_jwt(secret=CLIENT_SECRET, aud=CLIENT_ID, sub=f"stores/{STORE_HASH}", now=int(time.time()))
+        return f"{stack.bcpay}/bc/load?signed_payload_jwt={jwt}"
+
+    stack.panel.make_src = load_url
+    context = browser.new_context(viewport={"width": 1200, "height": 1750})
+    context.set_default_timeout(10000)
+    try:
+        page = context.new_page()
+        page.goto(f"{stack.control_panel}/")
+        yield page
+    finally:
+        context.close()
+
+
+def shot(page: Page, name: str) -> None:
+    """Save tests/artifacts/<name>: the control panel down to the end of the app's page (not of its tall frame).
+
+    With $BCPAY_UPDATE_SCREENSHOTS the handbook's copy is refreshed too.
+    """
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    frame = page.locator("#app").bounding_box()
+    assert frame is not None
+    content = page.frame_locator("#app").locator("body").evaluate(
+        "body => Math.max(...[...body.children].map(e => e.getBoundingClientRect().bottom))")
+    clip = {"x": 0, "y": 0, "width": page.viewport_size["width"] if page.viewport_size else 1200,
+            "height": frame["y"] + min(frame["height"], content) + 16}
+    page.screenshot(path=str(ARTIFACTS / name), clip=clip)
+    keep(ARTIFACTS / name, docs=True)
+
+
 def credentials(stack: Stack) -> tuple[str | None, str | None]:
     """The store's CeleryPay merchant id and (opened) secret, read from the database file."""
     with sqlite3.connect(stack.db_path) as db:
@@ -204,21 +252,15 @@ def test_settings_page_in_a_cross_site_iframe_saves_credentials_and_refuses_csrf
     stack: Stack, browser: Browser
 ) -> None:
     """Open via a signed /bc/load URL inside the control panel, save credentials, see them work."""
-
-    def load_url() -> str:
-        jwt = bc_jwt(secret=CLIENT_SECRET, aud=CLIENT_ID, sub=f"stores/{STORE_HASH}", now=int(time.time()))
-        return f"{stack.bcpay}/bc/load?signed_payload_jwt={jwt}"
-
-    stack.panel.make_src = load_url
-    context = browser.new_context(viewport={"width": 1200, "height": 1750})
-    context.set_default_timeout(10000)
-    try:
-        page = context.new_page()
-        page.goto(f"{stack.control_panel}/")
+    with control_panel_page(stack, browser) as page:
+        context = page.context
         app = page.frame_locator("#app")
         expect(app.locator("h1")).to_have_text("OKCloud Pay")
         expect(app.get_by_text("signed in as clerk@example.com")).to_be_visible()
         expect(app.locator("#secret-state")).to_have_text("not set")
+        expect(app.get_by_text("Storefront snippet: installed and current")).to_be_visible()
+        expect(app.get_by_text("Webhooks: 2 active")).to_be_visible()
+        shot(page, "settings-installed.png")  # what the merchant sees first, right after the install
 
         cookies = [c for c in context.cookies(stack.bcpay) if c["name"] == COOKIE_NAME]
         assert len(cookies) == 1, context.cookies()
@@ -239,8 +281,7 @@ def test_settings_page_in_a_cross_site_iframe_saves_credentials_and_refuses_csrf
         assert MERCHANT_SECRET not in page.frame_locator("#app").locator("body").inner_html()
         assert credentials(stack) == (MERCHANT_ID, MERCHANT_SECRET)
 
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "settings-page.png"))
+        shot(page, "settings-saved.png")
 
         # The same browser session, a forged form without the token: refused, nothing changes.
         # 403 (not 401) shows the session cookie did go along: only the CSRF check refused it.
@@ -262,5 +303,22 @@ def test_settings_page_in_a_cross_site_iframe_saves_credentials_and_refuses_csrf
         assert credentials(stack) == (MERCHANT_ID, MERCHANT_SECRET)
         page.reload()
         expect(page.frame_locator("#app").locator("#merchant_id")).to_have_value(MERCHANT_ID)
-    finally:
-        context.close()
+
+
+def test_a_store_whose_offline_method_is_not_renamed_is_shown_the_control_panel_steps(
+    tmp_path: Path, browser: Browser
+) -> None:
+    """No API renames an offline method: the health list says which name it wants and how to set it."""
+    with running_stack(tmp_path, offline_method_name="Pay in Store") as stack, \
+            control_panel_page(stack, browser) as page:
+        app = page.frame_locator("#app")
+        check = app.locator("li.check", has_text="Offline payment method")
+        expect(check).to_contain_text('Needs attention')
+        expect(check).to_contain_text('no enabled payment method is named "OKCloud Pay"')
+        expect(check.locator("ol li")).to_have_text([
+            "Open https://shop.example.com/manage/settings/payment (Settings > Payments).",  # the fake: secure_url/manage
+            "Under Offline payment methods, enable one method, e.g. Pay in Store.",
+            'Set its display name to exactly "OKCloud Pay" and save.',
+            "Run this check again.",
+        ])
+        shot(page, "settings-method-steps.png")
