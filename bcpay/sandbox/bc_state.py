@@ -151,6 +151,10 @@ class Store:
     hooks: dict[int, JSON] = field(default_factory=dict)
     carts: dict[str, JSON] = field(default_factory=dict)
     cookie_consent_banner: bool = False
+    # Settings > Order Notifications: the statuses whose change e-mails the customer (none until ticked).
+    status_emails: set[int] = field(default_factory=set)
+    # Every e-mail the store sent a customer, oldest first: {"order_id", "to", "subject", "body"}.
+    emails: list[JSON] = field(default_factory=list)
 
     def method_named(self, name: str) -> PaymentMethod | None:
         """The enabled method whose display name or code is ``name``."""
@@ -427,6 +431,10 @@ class FakeBigCommerce:
             "coupons": self._sub_resource(store_hash, order_id, "coupons"),
         }
         store.orders[order_id] = order
+        instructions = method.instructions if method is not None and method.offline else ""
+        store.emails.append({"order_id": order_id, "to": email,
+                             "subject": f"Thank you for your order #{order_id}",
+                             "body": f"Payment method: {payment_method}\n{instructions}".strip()})
         store.order_items[order_id] = line_items or [
             {"name": "Sandbox item", "sku": "SBX-1", "quantity": 1, "price": amount}]
         return copy.deepcopy(order)
@@ -471,6 +479,7 @@ class FakeBigCommerce:
         order.update(changes)
         if "status_id" in changes:
             self._set_status_fields(order, int(changes["status_id"]))
+            self._status_email(store_hash, order, previous)
         order["date_modified"] = rfc2822(self.clock())
         return previous, order
 
@@ -481,8 +490,18 @@ class FakeBigCommerce:
             raise FakeApiError(400, f"unknown status_id {status_id}")
         previous = int(order["status_id"])
         self._set_status_fields(order, status_id)
+        self._status_email(store_hash, order, previous)
         order["date_modified"] = rfc2822(self.clock())
         return previous
+
+    def _status_email(self, store_hash: str, order: JSON, previous: int) -> None:
+        """E-mail the customer about a new status, when the store ticked it in Order Notifications."""
+        store = self.store(store_hash)
+        status_id = int(order["status_id"])
+        if status_id != previous and status_id in store.status_emails:
+            store.emails.append({"order_id": order["id"], "to": order["billing_address"]["email"],
+                                 "subject": f"Order #{order['id']}: {ORDER_STATUSES[status_id][0]}",
+                                 "body": f"Your order #{order['id']} is now {ORDER_STATUSES[status_id][0]}."})
 
     @staticmethod
     def _set_status_fields(order: JSON, status_id: int) -> None:

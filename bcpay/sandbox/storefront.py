@@ -6,8 +6,9 @@ shared :class:`~bcpay.sandbox.bc_state.FakeBigCommerce` (status 7 Awaiting
 Payment for the offline method, 11 Awaiting Fulfillment for the test
 gateway), the order-confirmation page with the store's Script Manager scripts
 rendered as Stencil would, the Storefront Orders API
-(``/api/storefront/orders/{id}``, orders.sf.yml), and ``/manage/orders`` where
-a status change fires ``store/order/statusUpdated``.
+(``/api/storefront/orders/{id}``, orders.sf.yml), ``/manage/orders`` where
+a status change fires ``store/order/statusUpdated``, and the control panel's
+settings pages (``bcpay.sandbox.control_panel``).
 
 The storefront order API answers **404** for an order the caller's session did
 not place (and without a session): order ids are sequential, so a 403 would
@@ -38,6 +39,7 @@ from starlette.routing import Route
 from bcpay.errors import InvalidInputError
 from bcpay.money import exponent
 from bcpay.sandbox.bc_state import JSON, ORDER_STATUSES, FakeApiError, FakeBigCommerce, Store
+from bcpay.sandbox.control_panel import SettingsPages
 
 SESSION_COOKIE = "SHOP_SESSION_TOKEN"  # the name third parties report for BC's shopper session
 CART_COOKIE = "bc_cart_id"
@@ -385,6 +387,7 @@ def create_storefront(state: FakeBigCommerce, store_hash: str, *,
         Route("/api/storefront/order/{order_id:int}", shop.api_order),
         Route("/manage/orders", shop.manage_orders),
         Route("/manage/orders/{order_id:int}", shop.manage_order, methods=["GET", "POST"]),
+        *SettingsPages(state, store_hash, shop._page).routes(),
     ])
 
 
