@@ -118,6 +118,7 @@ def routes() -> list[Route]:
         Route("/bc/settings/anomalies/{anomaly_id:int}/resolve", settings_page.resolve_anomaly, methods=["POST"]),
         Route("/bc/settings/provision", settings_page.reprovision, methods=["POST"]),
         Route("/bc/settings/revoke-old-secret", settings_page.revoke_old_secret, methods=["POST"]),
+        Route("/bc/settings/users/{user_id:int}/access", settings_page.user_access, methods=["POST"]),
     ]
 
 
