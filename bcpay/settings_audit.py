@@ -24,8 +24,10 @@ from bcpay.storage.schema import settings_audit
 
 
 class _User(Protocol):
-    user_id: int
-    email: str
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def email(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,13 @@ def cli_actor() -> str:
     return f"cli:{name}"[:255]
 
 
-async def record(conn: Conn, rt: Runtime, store: StoreRecord, *, actor: str, action: str, detail: str = "") -> None:
-    """Write one row inside the caller's transaction."""
+async def record(
+    conn: Conn, rt: Runtime, store: StoreRecord | int, *, actor: str, action: str, detail: str = ""
+) -> None:
+    """Write one row inside the caller's transaction (``store``: the record, or its id)."""
     await conn.execute(insert(settings_audit).values(
-        store_id=store.id, actor=actor[:255], action=action[:48], detail=detail[:1000], created_at=rt.now()))
+        store_id=store if isinstance(store, int) else store.id, actor=actor[:255], action=action[:48],
+        detail=detail[:1000], created_at=rt.now()))
 
 
 async def note(rt: Runtime, store: StoreRecord, *, actor: str, action: str, detail: str = "") -> None:

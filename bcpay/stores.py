@@ -19,6 +19,7 @@ from sqlalchemy import delete
 from bcpay import outbox, rules
 from bcpay.clients.bigcommerce import BigCommerceClient, StoreInfo
 from bcpay.clients.celerypay import CeleryPayClient
+from bcpay.config import Settings
 from bcpay.errors import (
     BcpayError,
     ConflictError,
@@ -27,7 +28,6 @@ from bcpay.errors import (
     UpstreamError,
     UpstreamRejected,
 )
-from bcpay.config import Settings
 from bcpay.runtime import STORE_OVERRIDES, Runtime
 from bcpay.scopes import REQUIRED_SCOPES as REQUIRED_SCOPES  # re-exported for callers
 from bcpay.storage import queries as q
