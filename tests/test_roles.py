@@ -15,18 +15,16 @@ from bcpay import roles, stores
 from bcpay.install import AppUser
 from bcpay.storage import queries as q
 from bcpay.storage.schema import refunds, settings_audit, store_users
-from tests.test_bcapp import (  # noqa: F401 (fixtures)
-    csrf_of,
-    open_settings,
-    panel,
-    settings_form,
-    snapshot,
-    world,
-)
+from tests import test_bcapp, test_cli
+from tests.test_bcapp import csrf_of, open_settings, settings_form, snapshot
 from tests.test_cli import MERCHANT_ID as CLI_MERCHANT
 from tests.test_cli import STORE_HASH as CLI_STORE
-from tests.test_cli import Env, env, servers  # noqa: F401 (fixtures)
+from tests.test_cli import Env
 from tests.world import MERCHANT_ID, MERCHANT_SECRET, STORE_HASH, World, open_world
+
+# The settings-page world and the CLI's, as those modules make them.
+world, panel = test_bcapp.world, test_bcapp.panel
+env, servers = test_cli.env, test_cli.servers
 
 OWNER = {"id": 1, "email": "owner@example.com"}
 CLERK = {"id": 42, "email": "clerk@example.com"}
