@@ -453,7 +453,7 @@ def refund(
 
     Example: bcpay refund 101 --store abc123 --amount 12.50 --reason "damaged item"
     """
-    from bcpay import operations, refunds
+    from bcpay import operations, refunds, settings_audit
     from bcpay.money import to_minor
 
     # --amount and --store are checked while parsing, before the question.
@@ -464,7 +464,11 @@ def refund(
         shop = await operations.get_store(rt, store)
         paid = await refunds.paid_attempt(rt, shop, order_id)
         minor = to_minor(amount, paid.currency) if amount is not None else None
-        return await refunds.request_refund(rt, shop, paid, amount=minor, reason=reason, again=again)
+        result = await refunds.request_refund(rt, shop, paid, amount=minor, reason=reason, again=again)
+        await settings_audit.note(rt, shop, actor=settings_audit.cli_actor(), action="refund",
+                                  detail=f"order #{order_id}: {amount or 'the rest'}"
+                                  + (f" ({reason})" if reason else ""))
+        return result
 
     _print_refund(run(ctx, work))
 
@@ -494,13 +498,17 @@ def refund_resolve(
     """
     if (made is None) == (not not_made):
         raise typer.BadParameter("give --made REFUND_ID or --not-made (not both)")
-    from bcpay import operations, refunds, stores
+    from bcpay import operations, refunds, settings_audit, stores
 
     with failures(ctx):
         stores.check_store_hash(store)
 
     async def work(rt: "Runtime") -> "RefundResult":
-        return await refunds.resolve_doubt(rt, await operations.get_store(rt, store), number, celerypay_id=made)
+        shop = await operations.get_store(rt, store)
+        result = await refunds.resolve_doubt(rt, shop, number, celerypay_id=made)
+        await settings_audit.note(rt, shop, actor=settings_audit.cli_actor(), action="refund_resolved",
+                                  detail=f"{number}: " + (f"made as {made}" if made else "not made"))
+        return result
 
     _print_refund(run(ctx, work))
 
@@ -537,8 +545,9 @@ def anomalies_resolve(
     Example: bcpay anomalies resolve 3 --note "refunded by hand in the CeleryPay dashboard"
     """
     from bcpay import operations
+    from bcpay.settings_audit import cli_actor
 
-    run(ctx, lambda rt: operations.resolve_anomaly(rt, anomaly_id, note))
+    run(ctx, lambda rt: operations.resolve_anomaly(rt, anomaly_id, note, actor=cli_actor()))
     out().print(f"anomaly {anomaly_id} resolved")
 
 

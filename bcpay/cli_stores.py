@@ -98,15 +98,22 @@ def stores_list(ctx: typer.Context, json_: JsonFlag = False) -> None:
 
     Example: bcpay stores list --json
     """
-    from bcpay import operations
+    from bcpay import operations, stores
 
-    found = [_store_json(s) for s in run(ctx, operations.list_stores)]
+    async def work(rt: "Runtime") -> list[dict[str, Any]]:
+        return [{**_store_json(s), "warning": stores.sandbox_warning(rt.settings, s)}
+                for s in await operations.list_stores(rt)]
+
+    found = run(ctx, work)
     if json_:
         print_json(found)
         return
     table(["store", "name", "installed", "source", "merchant", "env", "secret"],
           [[s["store_hash"], s["name"], "yes" if s["installed"] else "no", s["source"], s["merchant_id"],
-            s["environment"], s["celerypay_secret"]] for s in found])
+            s["environment"] + (" (!)" if s["warning"] else ""), s["celerypay_secret"]] for s in found])
+    for s in found:
+        if s["warning"]:
+            err().print(f"Warning: {s['warning']}.", markup=False)
 
 
 @stores_app.command("show")
@@ -179,7 +186,7 @@ def stores_configure(
     }.items() if v is not None}
     if merchant_id is None and environment is None and not changes and not reset and not revoke_old_secret:
         raise typer.BadParameter("nothing to change: give --merchant-id, settings, --reset and/or --revoke-old-secret")
-    from bcpay import operations, stores
+    from bcpay import operations, settings_audit, stores
 
     try:
         cleared = stores.reset_changes(reset or [])
@@ -220,6 +227,16 @@ def stores_configure(
         if revoke_old_secret:
             revoked.append(await stores.revoke_old_secret(rt, store_hash))
             store = await operations.get_store(rt, store_hash)
+        detail = "; ".join(
+            part for part in (
+                f"merchant id {merchant_id}" if merchant_id is not None else "",
+                "new API secret" if secret is not None else "",
+                f"environment {environment}" if environment is not None else "",
+                ", ".join(f"{k} {v}" for k, v in changes.items()),
+                ("reset " + ", ".join(cleared)) if cleared else "",
+                ("old secret revoked" if revoked[0] else "") if revoked else "",
+            ) if part) or "no change"
+        await settings_audit.note(rt, store, actor=settings_audit.cli_actor(), action="settings_saved", detail=detail)
         return store
 
     store = run(ctx, work)
@@ -277,9 +294,15 @@ def provision(ctx: typer.Context, store_hash: StoreHash) -> None:
 
     Example: bcpay provision abc123
     """
-    from bcpay import provisioning
+    from bcpay import provisioning, settings_audit
 
-    checks: list[Check] = _with_store(ctx, store_hash, provisioning.provision)
+    async def work(rt: "Runtime", store: "StoreRecord") -> list[Check]:
+        done = await provisioning.provision(rt, store)
+        await settings_audit.note(rt, store, actor=settings_audit.cli_actor(), action="provisioned",
+                                  detail=f"{sum(c.ok for c in done)} of {len(done)} checks pass")
+        return done
+
+    checks: list[Check] = _with_store(ctx, store_hash, work)
     fail_unless(print_checks(checks, section=f"Provisioning {store_hash}"))
 
 

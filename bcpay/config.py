@@ -95,9 +95,16 @@ class ServerSettings:
     the proxy)."""
     rate_limit_per_store: int = 600
     """Payment starts per minute per store (per process)."""
-    failed_lookups_per_minute: int = 30
-    """Payment starts that find no such order (or the wrong cart), per store and minute; past it, orders bcpay
-    has never seen get 429 for a while, since each look-up spends the store's BigCommerce quota."""
+    failed_lookups_per_minute: int = 300
+    """Payment starts that find no such order (or the wrong cart), per store and minute, from all clients
+    together; past it, orders bcpay has never seen get 429 for a while, since each look-up spends the store's
+    BigCommerce quota. Keep it far above `failed_lookups_per_client`, so one client never reaches it."""
+    failed_lookups_per_client: int = 10
+    """Payment starts that find no such order, per client address (IPv6: per /64) and minute; past it, that
+    client alone gets 429 for a while."""
+    failed_lookups_per_order: int = 5
+    """Payment starts naming one order id that find no such order (or the wrong cart), per minute; past it,
+    that order id gets 429 for a while unless bcpay already knows the order."""
     install_attempts_per_minute: int = 10
     """Installs (GET /bc/auth) per client address and minute: each one makes bcpay call BigCommerce's OAuth
     endpoint."""
@@ -200,6 +207,9 @@ class PaymentSettings:
     status_poll_interval: int = 3
     """Seconds at least between CeleryPay look-ups per pending payment while the shopper's page polls (each
     look-up is due between 1 and 1.5 times this, drawn per poll); 0 asks on every poll."""
+    order_read_interval: int = 5
+    """Seconds at least between BigCommerce reads of one order for payment starts, the pay page's "Pay now"
+    and pay links, shared by every process (the answer is kept that long); 0 reads on every request."""
     refund_on_status: bool = False
     """Refund at CeleryPay when the merchant sets an order to Refunded in the control panel."""
     refund_duplicates: Literal["manual", "auto"] = "manual"
@@ -408,6 +418,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 POSITIVE = (
     "server.workers", "server.max_body_bytes", "server.rate_limit_per_ip", "server.rate_limit_per_store",
     "server.failed_lookups_per_minute", "server.install_attempts_per_minute",
+    "server.failed_lookups_per_client", "server.failed_lookups_per_order",
     "bigcommerce.timeout", "celerypay.timeout", "outbox.max_attempts", "outbox.lease_seconds",
     "outbox.concurrency", "outbox.backoff_base", "outbox.backoff_cap", "payments.max_order_age",
     "database.pool_size",
@@ -421,6 +432,7 @@ RANGES = (
     ("outbox.sweep_interval", 1, 86400),
     ("outbox.event_retention_days", 30, 36500),  # dedupe by event id needs 30 days
     ("payments.status_poll_interval", 0, 3600),  # 0: ask CeleryPay on every poll
+    ("payments.order_read_interval", 0, 60),
     ("payments.unstarted_after", 0, 10 * 365 * 86400),
 )
 

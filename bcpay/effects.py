@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from bcpay import outbox, payflow, rules
+from bcpay import outbox, payflow, rules, stores
 from bcpay.clients.bigcommerce import BigCommerceClient, Order
 from bcpay.errors import (
     BcpayError,
@@ -117,6 +117,8 @@ async def mark_paid(rt: Runtime, job: JobRecord) -> str:
             f"OKCloud Pay: paid {format_amount(payment.paid_amount, payment.currency)}, "
             f"CeleryPay payment {payment.celerypay_id}, at {rt.now():%Y-%m-%d %H:%M:%S} UTC"
         )
+        if stores.sandbox_warning(rt.settings, store):
+            note = f"{stores.SANDBOX_NOTE}. {note}"
         await _write_order(
             rt, store, payment, order, status_id=policy.paid_status_id, note=note, action="mark_paid",
             provider_id=payment.celerypay_id,

@@ -242,6 +242,10 @@ CODES: dict[str, ErrorCode] = {
     "invalid_payment": ErrorCode("The refund form names no payment.", 400),
     "unknown_payment": ErrorCode("The payment does not belong to this store.", 404),
     "invalid_refund_key": ErrorCode("The refund form's key is malformed: start the refund again.", 400),
+    "not_allowed": ErrorCode(
+        "Only the store owner, or a user the owner allows on the settings page, may change CeleryPay credentials, "
+        "the environment or payment settings, provision, refund or resolve anomalies (bcpay.roles).", 403),
+    "unknown_user": ErrorCode("That control-panel user has not opened OKCloud Pay in this store.", 404),
     # webhooks
     "invalid_webhook": ErrorCode("The BigCommerce webhook body lacks scope, hash or an order id.", 400),
     "no_webhook_secret": ErrorCode("The store has no webhook secret: run `bcpay webhooks register`.", 500),

@@ -56,6 +56,7 @@ class AppUser:
     user_id: int
     email: str
     is_owner: bool
+    may_act: bool = False  # allowed by the owner to change money settings (bcpay.roles)
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,9 @@ async def find_user(rt: Runtime, store: StoreRecord, user_id: int) -> AppUser | 
             .mappings()
             .first()
         )
-    return AppUser(store.id, row["user_id"], row["email"], bool(row["is_owner"])) if row else None
+    if row is None:
+        return None
+    return AppUser(store.id, row["user_id"], row["email"], bool(row["is_owner"]), bool(row["may_act"]))
 
 
 async def forget_user(rt: Runtime, claims: BcClaims) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from bcpay import notifications, provisioning, quota, stores
+from bcpay import notifications, provisioning, quota, settings_audit, stores
 from bcpay.clients.celerypay import parse_event
 from bcpay.config import unknown_env_names
 from bcpay.errors import (
@@ -438,11 +438,16 @@ async def list_anomalies(
     ]
 
 
-async def resolve_anomaly(rt: Runtime, anomaly_id: int, note: str) -> None:
-    """Mark an open anomaly resolved with the operator's note."""
+async def resolve_anomaly(rt: Runtime, anomaly_id: int, note: str, *, actor: str | None = None) -> None:
+    """Mark an open anomaly resolved with the operator's note (an audit row names ``actor`` when given)."""
     async with rt.db.transaction() as conn:
         if not await q.resolve_anomaly(conn, anomaly_id, rt.now(), note or "resolved by operator"):
             raise NotFoundError(f"no open anomaly with id {anomaly_id}", code="anomaly_not_found")
+        if actor is not None:
+            query = select(anomalies.c.store_id).where(anomalies.c.id == anomaly_id)
+            store_id: int = (await conn.execute(query)).scalar_one()
+            await settings_audit.record(conn, rt, int(store_id), actor=actor, action="anomaly_resolved",
+                                        detail=f"anomaly {anomaly_id}" + (f": {note}" if note else ""))
 
 
 async def store_id_of(rt: Runtime, store_hash: str | None) -> int | None:
@@ -640,4 +645,11 @@ async def doctor(
     for store in chosen:
         report.extend((store.store_hash, c) for c in await store_checks(rt, store))
         report.append((store.store_hash, callback_url_check(rt, store)))
+        warning = stores.sandbox_warning(rt.settings, store)
+        if warning:
+            # A warning (passing, with advice: "!" in the report), not a failure: a test store may mean it.
+            report.append((store.store_hash, Check(
+                "CeleryPay environment", True, warning,
+                [f"bcpay stores configure {store.store_hash} --merchant-id MERCHANT --environment production "
+                 "(with the production merchant's secret), or the environment on the settings page."])))
     return report

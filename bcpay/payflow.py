@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
-from bcpay import outbox, rules
+from bcpay import order_reads, outbox, rules
 from bcpay.clients.bigcommerce import Order
 from bcpay.clients.celerypay import Payment
 from bcpay.errors import (
@@ -28,7 +29,6 @@ from bcpay.errors import (
     RateLimited,
     UpstreamConflict,
     UpstreamError,
-    UpstreamNotFound,
     UpstreamRejected,
     UpstreamUnavailable,
 )
@@ -151,11 +151,11 @@ async def _load_store(rt: Runtime, store_hash: str) -> StoreRecord:
     return store
 
 
-async def _read_order(rt: Runtime, store: StoreRecord, order_id: int) -> Order:
-    try:
-        return await rt.bigcommerce(store).get_order(order_id)
-    except UpstreamNotFound:
-        raise NotFoundError("no such order", code="order_not_found") from None
+async def _read_order(
+    rt: Runtime, store: StoreRecord, order_id: int, admit: Callable[[], float] | None = None
+) -> Order:
+    # One BigCommerce read per order every few seconds, shared by every process (bcpay.order_reads).
+    return await order_reads.read_order(rt, store, order_id, admit=admit)
 
 
 async def knows_order(rt: Runtime, store_hash: str, order_id: int) -> bool:
@@ -165,15 +165,20 @@ async def knows_order(rt: Runtime, store_hash: str, order_id: int) -> bool:
         return store is not None and bool(await q.order_attempts(conn, store.id, order_id))
 
 
-async def start_payment(rt: Runtime, store_hash: str, order_id: int, cart_id: str) -> PaymentView:
+async def start_payment(
+    rt: Runtime, store_hash: str, order_id: int, cart_id: str, *, admit: Callable[[], float] | None = None
+) -> PaymentView:
     """Start or resume the CeleryPay payment of an order; never trusts the browser.
 
     Returns the attempt whose cashier URL the shopper should visit. Raises
     :class:`AlreadyPaid`, :class:`Refused`, NotFoundError (also for a wrong
-    cart id) or an upstream error.
+    cart id) or an upstream error. ``admit()`` is asked before the order is
+    read from BigCommerce (a wait refuses it: ``order_reads.StartsLimited``).
     """
     store = await _load_store(rt, store_hash)
-    order = await _read_order(rt, store, order_id)
+    if await order_reads.wrong_cart(rt, store, order_id, cart_id):
+        raise NotFoundError("no such order", code="order_not_found")  # known order, other cart: no call
+    order = await _read_order(rt, store, order_id, admit)
     if not rules.cart_matches(order, cart_id):
         raise NotFoundError("no such order", code="order_not_found")
     policy = rt.policy(store)

@@ -9,6 +9,7 @@ runs at import time.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import random
 import time
@@ -87,6 +88,8 @@ class Runtime:
     clock: Callable[[], datetime] = utcnow
     wall: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)  # spreads CeleryPay look-ups (seeded in tests)
+    # The BigCommerce order reads in flight in this process, one per (store id, order id) (bcpay.order_reads).
+    order_flights: dict[tuple[int, int], asyncio.Future[Any]] = field(default_factory=dict)
 
     def now(self) -> datetime:
         """The current time (injectable for tests)."""

@@ -19,6 +19,7 @@ from sqlalchemy import delete
 from bcpay import outbox, rules
 from bcpay.clients.bigcommerce import BigCommerceClient, StoreInfo
 from bcpay.clients.celerypay import CeleryPayClient
+from bcpay.config import Settings
 from bcpay.errors import (
     BcpayError,
     ConflictError,
@@ -386,3 +387,20 @@ async def uninstall(rt: Runtime, store_hash: str) -> StoreRecord:
 async def remove(rt: Runtime, store_hash: str) -> None:
     """Uninstall a store registered by hand (``bcpay stores remove``): same as the app's uninstall."""
     await uninstall(rt, store_hash)
+
+
+SANDBOX_NOTE = "CeleryPay sandbox: no money moved"  # starts the staff note of every order such a store marks paid
+
+
+def sandbox_warning(settings: Settings, store: StoreRecord) -> str | None:
+    """A warning when a store takes payments on CeleryPay's sandbox in a deployment not in sandbox mode.
+
+    Its orders are marked paid although no money moved (the sandbox cashier
+    pays anything). ``bcpay doctor``, the settings page and ``bcpay stores
+    list`` show it; each order it marks paid gets a staff note starting
+    :data:`SANDBOX_NOTE`.
+    """
+    if store.environment != "sandbox" or settings.app.sandbox:
+        return None
+    return (f"store {store.store_hash} uses the CeleryPay sandbox environment: its orders are marked paid but no "
+            "money moves; switch it to production before taking real orders")

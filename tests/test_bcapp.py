@@ -68,7 +68,10 @@ async def panel(world: World) -> AsyncIterator[httpx.AsyncClient]:
 
 def signed(**overrides: Any) -> str:
     """A signed_payload_jwt as BigCommerce makes it for this app and store, issued now."""
-    claims: dict[str, Any] = {"aud": CLIENT_ID, "sub": f"stores/{STORE_HASH}", **overrides}
+    # The panel's user is the store owner unless a test says otherwise: only the owner, and users the owner
+    # allows, may change settings (bcpay.roles; tests/test_roles.py tells the rest apart).
+    claims: dict[str, Any] = {"aud": CLIENT_ID, "sub": f"stores/{STORE_HASH}",
+                              "owner": {"id": 42, "email": "clerk@example.com"}, **overrides}
     secret = claims.pop("secret", CLIENT_SECRET)
     return bc_jwt(secret=secret, now=int(time.time()), **claims)
 
@@ -354,7 +357,7 @@ async def test_load_opens_the_settings_page_and_remembers_the_user(
 ) -> None:
     await install(world, panel)
     panel.cookies.clear()
-    html = await open_settings(panel)
+    html = await open_settings(panel, owner={"id": 24654, "email": "merchant@example.com"})
     assert "clerk@example.com" in html
     users = {u["user_id"]: (u["email"], u["is_owner"]) for u in await rows(world, store_users)}
     assert users == {24654: ("merchant@example.com", True), 42: ("clerk@example.com", False)}
@@ -543,6 +546,9 @@ async def test_a_save_over_someone_elses_newer_save_is_refused_and_shows_what_is
                                  base_url="https://127.0.0.1:8000") as other:
         first_page = await open_settings(panel)
         second_page = await open_settings(other, user={"id": 99, "email": "z@example.com"})
+        # Only the owner and users the owner allows may save (bcpay.roles): the owner allows the second admin.
+        allowed = await panel.post("/bc/settings/users/99/access", data={"csrf": csrf_of(first_page), "allowed": "yes"})
+        assert allowed.status_code == 303
         assert version_of(first_page) == version_of(second_page)
         # The second admin's typing mistake: the 400 page keeps the version they started from.
         typo = await other.post("/bc/settings", data={

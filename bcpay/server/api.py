@@ -14,7 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from bcpay import notifications, outbox, payflow
+from bcpay import limits, notifications, order_reads, outbox, payflow
 from bcpay import snippet as snippet_versions
 from bcpay.errors import InvalidInputError, NotFoundError
 from bcpay.metrics import Metrics
@@ -64,32 +64,41 @@ async def start_payment(request: Request) -> Response:
     limiter = request.app.state.store_bucket
     wait = limiter.take(store_hash)
     if wait:
-        return JSONResponse(
-            {"error": {"code": "rate_limited", "message": "too many requests for this store"}},
-            status_code=429, headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-        )
+        return _too_many("too many requests for this store", wait)
     rt = runtime(request)
-    # Every look-up reads the order from BigCommerce, from the store's quota that the worker needs to mark
-    # orders paid. Look-ups that find nothing are what junk requests cost; past their budget only orders
-    # bcpay already knows go on (a shopper resuming), others wait.
-    failures = request.app.state.failed_lookups
-    wait = failures.peek(store_hash)
+    # Every look-up of an order bcpay has not read lately spends the store's BigCommerce quota, which the
+    # worker needs to mark orders paid. Failed look-ups (junk) are counted per client (IPv6: per /64), per
+    # order and per store (bcpay.limits); a client past its budget waits alone, and past the store's far
+    # larger one only orders bcpay already knows go on (a shopper resuming).
+    guard: limits.LookupGuard = request.app.state.lookup_guard
+    client = limits.client_key(request.client.host if request.client else None)
+    wait = guard.client_wait(client)
+    if wait:
+        return _too_many("too many unknown orders from this client; try again", wait)
+    wait = max(guard.order_wait(store_hash, order_id), guard.store_wait(store_hash))
     if wait and not await payflow.knows_order(rt, store_hash, order_id):
-        return JSONResponse(
-            {"error": {"code": "rate_limited", "message": "too many unknown orders for this store; try again"}},
-            status_code=429, headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-        )
+        return _too_many("too many unknown orders for this store; try again", wait)
     try:
-        view = await payflow.start_payment(rt, store_hash, order_id, cart_id)
+        view = await payflow.start_payment(
+            rt, store_hash, order_id, cart_id,
+            admit=guard.read_admitter(store_hash, rt.limiters.for_store(store_hash)),
+        )
     except NotFoundError as exc:
         if exc.code == "order_not_found":
-            failures.take(store_hash)
+            guard.failed(client, store_hash, order_id)
         raise
+    except order_reads.StartsLimited as exc:
+        return _too_many(exc.message, exc.retry_after)
     except payflow.AlreadyPaid as exc:
         return JSONResponse(
             {"error": {"code": exc.code, "message": exc.message}, "payment": exc.view.to_json()}, status_code=409
         )
     return JSONResponse(view.to_json(), status_code=200)
+
+
+def _too_many(message: str, wait: float) -> Response:
+    return JSONResponse({"error": {"code": "rate_limited", "message": message}}, status_code=429,
+                        headers={"Retry-After": str(max(1, int(wait + 0.999)))})
 
 
 async def payment_status(request: Request) -> Response:

@@ -29,6 +29,7 @@ from bcpay import snippet
 from bcpay.config import Settings
 from bcpay.effects import Worker
 from bcpay.errors import BcpayError, SignatureError
+from bcpay.limits import LookupGuard
 from bcpay.metrics import Metrics
 from bcpay.runtime import Runtime, open_runtime, settle_heap
 from bcpay.server import api, bcapp, pages, settings_page
@@ -117,6 +118,7 @@ def routes() -> list[Route]:
         Route("/bc/settings/anomalies/{anomaly_id:int}/resolve", settings_page.resolve_anomaly, methods=["POST"]),
         Route("/bc/settings/provision", settings_page.reprovision, methods=["POST"]),
         Route("/bc/settings/revoke-old-secret", settings_page.revoke_old_secret, methods=["POST"]),
+        Route("/bc/settings/users/{user_id:int}/access", settings_page.user_access, methods=["POST"]),
     ]
 
 
@@ -189,6 +191,9 @@ def create_app(
     app.state.settings = settings
     app.state.origins = origins
     app.state.store_bucket = TokenBucket(settings.server.rate_limit_per_store)
-    app.state.failed_lookups = TokenBucket(settings.server.failed_lookups_per_minute)
+    app.state.lookup_guard = LookupGuard(
+        per_client=settings.server.failed_lookups_per_client, per_order=settings.server.failed_lookups_per_order,
+        per_store=settings.server.failed_lookups_per_minute,
+    )
     app.state.install_attempts = TokenBucket(settings.server.install_attempts_per_minute)
     return app

@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bcpay.limits import client_key
 from bcpay.metrics import Metrics
 
 log = logging.getLogger("bcpay.access")
@@ -167,7 +168,7 @@ class RateLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(self.PREFIXES) and scope["method"] != "OPTIONS":
             client = scope.get("client")
-            wait = self.bucket.take(client[0] if client else "unknown")
+            wait = self.bucket.take(client_key(client[0] if client else None))  # IPv6: per /64
             if wait:
                 retry = str(max(1, int(wait + 0.999)))
                 await send_json_error(send, 429, "rate_limited", "too many requests", {"Retry-After": retry})

@@ -28,12 +28,12 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from bcpay import outbox, provisioning, refunds, rules, stores
+from bcpay import outbox, provisioning, refunds, roles, rules, settings_audit, stores
 from bcpay.errors import BcpayError, ConflictError, InvalidInputError, NotFoundError
 from bcpay.money import format_amount, from_minor, to_minor
 from bcpay.provisioning import Check
 from bcpay.runtime import Runtime
-from bcpay.server.bcapp import Viewer, bc_page, field, page, posted, runtime_of, viewer_of
+from bcpay.server.bcapp import Handler, Viewer, bc_page, field, page, posted, runtime_of, viewer_of
 from bcpay.storage import queries as q
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import payments
@@ -64,6 +64,7 @@ DONE_MESSAGES = {
     "resolved": "Anomaly marked as resolved.",
     "provisioned": "Storefront snippet and webhooks are in place.",
     "old_secret_revoked": "The previous CeleryPay secret is no longer accepted.",
+    "access_changed": "Who may change payment settings was updated.",
 }
 SHOWN_FIELDS = (
     "merchant_id",
@@ -191,7 +192,42 @@ async def render_settings(
         mismatch_statuses={k: v for k, v in ORDER_STATUSES.items() if k in rules.MISMATCH_STATUSES},
         done=DONE_MESSAGES.get(request.query_params.get("done", ""), ""),
         error=error,
+        **await _roles_context(rt, viewer),
     )
+
+
+async def _roles_context(rt: Runtime, viewer: Viewer) -> dict[str, Any]:
+    """Read-only or not, the owner's list of who may act, the audit rows and the sandbox warning."""
+    store = viewer.store
+    return {
+        "readonly": not roles.may_act(viewer.user),
+        "team": await roles.team(rt, store) if viewer.user.is_owner else [],
+        "audit": await settings_audit.recent(rt, store),
+        "sandbox_warning": stores.sandbox_warning(rt.settings, store),
+    }
+
+
+def acting(handler: Handler) -> Handler:
+    """Only for users who may act (:func:`bcpay.roles.may_act`): anyone else gets the page read-only,
+    403 ``not_allowed``, and nothing changes."""
+
+    async def endpoint(request: Request) -> Response:
+        viewer = await viewer_of(request)
+        if not roles.may_act(viewer.user):
+            response = await render_settings(
+                request, viewer, status=403,
+                error="Only the store owner, or a user the owner allows, may change this. Nothing was changed.",
+            )
+            response.headers["X-Bcpay-Error"] = roles.NotAllowed.code
+            return response
+        return await handler(request)
+
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+def _actor(viewer: Viewer) -> str:
+    return settings_audit.user_actor(viewer.user)
 
 
 def _done(what: str) -> Response:
@@ -236,6 +272,7 @@ def settings_changes(form: FormData, rt: Runtime) -> dict[str, Any]:
 
 
 @page
+@acting
 async def settings_save(request: Request) -> Response:
     """POST /bc/settings: CeleryPay credentials (secret write-only) and payment settings."""
     viewer, form = await posted(request)
@@ -298,6 +335,8 @@ async def settings_save(request: Request) -> Response:
                   "make your change again.",
         )
     log.info("settings of %s changed by user %s", store.store_hash, viewer.user.user_id)
+    await settings_audit.note(rt, store, actor=_actor(viewer), action="settings_saved",
+                              detail=_what_changed(store, updated, merchant_id, bool(secret), environment))
     if rt.policy(updated).method_name != rt.policy(store).method_name:
         # The snippet carries the method name; a failure here shows as "outdated" with a Fix button.
         try:
@@ -305,6 +344,22 @@ async def settings_save(request: Request) -> Response:
         except BcpayError as exc:
             log.warning("could not update the snippet of %s: %r", store.store_hash, exc)
     return _done("saved")
+
+
+def _what_changed(before: StoreRecord, after: StoreRecord, merchant_id: str, new_secret: bool,
+                  environment: str) -> str:
+    """The audit detail of a save: which fields changed (never a secret's value)."""
+    parts = []
+    if merchant_id != (before.merchant_id or ""):
+        parts.append(f"merchant id {before.merchant_id or '-'} -> {merchant_id or '-'}")
+    if new_secret:
+        parts.append("new API secret")
+    if environment != before.environment and merchant_id:
+        parts.append(f"environment {before.environment} -> {environment}")
+    for key in sorted(set(before.settings) | set(after.settings)):
+        if before.settings.get(key) != after.settings.get(key):
+            parts.append(f"{key} {before.settings.get(key, 'default')} -> {after.settings.get(key, 'default')}")
+    return "; ".join(parts) or "no change"
 
 
 async def _store_payment(rt: Runtime, store: StoreRecord, text: str) -> PaymentRecord:
@@ -319,6 +374,7 @@ async def _store_payment(rt: Runtime, store: StoreRecord, text: str) -> PaymentR
 
 
 @page
+@acting
 async def refund(request: Request) -> Response:
     """POST /bc/settings/refund: first shows "Refund X of order N?", then (confirm=yes) refunds."""
     viewer, form = await posted(request)
@@ -371,10 +427,13 @@ async def refund(request: Request) -> Response:
             request, viewer, error=exc.message, status=min(exc.http_status, 502)
         )
     log.info("refund of order %s (%s) by user %s", payment.order_id, amount, viewer.user.user_id)
+    await settings_audit.note(rt, store, actor=_actor(viewer), action="refund",
+                              detail=f"order #{payment.order_id}: {format_amount(amount, payment.currency)}")
     return _done("refunded")
 
 
 @page
+@acting
 async def resolve_anomaly(request: Request) -> Response:
     """POST /bc/settings/anomalies/{anomaly_id}/resolve: mark an open anomaly of this store resolved."""
     viewer, form = await posted(request)
@@ -392,6 +451,9 @@ async def resolve_anomaly(request: Request) -> Response:
             )
             try:
                 resolved = await q.resolve_anomaly(conn, anomaly_id, rt.now(), detail)
+                if resolved:
+                    await settings_audit.record(conn, rt, store, actor=_actor(viewer), action="anomaly_resolved",
+                                                detail=f"anomaly {anomaly_id}" + (f": {note}" if note else ""))
             except BcpayError as exc:  # a refund still in doubt: settled by refund-resolve, not here
                 refused = exc
     if refused is not None:
@@ -404,6 +466,7 @@ async def resolve_anomaly(request: Request) -> Response:
 
 
 @page
+@acting
 async def reprovision(request: Request) -> Response:
     """POST /bc/settings/provision: reinstall the snippet and (re-)activate the webhooks."""
     viewer, _ = await posted(request)
@@ -415,10 +478,13 @@ async def reprovision(request: Request) -> Response:
         return await render_settings(
             request, viewer, error=f"BigCommerce refused: {exc.message[:300]}", status=502
         )
+    await settings_audit.note(rt, store, actor=_actor(viewer), action="provisioned",
+                              detail="snippet and webhooks reinstalled")
     return _done("provisioned")
 
 
 @page
+@acting
 async def revoke_old_secret(request: Request) -> Response:
     """POST /bc/settings/revoke-old-secret: end the previous CeleryPay secret's grace now (after a leak)."""
     viewer, _ = await posted(request)
@@ -427,4 +493,20 @@ async def revoke_old_secret(request: Request) -> Response:
         return await render_settings(request, viewer, error="No previous CeleryPay secret is accepted any more.",
                                      status=409)
     log.info("old CeleryPay secret of %s revoked by user %s", store.store_hash, viewer.user.user_id)
+    await settings_audit.note(rt, store, actor=_actor(viewer), action="old_secret_revoked")
     return _done("old_secret_revoked")
+
+
+@page
+async def user_access(request: Request) -> Response:
+    """POST /bc/settings/users/{user_id}/access: the owner allows (allowed=yes) or stops allowing a user to act."""
+    viewer, form = await posted(request)
+    rt = runtime_of(request)
+    try:
+        await roles.allow(rt, viewer.store, by=viewer.user, user_id=int(request.path_params["user_id"]),
+                          allowed=field(form, "allowed", 5) == "yes")
+    except BcpayError as exc:
+        response = await render_settings(request, viewer, error=exc.message, status=exc.http_status)
+        response.headers["X-Bcpay-Error"] = exc.code
+        return response
+    return _done("access_changed")

@@ -131,6 +131,8 @@ store_users = Table(
     Column("user_id", BigInteger, nullable=False),
     Column("email", String(255), nullable=False, server_default=""),
     Column("is_owner", Boolean, nullable=False, server_default=text("false")),
+    # Allowed by the owner to change money settings (``bcpay.roles``); the owner always may.
+    Column("may_act", Boolean, nullable=False, server_default=text("false")),
     Column("last_seen_at", UTCDateTime(), nullable=False),
     UniqueConstraint("store_id", "user_id"),
 )
@@ -309,4 +311,29 @@ snippet_versions = Table(
     Column("short_hash", String(16), primary_key=True),
     Column("body", LargeBinary, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Who changed a store's money settings, and when: the settings page and the CLI (``bcpay.settings_audit``).
+settings_audit = Table(
+    "settings_audit",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("actor", String(255), nullable=False),  # "user:<id> <email>" or "cli:<os user>"
+    Column("action", String(48), nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_settings_audit_store", "store_id", "id"),
+)
+
+# The last BigCommerce read of each order a payment start asked for (``bcpay.order_reads``): a hash of its
+# cart id, so a wrong one is refused without a call, and the answer, shared by every process for a few seconds.
+order_reads = Table(
+    "order_reads",
+    metadata,
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True),
+    Column("order_id", BigInteger, primary_key=True),
+    Column("cart_hash", String(64)),
+    Column("snapshot", Text),
+    Column("read_at", UTCDateTime(), nullable=False),
 )

@@ -208,7 +208,9 @@ def control_panel_page(stack: Stack, browser: Browser) -> Iterator[Page]:
     """A browser page on the control panel, whose iframe opens the app through a freshly signed /bc/load URL."""
 
     def load_url() -> str:
-        jwt = bc_jwt(secret=CLIENT_SECRET, aud=CLIENT_ID, sub=f"stores/{STORE_HASH}", now=int(time.time()))
+        # The store owner: only the owner, and users the owner allows, may change settings (bcpay.roles).
+        jwt = bc_jwt(secret=CLIENT_SECRET, aud=CLIENT_ID, sub=f"stores/{STORE_HASH}", now=int(time.time()),
+                     owner={"id": 42, "email": "clerk@example.com"})
         return f"{stack.bcpay}/bc/load?signed_payload_jwt={jwt}"
 
     stack.panel.make_src = load_url
