@@ -296,7 +296,7 @@ def provision(ctx: typer.Context, store_hash: StoreHash) -> None:
     """
     from bcpay import provisioning, settings_audit
 
-    async def work(rt: "Runtime", store: "StoreRecord") -> list[Check]:
+    async def work(rt: "Runtime", store: "StoreRecord") -> "list[Check]":
         done = await provisioning.provision(rt, store)
         await settings_audit.note(rt, store, actor=settings_audit.cli_actor(), action="provisioned",
                                   detail=f"{sum(c.ok for c in done)} of {len(done)} checks pass")

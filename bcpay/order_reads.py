@@ -100,14 +100,19 @@ def _interval(rt: Runtime) -> timedelta:
 
 
 async def read_order(
-    rt: Runtime, store: StoreRecord, order_id: int, *, admit: Callable[[], float] | None = None
+    rt: Runtime, store: StoreRecord, order_id: int, *, admit: Callable[[], float] | None = None,
+    fresh: bool = False,
 ) -> Order:
     """The order as BigCommerce answered it at most ``payments.order_read_interval`` seconds ago.
 
     ``admit()`` is asked before a call to BigCommerce is made: a wait in
     seconds refuses it (:class:`StartsLimited`). Raises NotFoundError
-    (``order_not_found``) for an order BigCommerce does not know.
+    (``order_not_found``) for an order BigCommerce does not know. ``fresh``
+    reads BigCommerce now whatever is kept (an operator's action, such as a
+    pay link, must not act on a status a few seconds old) and keeps the answer.
     """
+    if fresh:
+        return await _call(rt, store, order_id, await _row(rt, store, order_id), release=False)
     key = (store.id, order_id)
     flight = rt.order_flights.get(key)
     if flight is None:
@@ -139,13 +144,20 @@ async def _read(rt: Runtime, store: StoreRecord, order_id: int, admit: Callable[
     if admit is not None and (wait := admit()):
         await _release(rt, store, order_id, row)
         raise StartsLimited("too many payment starts for this store; try again", retry_after=wait)
+    return await _call(rt, store, order_id, row, release=True)
+
+
+async def _call(rt: Runtime, store: StoreRecord, order_id: int, row: dict[str, Any] | None, *, release: bool) -> Order:
+    """Read the order from BigCommerce and keep the answer (``release``: give back a claim on failure)."""
     try:
         order = await rt.bigcommerce(store).get_order(order_id)
     except UpstreamNotFound:
-        await _release(rt, store, order_id, row)
+        if release:
+            await _release(rt, store, order_id, row)
         raise NotFoundError("no such order", code="order_not_found") from None
     except BaseException:
-        await _release(rt, store, order_id, row)
+        if release:
+            await _release(rt, store, order_id, row)
         raise
     values = {"snapshot": _dump(order), "read_at": rt.now(),
               "cart_hash": cart_hash(order.cart_id) if order.cart_id else None}

@@ -152,10 +152,10 @@ async def _load_store(rt: Runtime, store_hash: str) -> StoreRecord:
 
 
 async def _read_order(
-    rt: Runtime, store: StoreRecord, order_id: int, admit: Callable[[], float] | None = None
+    rt: Runtime, store: StoreRecord, order_id: int, admit: Callable[[], float] | None = None, *, fresh: bool = False
 ) -> Order:
     # One BigCommerce read per order every few seconds, shared by every process (bcpay.order_reads).
-    return await order_reads.read_order(rt, store, order_id, admit=admit)
+    return await order_reads.read_order(rt, store, order_id, admit=admit, fresh=fresh)
 
 
 async def knows_order(rt: Runtime, store_hash: str, order_id: int) -> bool:
@@ -602,7 +602,7 @@ async def pay_link(rt: Runtime, store_hash: str, order_id: int) -> str:
     """
     store = await _load_store(rt, store_hash)
     await _raise_if_paid(rt, store, order_id)
-    order = await _read_order(rt, store, order_id)
+    order = await _read_order(rt, store, order_id, fresh=True)
     policy = rt.policy(store)
     refusal = rules.check_order_eligible(
         order, accepted_methods=policy.accepted_methods, max_age=timedelta(days=3650), now=rt.now()
