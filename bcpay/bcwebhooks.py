@@ -25,6 +25,7 @@ from bcpay.storage import queries as q
 from bcpay.stores import uninstall_confirmed
 
 MAX_BODY = 64 * 1024
+CHANNEL_SCOPES = frozenset({"store/channel/created", "store/channel/updated"})
 
 
 async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[str, str]) -> str:
@@ -65,6 +66,16 @@ async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[st
             if not isinstance(order_id, int) or isinstance(order_id, bool) or not 0 < order_id < 10**12:
                 raise InvalidInputError("webhook data.id is not an order id", code="invalid_webhook")
             await outbox.enqueue(conn, "order_status_changed", {"order_id": order_id}, now=rt.now(),
+                                 store_id=store.id)
+            return "queued"
+        if scope in CHANNEL_SCOPES:
+            # A storefront created, renamed, switched on or off (channels.mdx): read the channels and fix
+            # the snippets. The payload names only the channel; the job reads them all (a hint, like any).
+            data = payload.get("data") or {}
+            channel_id = data.get("id") if isinstance(data, dict) else None
+            if not isinstance(channel_id, int) or isinstance(channel_id, bool) or not 0 < channel_id < 10**9:
+                raise InvalidInputError("webhook data.id is not a channel id", code="invalid_webhook")
+            await outbox.enqueue(conn, "refresh_channels", {"channel_id": channel_id}, now=rt.now(),
                                  store_id=store.id)
             return "queued"
     if scope == "store/app/uninstalled":

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from bcpay import outbox, payflow, rules, stores
+from bcpay import channels, outbox, payflow, rules, stores
 from bcpay.clients.bigcommerce import BigCommerceClient, Order
 from bcpay.errors import (
     BcpayError,
@@ -260,11 +260,26 @@ async def refresh_script(rt: Runtime, job: JobRecord) -> str:
         store = await q.get_store_by_id(conn, int(job.store_id or 0))
     if not store.installed or not store.access_token_enc or store.script_uuid is None:
         return "skipped"  # uninstalled, or its snippet was removed on purpose
-    ours = provisioning.script_digest(rt, store)
+    ours = await provisioning.store_digest(rt, store)
     if job.payload.get("digest", "") != ours:
         if store.script_hash == ours:
             return "skipped"  # this version's tag is already there: the job is stale
         raise NotForThisWorker
+    await provisioning.install_script(rt, store)
+    return "apply"
+
+
+async def refresh_channels(rt: Runtime, job: JobRecord) -> str:
+    """Read the store's channels again (a channel webhook, the sweep, an upgrade) and fix the snippets."""
+    from bcpay import provisioning
+
+    async with rt.db.read() as conn:
+        store = await q.get_store_by_id(conn, int(job.store_id or 0))
+    if not store.installed or not store.access_token_enc:
+        return "skipped"
+    await channels.refresh(rt, store)
+    if store.script_uuid is None and store.script_hash is None:
+        return "apply"  # its snippet was removed on purpose (or never installed): channels only
     await provisioning.install_script(rt, store)
     return "apply"
 
@@ -309,10 +324,11 @@ HANDLERS: dict[str, Handler] = {
     "cancel_remote": cancel_remote,
     "refund": refund,
     "refresh_script": refresh_script,
+    "refresh_channels": refresh_channels,
 }
 # Kinds whose dedupe key means "one queued at a time", not "once ever": done, the job lets go of it.
 # A snippet version can come back (a method name changed and changed back) and must be installed again.
-KEY_RELEASED_WHEN_DONE = frozenset({"refresh_script"})
+KEY_RELEASED_WHEN_DONE = frozenset({"refresh_script", "refresh_channels"})
 
 
 class Worker:
@@ -409,8 +425,28 @@ class Worker:
                 log.warning("sweep of payment %s failed: %r", attempt.id, exc)
         from bcpay import refunds
 
+        await self.queue_stale_channels()
         await self.queue_outdated_scripts()
         return checked + await refunds.sweep_open(rt)
+
+    async def queue_stale_channels(self) -> int:
+        """Queue a channel read for every store whose channels are unread (an upgrade) or older than
+        ``channels.MAX_AGE`` (a site's domain changes without a webhook)."""
+        rt = self.rt
+        async with rt.db.read() as conn:
+            stores = await q.list_stores(conn, installed_only=True)
+        queued = 0
+        for store in stores:
+            if not store.access_token_enc:
+                continue
+            known = await channels.stored(rt, store)
+            read = min((c.read_at for c in known if c.read_at is not None), default=None)
+            if known and read is not None and read > rt.now() - channels.MAX_AGE:
+                continue
+            async with rt.db.transaction() as conn:
+                queued += await outbox.enqueue(conn, "refresh_channels", {}, now=rt.now(), store_id=store.id,
+                                               dedupe_key=f"refresh_channels:{store.id}")
+        return queued
 
     async def queue_outdated_scripts(self) -> int:
         """Queue a snippet update for every store whose installed tag is not the current one.
@@ -428,7 +464,7 @@ class Worker:
         for store in stores:
             if store.script_uuid is None or not store.access_token_enc:
                 continue
-            digest = provisioning.script_digest(rt, store)
+            digest = await provisioning.store_digest(rt, store)
             if digest == store.script_hash:
                 continue
             async with rt.db.transaction() as conn:

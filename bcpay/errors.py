@@ -195,7 +195,9 @@ CODES: dict[str, ErrorCode] = {
     "body_too_large": ErrorCode(
         "The body is over server.max_body_bytes (413), or over the limit of notifications or webhooks (400).",
         400, 413),
-    "origin_not_allowed": ErrorCode("A browser on an origin that is no installed store's called the API.", 403),
+    "origin_not_allowed": ErrorCode(
+        "A browser on an origin that is no installed store's, or another store's than the request names, called "
+        "the API.", 403),
     "unauthorized": ErrorCode("/metrics wants server.metrics_token as a Bearer token.", 401),
     # starting and following a payment
     "invalid_store_hash": ErrorCode("store_hash is missing or is not a store hash.", 400),
@@ -294,4 +296,9 @@ CODES: dict[str, ErrorCode] = {
     "missing_scopes": ErrorCode("The API account lacks scopes bcpay needs (the message lists them).", 400),
     "token_refused": ErrorCode("BigCommerce refused this access token; nothing was saved.", 400),
     "same_key": ErrorCode("rotate-key: the new key is the current key.", 400),
+    # multi-storefront (channels)
+    "unknown_channel": ErrorCode("The store has no storefront channel with this id (as bcpay last read them).", 404),
+    "invalid_channel_setting": ErrorCode("A channel setting is unknown or its value is not allowed.", 400),
+    "script_limit": ErrorCode(
+        "BigCommerce allows 10 scripts per app and they are all in use: no channel could get the snippet.", 502),
 }

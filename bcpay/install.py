@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bcpay import provisioning, stores
+from bcpay import channels, provisioning, stores
 from bcpay.clients.bigcommerce import exchange_oauth_code
 from bcpay.errors import (
     BcpayError,
@@ -143,8 +143,14 @@ async def install_from_oauth(rt: Runtime, *, code: str, scope: str, context: str
             scopes=token.scope,
             owner_email=token.owner_email or token.user_email,
         )
+        step = "reading the storefront channels"
+        await channels.refresh(rt, store)
         step = "installing the storefront snippet"
-        await provisioning.install_script(rt, store)
+        if "limit" in await provisioning.install_script(rt, store):
+            raise UpstreamRejected(
+                f"BigCommerce allows {provisioning.SCRIPTS_PER_APP} scripts per app and this app's are all in "
+                "use: remove one in Script Manager and install again", service="bigcommerce", status=422,
+                code="script_limit")
         step = "registering the webhooks"
         await provisioning.register_webhooks(rt, store)
         step = "saving the installing user"
@@ -235,6 +241,7 @@ async def open_app(rt: Runtime, claims: BcClaims) -> tuple[StoreRecord, AppUser]
         email=claims.user_email,
         is_owner=claims.user_id == claims.owner_id,
     )
+    await channels.queue_refresh(rt, store)  # a merchant opening the app may have changed a storefront
     return store, user
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bcpay import order_reads, outbox, rules
+from bcpay import channels, order_reads, outbox, rules
 from bcpay.clients.bigcommerce import Order
 from bcpay.clients.celerypay import Payment
 from bcpay.errors import (
@@ -33,7 +33,7 @@ from bcpay.errors import (
     UpstreamUnavailable,
 )
 from bcpay.money import format_amount, to_minor
-from bcpay.runtime import Runtime
+from bcpay.runtime import Runtime, StorePolicy
 from bcpay.storage import queries as q
 from bcpay.storage.db import Conn
 from bcpay.storage.records import PaymentRecord, StoreRecord
@@ -181,7 +181,7 @@ async def start_payment(
     order = await _read_order(rt, store, order_id, admit)
     if not rules.cart_matches(order, cart_id):
         raise NotFoundError("no such order", code="order_not_found")
-    policy = rt.policy(store)
+    policy = await channel_policy(rt, store, order)
     await _raise_if_paid(rt, store, order_id)
     refusal = rules.check_order_eligible(
         order, accepted_methods=policy.accepted_methods, max_age=policy.max_order_age, now=rt.now()
@@ -212,6 +212,11 @@ async def start_payment(
                 return view(rt, store, created)
         await _raise_if_paid(rt, store, order_id)
     raise ConflictError("could not open a payment for this order; try again", code="try_again")
+
+
+async def channel_policy(rt: Runtime, store: StoreRecord, order: Order) -> StorePolicy:
+    """The rules for this order: the store's, with its storefront channel's method names (multi-storefront)."""
+    return channels.policy(rt, store, channels.find(await channels.known(rt, store), order.channel_id))
 
 
 async def _raise_if_paid(rt: Runtime, store: StoreRecord, order_id: int) -> None:
@@ -252,6 +257,7 @@ async def _open_attempt(
                 expires_at=now + timedelta(seconds=expires_in),
                 created_at=now,
                 updated_at=now,
+                channel_id=order.channel_id,
             )
             if row is not None:
                 return row
@@ -603,7 +609,7 @@ async def pay_link(rt: Runtime, store_hash: str, order_id: int) -> str:
     store = await _load_store(rt, store_hash)
     await _raise_if_paid(rt, store, order_id)
     order = await _read_order(rt, store, order_id, fresh=True)
-    policy = rt.policy(store)
+    policy = await channel_policy(rt, store, order)
     refusal = rules.check_order_eligible(
         order, accepted_methods=policy.accepted_methods, max_age=timedelta(days=3650), now=rt.now()
     )

@@ -8,13 +8,17 @@ settings page and ``bcpay doctor``.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 
-from bcpay.clients.bigcommerce import Hook, ScriptSpec
+from bcpay import channels
+from bcpay.clients.bigcommerce import Hook, Script, ScriptSpec
 from bcpay.errors import BcpayError, RateLimited, UpstreamRejected, UpstreamUnavailable
 from bcpay.runtime import Runtime
 from bcpay.snippet import SCRIPT_DESCRIPTION, SCRIPT_NAME, script_tag
+from bcpay.storage import channel_queries as cq
 from bcpay.storage import queries as q
+from bcpay.storage.channel_queries import ChannelRecord
 from bcpay.storage.records import StoreRecord
 from bcpay.stores import REQUIRED_SCOPES
 
@@ -23,9 +27,14 @@ from bcpay.stores import REQUIRED_SCOPES
 #   payment (so it cannot be paid any more), and Refunded can refund at
 #   CeleryPay when payments.refund_on_status is on;
 # - app/uninstalled: forget the store's secrets even if /bc/uninstall is missed.
-WEBHOOK_SCOPES = ("store/order/statusUpdated", "store/app/uninstalled")
+# - channel/created, channel/updated: a new storefront, or one switched on or off, gets (or loses) its
+#   snippet at once (reference section 11; channels.mdx).
+WEBHOOK_SCOPES = ("store/order/statusUpdated", "store/app/uninstalled", "store/channel/created",
+                  "store/channel/updated")
 WEBHOOK_SECRET_HEADER = "X-Bcpay-Secret"
 PAYMENT_SETTINGS_PATH = "/manage/settings/payment"
+SCRIPTS_PER_APP = 10  # scripts.v3.yml: "Each app can have 10 scripts installed."
+log = logging.getLogger("bcpay.provisioning")
 
 
 @dataclass(frozen=True)
@@ -38,55 +47,147 @@ class Check:
     fix: list[str] = field(default_factory=list)
 
 
-def desired_script(rt: Runtime, store: StoreRecord) -> ScriptSpec:
-    """The Script Manager script bcpay wants on the store."""
+def desired_script(rt: Runtime, store: StoreRecord, channel: ChannelRecord | None = None) -> ScriptSpec:
+    """The Script Manager script bcpay wants on the store's ``channel`` (channel 1 when not given)."""
+    policy = channels.policy(rt, store, channel)
     return ScriptSpec(
         name=SCRIPT_NAME,
         description=SCRIPT_DESCRIPTION,
         kind="script_tag",
-        html=script_tag(rt.settings.app.public_url, store.store_hash, rt.policy(store).method_name),
+        html=script_tag(rt.settings.app.public_url, store.store_hash, policy.method_name,
+                        default_lang=channels.lang(channel)),
         load_method="default",
         location="footer",
         visibility="order_confirmation",
         auto_uninstall=True,
         consent_category="essential",
         enabled=True,
+        channel_id=channel.channel_id if channel is not None else channels.DEFAULT_CHANNEL,
     )
 
 
-def script_digest(rt: Runtime, store: StoreRecord) -> str:
-    """The hash of the script tag bcpay wants on the store (``stores.script_hash`` when current)."""
-    return hashlib.sha256((desired_script(rt, store).html or "").encode()).hexdigest()
+def script_digest(rt: Runtime, store: StoreRecord, known: list[ChannelRecord] | None = None) -> str:
+    """The hash of every tag bcpay wants on the store, one per channel (``stores.script_hash`` when current).
+
+    Without ``known`` (no channels read yet) it is channel 1's tag alone.
+    """
+    wanted = [c for c in (known or [channels.fallback(store)]) if channels.wants_snippet(c)]
+    text = "\n".join(f"{c.channel_id}:{desired_script(rt, store, c).html}" for c in wanted)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-async def install_script(rt: Runtime, store: StoreRecord, *, remove: bool = False) -> str:
-    """Create, update or remove bcpay's script; never leaves two. Returns what it did."""
+async def store_digest(rt: Runtime, store: StoreRecord) -> str:
+    """:func:`script_digest` over the store's stored channels."""
+    return script_digest(rt, store, await channels.stored(rt, store))
+
+
+def _tag_digest(spec: ScriptSpec) -> str:
+    return hashlib.sha256((spec.html or "").encode()).hexdigest()
+
+
+def _script_state(script: Script) -> tuple[object, ...]:
+    return (script.html, script.visibility, script.location, script.enabled, script.kind, script.consent_category)
+
+
+def _spec_state(spec: ScriptSpec) -> tuple[object, ...]:
+    return (spec.html, spec.visibility, spec.location, spec.enabled, spec.kind, spec.consent_category)
+
+
+async def install_script(rt: Runtime, store: StoreRecord, *, remove: bool = False,
+                         channel_id: int | None = None) -> str:
+    """Create, update or remove bcpay's script on each channel that takes orders; returns what it did.
+
+    One script per channel (Script Manager scripts belong to one channel,
+    reference section 11), keyed on (name, channel): never two on a channel,
+    and a channel's copy is only ever deleted for that channel (inactive,
+    deleted, not offering the method) or as a second copy on the same channel.
+    A script on a channel bcpay has not read is left alone. The app's limit of
+    10 scripts is never hit: a channel past it is reported (``limit``). With
+    ``channel_id`` only that channel is touched. A store with channel 1 only
+    answers one word (created, updated, unchanged, removed, absent).
+    """
+    known = await channels.stored(rt, store)
+    if not known and not remove:
+        known = await channels.refresh(rt, store)
+    known = known or [channels.fallback(store)]
+    if channel_id is not None and channels.find(known, channel_id) is None:
+        raise BcpayError(f"store {store.store_hash} has no channel {channel_id}", code="unknown_channel")
     bc = rt.bigcommerce(store)
-    ours = [s for s in await bc.list_scripts() if s.name == SCRIPT_NAME]
-    spec = desired_script(rt, store)
-    action = "unchanged"
-    if remove:
-        for script in ours:
+    scripts = await bc.list_scripts()
+    ours: dict[int, list[Script]] = {}
+    for script in scripts:
+        if script.name == SCRIPT_NAME:
+            ours.setdefault(script.channel_id or channels.DEFAULT_CHANNEL, []).append(script)
+    wanted = {} if remove else {c.channel_id: c for c in known if channels.wants_snippet(c)}
+    known_ids = {c.channel_id for c in known}
+    in_scope = (lambda cid: cid == channel_id) if channel_id is not None else (lambda cid: True)
+    actions: dict[int, str] = {}
+    uuids: dict[int, str | None] = {}
+    count = len(scripts)
+    for cid, copies in sorted(ours.items()):
+        if not in_scope(cid):
+            continue
+        if cid not in wanted:
+            if remove or cid in known_ids:
+                for script in copies:
+                    await bc.delete_script(script.uuid)
+                    count -= 1
+                actions[cid] = "removed"
+                uuids[cid] = None
+            continue
+        for script in copies[1:]:  # a second copy on the same channel: two tags on one page
             await bc.delete_script(script.uuid)
-        action = "removed" if ours else "absent"
-        uuid = None
-    elif not ours:
-        uuid = (await bc.create_script(spec)).uuid
-        action = "created"
-    else:
-        keep, *extra = ours
-        for script in extra:
-            await bc.delete_script(script.uuid)
-        current = (keep.html, keep.visibility, keep.location, keep.enabled, keep.kind, keep.consent_category)
-        wanted = (spec.html, spec.visibility, spec.location, spec.enabled, spec.kind, spec.consent_category)
-        if current != wanted or extra:
-            await bc.update_script(keep.uuid, spec)
-            action = "updated"
-        uuid = keep.uuid
+            count -= 1
+    for cid, channel in sorted(wanted.items()):
+        if not in_scope(cid):
+            continue
+        spec = desired_script(rt, store, channel)
+        copies = ours.get(cid, [])
+        if copies:
+            keep = copies[0]
+            if _script_state(keep) != _spec_state(spec) or len(copies) > 1:
+                await bc.update_script(keep.uuid, spec)
+                actions[cid] = "updated"
+            else:
+                actions[cid] = "unchanged"
+            uuids[cid] = keep.uuid
+        elif count >= SCRIPTS_PER_APP:
+            actions[cid] = "limit"
+            uuids[cid] = None
+            log.warning("store %s: no snippet on channel %s: BigCommerce allows %s scripts per app",
+                        store.store_hash, cid, SCRIPTS_PER_APP)
+        else:
+            uuids[cid] = (await bc.create_script(spec)).uuid
+            count += 1
+            actions[cid] = "created"
+    if not remove:
+        for channel in known:
+            if channel.channel_id not in actions and in_scope(channel.channel_id):
+                actions[channel.channel_id] = "no snippet: " + (
+                    f"channel {channel.status}" if not channels.takes_orders(channel) else "method not offered")
+    now = rt.now()
+    stored_rows = {c.channel_id for c in await channels.stored(rt, store)}
     async with rt.db.transaction() as conn:
-        await q.update_store(conn, store.id, rt.now(), script_uuid=uuid,
-                             script_hash=None if remove else script_digest(rt, store))
-    return action
+        for cid, uuid in uuids.items():
+            if cid in stored_rows:
+                spec_hash = None if uuid is None else _tag_digest(desired_script(rt, store, wanted[cid]))
+                await cq.update_channel(conn, store.id, cid, now, script_uuid=uuid, script_hash=spec_hash)
+        installed = {cid: u for cid, u in uuids.items() if u}
+        first = installed.get(channels.DEFAULT_CHANNEL) or next(iter(installed.values()), None)
+        if channel_id is None:
+            await q.update_store(conn, store.id, now, script_uuid=first,
+                                 script_hash=None if remove else script_digest(rt, store, known))
+        elif first is not None and store.script_uuid is None:
+            await q.update_store(conn, store.id, now, script_uuid=first)
+    return _summary(actions, remove=remove)
+
+
+def _summary(actions: dict[int, str], *, remove: bool) -> str:
+    if not actions:
+        return "absent" if remove else "unchanged"
+    if set(actions) == {channels.DEFAULT_CHANNEL}:
+        return actions[channels.DEFAULT_CHANNEL]
+    return ", ".join(f"channel {cid}: {what}" for cid, what in sorted(actions.items()))
 
 
 def webhook_url(rt: Runtime, store: StoreRecord) -> str:
@@ -241,8 +342,16 @@ async def provision(rt: Runtime, store: StoreRecord) -> list[Check]:
     checks = [token]
     if not token.ok:
         return checks
+    known = await channels.refresh(rt, store)
+    taking = [c for c in known if channels.takes_orders(c)]
+    checks.append(Check("storefront channels", True, ", ".join(
+        f"{c.channel_id} {c.name or '?'} ({c.status}{', ' + c.site_url if c.site_url else ''})" for c in known)
+        or "none", [] if taking else ["No storefront channel takes orders."]))
     action = await install_script(rt, store)
-    checks.append(Check("storefront snippet", True, action))
+    checks.append(Check("storefront snippet", "limit" not in action, action,
+                        [] if "limit" not in action else [
+                            f"BigCommerce allows {SCRIPTS_PER_APP} scripts per app: switch OKCloud Pay off on a "
+                            "channel that does not need it (`bcpay channels configure STORE N --no-method`)."]))
     hooks = await register_webhooks(rt, store)
     checks.append(Check("webhooks", True, ", ".join(f"{k}: {v}" for k, v in hooks.items())))
     checks.append(await check_payment_method(rt, store))

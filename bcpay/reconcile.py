@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from sqlalchemy import select
 
-from bcpay import payflow, rules
+from bcpay import channels, payflow, rules
 from bcpay.clients.bigcommerce import Order
 from bcpay.clients.celerypay import CeleryPayClient, Payment
 from bcpay.effects import Worker
@@ -362,6 +362,9 @@ async def reconcile(
     if not store.has_credentials:
         raise ConflictError(f"store {store.store_hash} is not installed and configured", code="store_not_configured")
     policy = rt.policy(store)
+    # Any channel's own method names count (multi-storefront: a channel may name the method differently).
+    known = await channels.known(rt, store)
+    accepted = {c.channel_id: set(channels.policy(rt, store, c).accepted_methods) for c in known}
     bc = rt.bigcommerce(store)
     ctx = _Context(rt, store, rt.celerypay(store), Pacer(celerypay_rate), fix,
                    rt.now() - timedelta(seconds=rt.settings.payments.unstarted_after))
@@ -387,7 +390,7 @@ async def reconcile(
         for kind, status in (("awaiting", rules.STATUS_AWAITING_PAYMENT), ("paid", policy.paid_status_id)):
             batch: list[Order] = []
             async for order in bc.iter_orders(status_id=status, min_date_created=since, page_size=PAGE):
-                if order.payment_method in policy.accepted_methods:
+                if order.payment_method in accepted.get(order.channel_id, set(policy.accepted_methods)):
                     batch.append(order)
                 if len(batch) >= BATCH:
                     await hand_over(kind, batch)

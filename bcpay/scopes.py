@@ -14,3 +14,10 @@ REQUIRED_SCOPES: tuple[str, ...] = (
     "store_v2_information_read_only",
     "store_payments_methods_read",
 )
+
+# Multi-storefront (reference section 11): the storefront channels and their sites' domains. Asked for, not
+# required: without them bcpay serves channel 1 on the store's URL only, as before, and doctor says so.
+CHANNEL_SCOPES: tuple[str, ...] = (
+    "store_channel_settings_read_only",
+    "store_sites_read_only",
+)

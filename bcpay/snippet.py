@@ -51,8 +51,14 @@ def script_url(public_url: str) -> str:
     return f"{public_url.rstrip('/')}/static/inject.{asset().short_hash}.js"
 
 
-def script_tag(public_url: str, store_hash: str, method_name: str, lang: str = "auto") -> str:
-    """The exact HTML installed in the Script Manager (kind ``script_tag``)."""
+def script_tag(public_url: str, store_hash: str, method_name: str, lang: str = "auto", *,
+               default_lang: str = "") -> str:
+    """The exact HTML installed in the Script Manager (kind ``script_tag``).
+
+    ``default_lang`` is the channel's language, used when the page declares none
+    (``<html lang>``); the attribute is left out when there is none, so a tag
+    without it stays what it was.
+    """
     attrs = {
         "src": script_url(public_url),
         "integrity": asset().integrity,
@@ -62,6 +68,8 @@ def script_tag(public_url: str, store_hash: str, method_name: str, lang: str = "
         "data-method-name": method_name,
         "data-lang": lang,
     }
+    if default_lang:
+        attrs["data-default-lang"] = default_lang
     rendered = " ".join(f'{k}="{html.escape(v, quote=True)}"' for k, v in attrs.items())
     # Stencil substitutes {{checkout.order.id}} on the confirmation page; left raw elsewhere. async, not
     # defer: a deferred script holds back DOMContentLoaded (the theme's and tag managers' "ready") until

@@ -216,6 +216,8 @@ async def test_install_exchanges_the_code_with_the_exact_fields_and_provisions_t
     hooks = sorted((h["scope"], h["destination"], h["is_active"]) for h in fake.hooks.values())
     assert hooks == [
         ("store/app/uninstalled", HOOK_URL, True),
+        ("store/channel/created", HOOK_URL, True),
+        ("store/channel/updated", HOOK_URL, True),
         ("store/order/statusUpdated", HOOK_URL, True),
     ]
     secret = world.rt.vault.open(row["webhook_secret_enc"])
@@ -236,7 +238,7 @@ async def test_installing_again_changes_nothing_at_bigcommerce(
     assert (await install(world, panel)).status_code == 303
     fake = world.bc.store(STORE_HASH)
     assert len([s for s in fake.scripts.values() if s["name"] == SCRIPT_NAME]) == 1
-    assert len(fake.hooks) == 2
+    assert len(fake.hooks) == 4
     assert (await store_row(world))["webhook_secret_enc"] == first["webhook_secret_enc"]
 
 

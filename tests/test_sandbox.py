@@ -25,7 +25,8 @@ async def test_sandbox_provisions_the_store_like_an_operator(sandbox: Sandbox) -
     assert scripts[0]["visibility"] == "order_confirmation" and scripts[0]["consent_category"] == "essential"
     assert asset().integrity in scripts[0]["html"] and sandbox.urls.bcpay in scripts[0]["html"]
     scopes = sorted(h["scope"] for h in store.hooks.values())
-    assert scopes == ["store/app/uninstalled", "store/order/statusUpdated"]
+    assert scopes == ["store/app/uninstalled", "store/channel/created", "store/channel/updated",
+                      "store/order/statusUpdated"]
     async with httpx.AsyncClient() as http:
         assert (await http.get(sandbox.urls.bcpay + "/readyz")).json() == {"status": "ok"}
         page = await http.get(sandbox.urls.storefront + "/")

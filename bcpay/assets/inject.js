@@ -123,9 +123,10 @@
     });
   }
 
-  function chooseLang(dataLang, docLang) {
+  function chooseLang(dataLang, docLang, channelLang) {
     var v = norm(dataLang);
     if (!v || v === 'auto') v = norm(docLang);
+    if (!v) v = norm(channelLang); // the channel's language, when the page declares none
     return v.slice(0, 2) === 'zh' ? 'zh' : 'en';
   }
 
@@ -199,6 +200,7 @@
       store: /^[a-z0-9]{1,32}$/.test(attr('data-store-hash')) ? attr('data-store-hash') : '',
       method: attr('data-method-name') || 'OKCloud Pay',
       lang: attr('data-lang') || 'auto',
+      defaultLang: attr('data-default-lang') || '',
       orderId: positiveInt(attr('data-order-id')), // raw {{checkout.order.id}} or empty: absent
       texts: texts,
       // Timing knobs; tests shorten them. Defaults follow the issue (1 s to 5 s, ~2 min).
@@ -469,7 +471,7 @@
 
   function texts() {
     if (ui.texts) return ui.texts;
-    var lang = chooseLang(cfg.lang, document.documentElement.getAttribute('lang'));
+    var lang = chooseLang(cfg.lang, document.documentElement.getAttribute('lang'), cfg.defaultLang);
     var t = Object.assign({}, TEXTS.en, TEXTS[lang]);
     [cfg.texts, window.bcpayOkcloudTexts].forEach(function (src) {
       if (!src || typeof src !== 'object') return;

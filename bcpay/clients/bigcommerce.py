@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 
 from bcpay.clients.bigcommerce_models import (
+    Channel,
     Hook,
     Malformed,
     Metafield,
@@ -34,6 +35,7 @@ from bcpay.clients.bigcommerce_models import (
     PaymentMethod,
     Script,
     ScriptSpec,
+    Site,
     StoreInfo,
 )
 from bcpay.clients.http import (
@@ -57,6 +59,7 @@ from bcpay.errors import (
 
 __all__ = [
     "BigCommerceClient",
+    "Channel",
     "Hook",
     "Metafield",
     "OAuthToken",
@@ -65,6 +68,7 @@ __all__ = [
     "PaymentMethod",
     "Script",
     "ScriptSpec",
+    "Site",
     "StoreInfo",
     "decipher",
     "exchange_oauth_code",
@@ -410,6 +414,23 @@ class BigCommerceClient:
     async def delete_script(self, uuid: str) -> None:
         """``DELETE /v3/content/scripts/{uuid}`` (204)."""
         await self._request("DELETE", f"/v3/content/scripts/{_uuid(uuid)}")
+
+    # --- channels and sites (v3, reference section 11) ----------------------------------------
+
+    async def list_channels(self) -> list[Channel]:
+        """``GET /v3/channels`` (every page): the store's channels, channel 1 always among them."""
+        return [_parse(Channel.from_json, c) for c in await self._v3_list("/channels")]
+
+    async def channel_site(self, channel_id: int) -> Site | None:
+        """``GET /v3/channels/{id}/site``; None when the channel has no site (404)."""
+        _check_id(channel_id, "channel_id")
+        try:
+            data, response = await self._v3("GET", f"/channels/{channel_id}/site")
+        except UpstreamNotFound:
+            return None
+        if data is None or data == {}:
+            return None
+        return _parse(Site.from_json, data, response)
 
     # --- webhooks (v3) ---------------------------------------------------------------------
 

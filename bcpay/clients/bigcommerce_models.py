@@ -402,3 +402,88 @@ class OAuthToken:
             owner_email=owner_email if isinstance(owner_email, str) else None,
             account_uuid=account_uuid if isinstance(account_uuid, str) else None,
         )
+
+
+# --- multi-storefront (reference section 11; channels.v3.yml, sites.v3.yml) ---------------------------
+
+CHANNEL_STATUSES = frozenset({
+    "active", "prelaunch", "inactive", "connected", "disconnected", "archived", "deleted", "terminated"})
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One row of ``GET /v3/channels`` (``ChannelWithoutCurrencies``: ``id`` and ``name`` required)."""
+
+    id: int
+    name: str
+    type: str
+    platform: str
+    status: str
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Channel:
+        """Parse one channel; an unknown status is kept as it came (BigCommerce adds values)."""
+        o = _obj(obj, "channel")
+        channel_id = _int(o, "id")
+        if channel_id < 1:
+            raise Malformed("channel id is not positive")
+        return cls(
+            id=channel_id,
+            name=_str(o, "name"),
+            type=_str(o, "type", default=""),
+            platform=_str(o, "platform", default=""),
+            status=_str(o, "status", default="active"),
+        )
+
+
+SITE_URL_TYPES = frozenset({"primary", "canonical", "checkout"})
+
+
+@dataclass(frozen=True)
+class Site:
+    """``GET /v3/channels/{id}/site``: the channel's domain(s).
+
+    ``url`` is the primary URL; ``urls`` the typed ones (``primary``, ``canonical``,
+    ``checkout``). ``checkout_customized`` is ``is_checkout_url_customized``: when
+    false, checkout "falls back to the default channel's primary URL".
+    """
+
+    id: int
+    channel_id: int
+    url: str
+    urls: tuple[tuple[str, str], ...]  # (type, url)
+    checkout_customized: bool | None
+
+    def url_of(self, kind: str) -> str | None:
+        """The first URL of ``kind`` (primary, canonical, checkout), if the site has one."""
+        return next((u for t, u in self.urls if t == kind), None)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Site:
+        """Parse a site; URLs must be http(s)."""
+        o = _obj(obj, "site")
+        urls: list[tuple[str, str]] = []
+        raw_urls = o.get("urls") or []
+        if not isinstance(raw_urls, list):
+            raise Malformed("urls is not a list")
+        for item in raw_urls:
+            u = _obj(item, "site url")
+            kind, value = _str(u, "type", default=""), _str(u, "url")
+            if kind in SITE_URL_TYPES:
+                urls.append((kind, _http_url(value)))
+        customized = o.get("is_checkout_url_customized")
+        if customized is not None and not isinstance(customized, bool):
+            raise Malformed("is_checkout_url_customized is not a boolean")
+        return cls(
+            id=_int(o, "id", optional=True) or 0,
+            channel_id=_int(o, "channel_id"),
+            url=_http_url(_str(o, "url")),
+            urls=tuple(urls),
+            checkout_customized=customized,
+        )
+
+
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", value) or len(value) > 512:
+        raise Malformed("site url is not an http(s) URL")
+    return value

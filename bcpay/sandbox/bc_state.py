@@ -58,7 +58,7 @@ _STATUS_SORT = {0: 0, 1: 1, 2: 8, 3: 6, 4: 11}
 DEFAULT_SCOPES = frozenset({
     "store_v2_orders", "store_v2_content", "store_content_checkout",
     "store_v2_information_read_only", "store_payments_methods_read",
-    "store_v2_transactions_read_only",
+    "store_v2_transactions_read_only", "store_channel_settings_read_only", "store_sites_read_only",
 })
 
 # PUT /v2/orders/{id}: the scalar fields of `order_Put` the fake stores.
@@ -155,6 +155,9 @@ class Store:
     status_emails: set[int] = field(default_factory=set)
     # Every e-mail the store sent a customer, oldest first: {"order_id", "to", "subject", "body"}.
     emails: list[JSON] = field(default_factory=list)
+    # Multi-storefront (channels.v3.yml): channel id -> ChannelWithoutCurrencies, and -> its Site.
+    channels: dict[int, JSON] = field(default_factory=dict)
+    sites: dict[int, JSON] = field(default_factory=dict)
 
     def method_named(self, name: str) -> PaymentMethod | None:
         """The enabled method whose display name or code is ``name``."""
@@ -309,6 +312,9 @@ class FakeBigCommerce:
         ]
         store.tokens[access_token] = TokenGrant(client_id, frozenset(scopes))
         self.stores[store_hash] = store
+        from bcpay.sandbox.bc_channels import add_channel
+
+        add_channel(self, store_hash, name=store.name, url=store.secure_url, channel_id=1)
         return store
 
     def store(self, store_hash: str) -> Store:
@@ -374,7 +380,8 @@ class FakeBigCommerce:
                      email: str = "shopper@example.com", cart_id: str | None = None,
                      created: datetime | None = None, display_currency: str | None = None,
                      first_name: str = "Jane", last_name: str = "Doe", customer_message: str = "",
-                     order_source: str = "www", line_items: list[JSON] | None = None) -> JSON:
+                     order_source: str = "www", line_items: list[JSON] | None = None,
+                     channel_id: int = 1) -> JSON:
         """Create an order as checkout would and return its v2 JSON."""
         store = self.store(store_hash)
         if status_id not in ORDER_STATUSES:
@@ -423,7 +430,7 @@ class FakeBigCommerce:
                 "phone": "", "email": email, "form_fields": [],
             },
             "is_email_opt_in": False, "credit_card_type": None, "order_source": order_source,
-            "channel_id": 1, "external_source": None, "external_id": None,
+            "channel_id": channel_id, "external_source": None, "external_id": None,
             "external_merchant_id": None, "tax_provider_id": "BasicTaxProvider",
             "customer_locale": "en", "external_order_id": "",
             "products": self._sub_resource(store_hash, order_id, "products"),

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bcpay.sandbox import bc_channels
 from bcpay.sandbox.bc_rules import (
     hook_matches,
     int_param,
@@ -329,6 +330,7 @@ class _Api:
     async def create_script(self, request: Request, ctx: _Ctx) -> Response:
         script = validate_script(await _json_body(request), None)
         self._check_checkout_scope(ctx, script)
+        bc_channels.check_script_channel(ctx.store, script)
         if len(self._own_scripts(ctx)) >= _MAX_SCRIPTS_PER_CLIENT:
             raise FakeApiError(422, "Each app can have at most 10 scripts installed.",
                                {"scripts": "limit of 10 scripts per app reached"})
@@ -345,6 +347,8 @@ class _Api:
         script = self._script(ctx, request)
         updated = validate_script(await _json_body(request), script)
         self._check_checkout_scope(ctx, updated)
+        if updated.get("channel_id", 1) not in ctx.store.channels:
+            raise FakeApiError(422, "Channel does not exist.", {"channel_id": "invalid channel"})
         script.clear()
         script.update(updated, date_modified=iso8601(self.state.clock()))
         return JSONResponse({"data": script, "meta": {}})
@@ -352,6 +356,14 @@ class _Api:
     async def delete_script(self, request: Request, ctx: _Ctx) -> Response:
         del ctx.store.scripts[self._script(ctx, request)["uuid"]]
         return Response(status_code=204)
+
+    # --- v3 channels and sites -----------------------------------------------------
+
+    async def list_channels(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_channels.list_channels(request, ctx.store)
+
+    async def get_channel_site(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_channels.get_channel_site(request, ctx.store)
 
     # --- v3 hooks -----------------------------------------------------------------
 
@@ -468,6 +480,10 @@ def create_bigcommerce_api(state: FakeBigCommerce, *, quota: Quota | None = None
         gate.route(base + "/v3/content/scripts/{uuid}", {
             "GET": (api.get_script, content_r), "PUT": (api.put_script, content_w),
             "DELETE": (api.delete_script, content_w)}, v2=False),
+        gate.route(base + "/v3/channels", {
+            "GET": (api.list_channels, "store_channel_settings_read_only")}, v2=False),
+        gate.route(base + "/v3/channels/{channel_id:int}/site", {
+            "GET": (api.get_channel_site, "store_sites_read_only")}, v2=False),
         # Webhooks need no OAuth scope, only a valid token.
         gate.route(base + "/v3/hooks", {
             "GET": (api.list_hooks, None), "POST": (api.create_hook, None)}, v2=False),

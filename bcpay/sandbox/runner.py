@@ -41,6 +41,7 @@ from bcpay.sandbox.bc_state import FakeBigCommerce
 from bcpay.sandbox.bigcommerce import Chaos, Quota, create_bigcommerce_api
 from bcpay.sandbox.celerypay import FakeCeleryPay, FakeOptions
 from bcpay.sandbox.storefront import create_storefront
+from bcpay.scopes import CHANNEL_SCOPES
 from bcpay.server.app import create_app
 
 T = TypeVar("T")
@@ -185,7 +186,7 @@ class Sandbox:
         """What an operator runs: stores add, stores configure, install-script, webhooks register."""
         rt = self.runtime
         await stores.register(rt, STORE_HASH, access_token=ACCESS_TOKEN, source="api_account",
-                              scopes=" ".join(stores.REQUIRED_SCOPES))
+                              scopes=" ".join((*stores.REQUIRED_SCOPES, *CHANNEL_SCOPES)))
         store = await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID,
                                                 api_secret=MERCHANT_SECRET, environment="sandbox")
         await provisioning.install_script(rt, store)

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from bcpay import limits, notifications, order_reads, outbox, payflow
 from bcpay import snippet as snippet_versions
-from bcpay.errors import InvalidInputError, NotFoundError
+from bcpay.errors import BcpayError, InvalidInputError, NotFoundError
 from bcpay.metrics import Metrics
 from bcpay.runtime import Runtime
 from bcpay.snippet import asset
@@ -46,6 +46,20 @@ async def json_body(request: Request) -> dict[str, Any]:
     return data
 
 
+async def check_origin(request: Request, store_hash: str) -> None:
+    """A browser's origin may call bcpay for its own store only: each store's URL, its channels' sites and its
+    extra origins (the CORS middleware lets any installed store's origin through, a preflight names no store)."""
+    origin = request.headers.get("origin")
+    if origin and not await request.app.state.origins.allowed_for(origin, store_hash):
+        raise ForbiddenOrigin("this origin may not call bcpay for this store", code="origin_not_allowed")
+
+
+class ForbiddenOrigin(BcpayError):
+    """A store's page calling bcpay about another store."""
+
+    http_status = 403
+
+
 def store_hash_of(value: Any) -> str:
     """Validate a store hash from outside."""
     if not isinstance(value, str) or not STORE_HASH.fullmatch(value):
@@ -57,6 +71,7 @@ async def start_payment(request: Request) -> Response:
     """POST /api/v1/payments {store_hash, order_id, cart_id}: start or resume payment."""
     data = await json_body(request)
     store_hash = store_hash_of(data.get("store_hash"))
+    await check_origin(request, store_hash)
     order_id = payflow.order_number(data.get("order_id"))
     cart_id = data.get("cart_id")
     if not isinstance(cart_id, str) or not CART_ID.fullmatch(cart_id):
@@ -104,6 +119,7 @@ def _too_many(message: str, wait: float) -> Response:
 async def payment_status(request: Request) -> Response:
     """GET /api/v1/payments/{token}: the real status, asking CeleryPay when pending."""
     view = await payflow.payment_status(runtime(request), request.path_params["token"])
+    await check_origin(request, view.store_hash)
     return JSONResponse(view.to_json(), headers={"Cache-Control": "no-store"})
 
 

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bcpay import snippet
+from bcpay import channels, snippet
 from bcpay.config import Settings
 from bcpay.effects import Worker
 from bcpay.errors import BcpayError, SignatureError
@@ -34,7 +34,7 @@ from bcpay.metrics import Metrics
 from bcpay.runtime import Runtime, open_runtime, settle_heap
 from bcpay.server import api, bcapp, pages, settings_page
 from bcpay.server.middleware import BodyLimit, RateLimit, RequestContext, StoreCors, TokenBucket, route_name
-from bcpay.storage import migrate
+from bcpay.storage import channel_queries, migrate
 from bcpay.storage import queries as q
 
 log = logging.getLogger("bcpay.server")
@@ -42,20 +42,29 @@ SHUTDOWN_GRACE = 10.0  # seconds the in-process worker's running jobs get to fin
 
 
 class OriginCache:
-    """Which browser origins may call ``/api/v1``: installed stores' URLs and extras."""
+    """Which browser origins may call ``/api/v1``, and for which store: each installed store's URL, its
+    storefront channels' site origins (multi-storefront) and its extras; an origin counts for its own store only."""
 
     def __init__(self, ttl: float = 30.0) -> None:
         self.ttl = ttl
         self.runtime: Runtime | None = None
-        self._origins: frozenset[str] = frozenset()
+        self._origins: dict[str, frozenset[str]] = {}
         self._loaded = 0.0
 
-    async def allowed(self, origin: str) -> bool:
-        """True when ``origin`` belongs to an installed store (refreshed every ``ttl`` s)."""
+    async def _fresh(self, origin: str) -> str:
         now = time.monotonic()
+        origin = origin.rstrip("/").lower()
         if now - self._loaded > self.ttl or (origin not in self._origins and now - self._loaded > 2.0):
             await self.refresh()
-        return origin.rstrip("/").lower() in self._origins
+        return origin
+
+    async def allowed(self, origin: str) -> bool:
+        """True when ``origin`` belongs to some installed store (the preflight, which names no store)."""
+        return await self._fresh(origin) in self._origins
+
+    async def allowed_for(self, origin: str, store_hash: str) -> bool:
+        """True when ``origin`` belongs to the store ``store_hash`` (refreshed every ``ttl`` s)."""
+        return store_hash in self._origins.get(await self._fresh(origin), frozenset())
 
     async def refresh(self) -> None:
         """Reload the origins from the database."""
@@ -63,12 +72,22 @@ class OriginCache:
             return
         async with self.runtime.db.read() as conn:
             stores = await q.list_stores(conn, installed_only=True)
-        found: set[str] = set()
+            known = await channel_queries.installed_channels(conn)
+        found: dict[str, set[str]] = {}
         for store in stores:
+            mine = {o.rstrip("/").lower() for o in self.runtime.policy(store).extra_origins}
             if store.store_url:
-                found.add(store.store_url.rstrip("/").lower())
-            found.update(o.rstrip("/").lower() for o in self.runtime.policy(store).extra_origins)
-        self._origins = frozenset(found)
+                mine.add(store.store_url.rstrip("/").lower())
+                mine.add(channels.origin_of(store.store_url))
+            for origin in mine:
+                found.setdefault(origin, set()).add(store.store_hash)
+        for store_hash, channel in known:
+            if channel.status in channels.GONE:
+                continue
+            for origin in channels.origins(channel):
+                found.setdefault(origin, set()).add(store_hash)
+        found.pop("", None)
+        self._origins = {origin: frozenset(hashes) for origin, hashes in found.items()}
         self._loaded = time.monotonic()
 
 

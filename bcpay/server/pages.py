@@ -14,7 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from bcpay import payflow
+from bcpay import channels, payflow
 from bcpay.errors import BcpayError, NotFoundError
 from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
@@ -72,7 +72,10 @@ async def _load(rt: Runtime, token: str) -> tuple[payflow.PaymentView, str, str]
     view = await payflow.payment_status(rt, token)
     async with rt.db.read() as conn:
         store = await q.require_store(conn, view.store_hash)
-    return view, store.name or store.store_hash, store.store_url
+        attempt = await q.get_payment_by_token(conn, token)
+    # The site of the order's storefront channel (multi-storefront), the store's own for older attempts.
+    name, url = channels.site_of(await channels.known(rt, store), attempt.channel_id if attempt else None, store)
+    return view, name, url
 
 
 VIA_PAGE_COOKIE = "bcpay_via_page"
@@ -159,9 +162,13 @@ async def pay_return(request: Request) -> Response:
         return html_page("pay_missing.html", status=404)
     policy = rt.policy(store)
     via_page = request.cookies.get(VIA_PAGE_COOKIE) == token
-    if policy.return_to == "bcpay" or not store.store_url or via_page:
+    # Back to the checkout domain of the order's storefront channel (multi-storefront): where the shopper's
+    # session and confirmation page are. An attempt older code opened has no channel: the store's URL.
+    base = (channels.checkout_base(await channels.known(rt, store), attempt.channel_id, store)
+            if attempt.channel_id is not None else store.store_url.rstrip("/"))
+    if policy.return_to == "bcpay" or not base or via_page:
         return RedirectResponse(f"/pay/{token}", status_code=303)
     # A fragment, not a query: never sent to the store's server nor recorded by its analytics.
-    target = f"{store.store_url.rstrip('/')}/checkout/order-confirmation#" + urlencode({"bcpay_token": token})
+    target = f"{base}/checkout/order-confirmation#" + urlencode({"bcpay_token": token})
     return RedirectResponse(target, status_code=303)
 

@@ -98,6 +98,7 @@ class PaymentRecord:
     outcome: str | None
     created_at: datetime
     updated_at: datetime
+    channel_id: int | None = None  # the order's storefront channel; None when older code opened it
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> PaymentRecord:

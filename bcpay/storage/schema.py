@@ -162,6 +162,8 @@ payments = Table(
     Column("outcome", String(24)),  # applied | mismatch | duplicate_payment | kept_apart | None
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # The order's storefront channel (0012): where the shopper is sent back. NULL: written by older code.
+    Column("channel_id", Integer),
     UniqueConstraint("store_id", "order_id", "attempt_no"),
     Index("ix_payments_store_order", "store_id", "order_id"),
     Index("ix_payments_status_expires", "status", "expires_at"),
@@ -336,4 +338,28 @@ order_reads = Table(
     Column("cart_hash", String(64)),
     Column("snapshot", Text),
     Column("read_at", UTCDateTime(), nullable=False),
+)
+
+# A store's storefront channels (multi-storefront, 0012), read from ``GET /v3/channels`` and each one's
+# ``GET /v3/channels/{id}/site``: the site's URLs (CORS origins, where a shopper returns), bcpay's snippet on
+# that channel, and the merchant's per-channel settings (method names, language). A channel BigCommerce no
+# longer lists stays, with status ``deleted``, until its snippet is gone.
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), nullable=False),
+    Column("channel_id", Integer, nullable=False),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("platform", String(64), nullable=False, server_default=""),
+    Column("status", String(24), nullable=False),
+    Column("site_url", String(512), nullable=False, server_default=""),  # primary URL; "" when no site
+    Column("urls_json", Text, nullable=False, server_default="[]"),  # [[type, url], ...]
+    Column("checkout_customized", Boolean),
+    Column("settings_json", Text, nullable=False, server_default="{}"),
+    Column("script_uuid", String(64)),
+    Column("script_hash", String(128)),
+    Column("read_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("store_id", "channel_id"),
 )
