@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from bcpay import outbox, rules
+from bcpay import order_reads, outbox, rules
 from bcpay.errors import InvalidInputError, SignatureError, UpstreamNotFound
 from bcpay.provisioning import WEBHOOK_SECRET_HEADER
 from bcpay.runtime import Runtime
@@ -65,6 +65,7 @@ async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[st
             order_id = data.get("id")
             if not isinstance(order_id, int) or isinstance(order_id, bool) or not 0 < order_id < 10**12:
                 raise InvalidInputError("webhook data.id is not an order id", code="invalid_webhook")
+            await order_reads.forget(conn, store.id, order_id)
             await outbox.enqueue(conn, "order_status_changed", {"order_id": order_id}, now=rt.now(),
                                  store_id=store.id)
             return "queued"

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-from bcpay import channels, outbox, payflow, rules, stores
+from bcpay import channels, order_reads, outbox, payflow, rules, stores
 from bcpay.clients.bigcommerce import BigCommerceClient, Order
 from bcpay.errors import (
     BcpayError,
@@ -65,6 +65,7 @@ async def _write_order(
         payment_provider_id=provider_id,
     )
     async with rt.db.transaction() as conn:
+        await order_reads.forget(conn, store.id, order.id)
         await q.audit(
             conn, store_id=store.id, order_id=order.id, payment_id=payment.id, action=action,
             from_status_id=order.status_id, to_status_id=status_id, detail=note, now=rt.now(),

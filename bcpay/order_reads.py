@@ -17,6 +17,10 @@ the worker needs to mark orders paid. Here every such read goes through
   known order with another cart id (:func:`wrong_cart`) is refused without
   asking BigCommerce, so junk for a real order never spends the quota.
 
+When bcpay changes an order's status, or a ``store/order/statusUpdated``
+webhook says it changed, the kept answer is forgotten (:func:`forget`): the
+next start reads again, so "Try again" on an order just cancelled is refused.
+
 Orders BigCommerce does not know leave no row (junk order ids are limited by
 ``bcpay.limits`` instead). The answer kept is what the start checks need; it
 is never used to decide a write to the order (the worker reads the order
@@ -41,6 +45,7 @@ from bcpay.clients.bigcommerce import Order
 from bcpay.errors import BcpayError, NotFoundError, UpstreamNotFound
 from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
+from bcpay.storage.db import Conn
 from bcpay.storage.records import StoreRecord
 from bcpay.storage.schema import order_reads
 
@@ -93,6 +98,15 @@ async def wrong_cart(rt: Runtime, store: StoreRecord, order_id: int, cart_id: st
     row = await _row(rt, store, order_id)
     known = row["cart_hash"] if row else None
     return bool(known) and not hmac.compare_digest(str(known), cart_hash(cart_id))
+
+
+async def forget(conn: Conn, store_id: int, order_id: int) -> None:
+    """bcpay changed the order, or BigCommerce says it changed: the next start reads it again.
+
+    The cart id's hash is kept (a cart id never changes), so junk is still refused without a call.
+    """
+    await conn.execute(update(order_reads).where(
+        order_reads.c.store_id == store_id, order_reads.c.order_id == order_id).values(read_at=NEVER, snapshot=None))
 
 
 def _interval(rt: Runtime) -> timedelta:

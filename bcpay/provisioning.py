@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from bcpay import channels
 from bcpay.clients.bigcommerce import Hook, Script, ScriptSpec
-from bcpay.errors import BcpayError, RateLimited, UpstreamRejected, UpstreamUnavailable
+from bcpay.errors import BcpayError, NotFoundError, RateLimited, UpstreamRejected, UpstreamUnavailable
 from bcpay.runtime import Runtime
 from bcpay.snippet import SCRIPT_DESCRIPTION, SCRIPT_NAME, script_tag
 from bcpay.storage import channel_queries as cq
@@ -111,7 +111,7 @@ async def install_script(rt: Runtime, store: StoreRecord, *, remove: bool = Fals
         known = await channels.refresh(rt, store)
     known = known or [channels.fallback(store)]
     if channel_id is not None and channels.find(known, channel_id) is None:
-        raise BcpayError(f"store {store.store_hash} has no channel {channel_id}", code="unknown_channel")
+        raise NotFoundError(f"store {store.store_hash} has no channel {channel_id}", code="unknown_channel")
     bc = rt.bigcommerce(store)
     scripts = await bc.list_scripts()
     ours: dict[int, list[Script]] = {}

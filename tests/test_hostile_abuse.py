@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -12,9 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
+from bcpay import provisioning
 from bcpay.clients.ratelimit import RateLimiter
 from bcpay.limits import LookupGuard, client_key, starts_per_minute
 from bcpay.server.app import create_app
+from bcpay.storage import queries as q
 from tests.world import PUBLIC_URL, STORE_HASH, STORE_URL, World, open_world
 
 WRONG_CART = "00000000-0000-4000-8000-000000000000"
@@ -152,6 +155,44 @@ async def test_a_cancelled_order_is_seen_once_the_kept_read_is_older_than_the_in
         w.travel(timedelta(seconds=w.settings.payments.order_read_interval + 1))
         answer = await w.client.post(f"/pay/{token}")
         assert answer.status_code == 303 and "error=" in answer.headers["location"]
+
+
+async def test_an_order_bcpay_cancelled_is_read_again_by_the_next_start(sqlite_url: str, secret_key: str) -> None:
+    """The kept answer said Awaiting Payment; bcpay's own cancel (an expired payment) forgets it, so "Try
+    again" a second later is refused instead of opening a new cashier for a cancelled order."""
+    async with open_world(sqlite_url, secret_key, payments={"on_expired": "cancel", "order_read_interval": 60}) as w:
+        await w.add_store()
+        order = w.place_order("4.00")
+        body = (await w.start(order)).json()
+        w.cp.payment_record(body["cashier_url"].rsplit("/", 1)[1]).expires_at = 0  # type: ignore[assignment]
+        assert await w.cp.expire_due()
+        await w.cp.deliver_due()
+        await w.run_jobs()
+        assert w.order(order["id"])["status_id"] == 5
+        before = bc_calls(w)
+        again = await w.start(order)
+        assert again.status_code == 422, again.text
+        assert bc_calls(w) - before == 1
+        assert len(w.cp.payments) == 1
+
+
+async def test_a_status_webhook_lets_the_next_pay_now_see_the_new_status(sqlite_url: str, secret_key: str) -> None:
+    """An order cancelled in the control panel: its store/order/statusUpdated webhook forgets the kept read."""
+    async with open_world(sqlite_url, secret_key, payments={"order_read_interval": 60}) as w:
+        await w.add_store()
+        order = w.place_order("3.00")
+        token = (await w.start(order)).json()["token"]
+        w.bc.set_order_status(STORE_HASH, order["id"], 5)
+        async with w.rt.db.read() as conn:
+            store = await q.require_store(conn, STORE_HASH)
+        hook = json.dumps({"scope": "store/order/statusUpdated", "producer": f"stores/{STORE_HASH}", "hash": "s1",
+                           "data": {"type": "order", "id": order["id"]}}).encode()
+        answer = await w.client.post(f"/webhooks/bigcommerce/{STORE_HASH}", content=hook, headers={
+            "Content-Type": "application/json",
+            provisioning.WEBHOOK_SECRET_HEADER: w.rt.vault.open(store.webhook_secret_enc or "")})
+        assert answer.status_code == 200
+        pay_now = await w.client.post(f"/pay/{token}")
+        assert pay_now.status_code == 303 and "error=" in pay_now.headers["location"]
 
 
 @contextlib.asynccontextmanager

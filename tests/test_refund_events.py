@@ -231,14 +231,14 @@ async def check_upgrade_from_0002(url: str) -> None:
             store_ids, ids = [], []
             for store_hash in ("abc123", OTHER_HASH):
                 store = await q.upsert_store(conn, store_hash, now, source="api_account", name="Shop")
-                row = await q.insert_payment(
-                    conn, token=f"tok-{store_hash}", store_id=store.id, order_id=1, attempt_no=1,
+                # The ORM's queries name today's columns; at 0002 the row goes in with the columns it had.
+                new_id = (await conn.execute(insert(payments).values(
+                    token=f"tok-{store_hash}", store_id=store.id, order_id=1, attempt_no=1,
                     merchant_order_no=f"{store_hash}-1-1", idempotency_key="k", amount=2000, currency="USD",
                     status="succeeded", created_at=now, updated_at=now,
-                )
-                assert row is not None
+                ).returning(payments.c.id))).scalar_one()
                 store_ids.append(store.id)
-                ids.append(row.id)
+                ids.append(new_id)
             await conn.execute(insert(refunds).values(
                 payment_id=ids[0], merchant_refund_no="R1", idempotency_key="k", celerypay_id="ref_old1",
                 amount=500, currency="USD", status="pending", created_at=now, updated_at=now,
