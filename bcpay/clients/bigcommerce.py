@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import httpx
 
 from bcpay.clients.bigcommerce_models import (
+    AcceptedMethod,
     Channel,
     Hook,
     Malformed,
@@ -58,6 +59,7 @@ from bcpay.errors import (
 )
 
 __all__ = [
+    "AcceptedMethod",
     "BigCommerceClient",
     "Channel",
     "Hook",
@@ -340,6 +342,27 @@ class BigCommerceClient:
         if not isinstance(data, list):
             raise bad_response(SERVICE, "payment methods are not a list", response)
         return [_parse(PaymentMethod.from_json, m, response) for m in data]
+
+    async def latest_order_id(self, *, channel_id: int) -> int | None:
+        """The newest order placed on a channel (``GET /v2/orders?channel_id=&sort=id:desc&limit=1``)."""
+        _check_id(channel_id, "channel_id")
+        data, response = await self._json("GET", "/v2/orders", params={
+            "channel_id": channel_id, "sort": "id:desc", "limit": 1, "page": 1})
+        if data is None:
+            return None
+        if not isinstance(data, list):
+            raise bad_response(SERVICE, "order list is not a list", response)
+        if not data:
+            return None
+        return _parse(Order.from_json, data[0], response).id
+
+    async def accepted_methods(self, order_id: int) -> list[AcceptedMethod]:
+        """``GET /v3/payments/methods?order_id=``: what the order's checkout (its channel) accepts."""
+        _check_id(order_id, "order_id")
+        data, response = await self._v3("GET", "/payments/methods", params={"order_id": order_id})
+        if not isinstance(data, list):
+            raise bad_response(SERVICE, "accepted payment methods are not a list", response)
+        return [_parse(AcceptedMethod.from_json, m, response) for m in data]
 
     async def store_info(self) -> StoreInfo:
         """``GET /v2/store``."""

@@ -184,6 +184,29 @@ class PaymentMethod:
 
 
 @dataclass(frozen=True)
+class AcceptedMethod:
+    """One method ``GET /v3/payments/methods?order_id=`` says the order's checkout accepts
+    (``paymentMethod_Full`` in payments_methods.v3.yml: ``id``, ``name``, ``type``, ``test_mode``)."""
+
+    id: str
+    name: str
+    type: str
+    test_mode: bool
+
+    @property
+    def offline(self) -> bool:
+        """An offline method (checkout calls its type ``PAYMENT_TYPE_OFFLINE``)."""
+        return "offline" in self.type.lower()
+
+    @classmethod
+    def from_json(cls, obj: Any) -> AcceptedMethod:
+        """Parse one accepted method."""
+        o = _obj(obj, "accepted payment method")
+        return cls(id=_str(o, "id"), name=_str(o, "name"), type=_str(o, "type", default=""),
+                   test_mode=_bool(o, "test_mode", default=False))
+
+
+@dataclass(frozen=True)
 class Metafield:
     """An order metafield (reference section 4)."""
 

@@ -131,6 +131,12 @@ class PaymentMethod:
     test_mode: bool = False
     enabled: bool = True
     instructions: str = ""
+    # The storefront channels it is enabled on (None: every channel; per-channel methods since 2025).
+    channels: set[int] | None = None
+
+    def on_channel(self, channel_id: int) -> bool:
+        """Enabled, and offered at checkout on this channel."""
+        return self.enabled and (self.channels is None or channel_id in self.channels)
 
 
 @dataclass

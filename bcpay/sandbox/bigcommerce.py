@@ -40,6 +40,7 @@ from bcpay.sandbox.bc_rules import (
     validate_script,
 )
 from bcpay.sandbox.bc_state import (
+    JSON,
     Chaos,
     FakeApiError,
     FakeBigCommerce,
@@ -198,6 +199,28 @@ class _Api:
             ({"code": m.code, "name": m.name, "test_mode": m.test_mode}
              for m in ctx.store.payment_methods if m.enabled),
             key=lambda m: str(m["name"]).lower()))
+
+    async def accepted_methods(self, request: Request, ctx: _Ctx) -> Response:
+        """GET /v3/payments/methods: ``order_id`` or ``checkout_id`` required; the methods of that
+        order's (or cart's) channel, as paymentMethod_Full."""
+        order_id, checkout_id = int_param(request, "order_id"), request.query_params.get("checkout_id")
+        if order_id is None and not checkout_id:
+            raise FakeApiError(400, "Request has been rejected: order_id or checkout_id is required.")
+        if order_id is not None:
+            order = ctx.store.orders.get(order_id)
+            if order is None:
+                raise FakeApiError(404, "The order was not found.")
+            channel_id = int(order.get("channel_id") or 1)
+        else:
+            cart = ctx.store.carts.get(str(checkout_id))
+            if cart is None:
+                raise FakeApiError(404, "The checkout was not found.")
+            channel_id = int(cart.get("channel_id") or 1)
+        data: list[JSON] = [{"id": f"{'offline' if m.offline else 'testgateway'}.{m.code}", "name": m.name,
+                 "test_mode": m.test_mode, "type": "PAYMENT_TYPE_OFFLINE" if m.offline else "card",
+                 "supported_instruments": [], "stored_instruments": []}
+                for m in ctx.store.payment_methods if m.on_channel(channel_id)]
+        return JSONResponse({"data": data, "meta": {}})
 
     async def store_info(self, request: Request, ctx: _Ctx) -> Response:
         store = ctx.store
@@ -466,6 +489,8 @@ def create_bigcommerce_api(state: FakeBigCommerce, *, quota: Quota | None = None
         gate.route(base + "/v2/order_statuses", {"GET": (api.order_statuses, orders_r)}, v2=True),
         gate.route(base + "/v2/payments/methods", {
             "GET": (api.payment_methods, "store_payments_methods_read")}, v2=True),
+        gate.route(base + "/v3/payments/methods", {
+            "GET": (api.accepted_methods, "store_payments_methods_read")}, v2=False),
         gate.route(base + "/v2/store", {
             "GET": (api.store_info, "store_v2_information_read_only")}, v2=True),
         gate.route(base + "/v3/orders/{order_id:int}/metafields", {

@@ -1,6 +1,6 @@
 """``bcpay sandbox``: the whole flow on one machine, on loopback, in one process.
 
-Four servers share one event loop:
+Five servers share one event loop:
 
 ======================  ===============  =====================================
 port                    what             code
@@ -9,7 +9,12 @@ port                    what             code
 ``port_base + 1``       BigCommerce API  ``bcpay.sandbox.bigcommerce`` (+ OAuth token)
 ``port_base + 2``       storefront       ``bcpay.sandbox.storefront`` (+ control panel view)
 ``port_base + 3``       CeleryPay        ``bcpay.sandbox.celerypay`` (+ cashier page)
+``port_base + 4``       second channel   the storefront of channel 2, "bcpay Sandbox Outlet"
 ======================  ===============  =====================================
+
+The store has two storefront channels (multi-storefront, reference section
+11): channel 1 on ``port_base + 2`` and channel 2 on ``port_base + 4``, whose
+site has its own checkout URL, so a shopper who pays there comes back there.
 
 The store is provisioned with the library calls behind the operator's
 commands (``stores add``, ``stores configure``, ``install-script``,
@@ -37,6 +42,7 @@ from starlette.types import ASGIApp
 from bcpay import provisioning, stores
 from bcpay.config import Settings, load_settings, replace
 from bcpay.runtime import Runtime
+from bcpay.sandbox.bc_channels import add_channel
 from bcpay.sandbox.bc_state import FakeBigCommerce
 from bcpay.sandbox.bigcommerce import Chaos, Quota, create_bigcommerce_api
 from bcpay.sandbox.celerypay import FakeCeleryPay, FakeOptions
@@ -50,6 +56,8 @@ STORE_HASH = "sandbox1"
 ACCESS_TOKEN = "sandbox-access-token"  # accepted only by the fake BigCommerce
 MERCHANT_ID = "mch_SandboxMerchant0001"
 MERCHANT_SECRET = "sandbox-merchant-secret-not-for-production-0001"
+OUTLET_CHANNEL = 2
+OUTLET_NAME = "bcpay Sandbox Outlet"
 
 
 @dataclass
@@ -84,6 +92,7 @@ class Urls:
     api: str = ""
     storefront: str = ""
     celerypay: str = ""
+    outlet: str = ""  # the storefront of channel 2
 
     @property
     def control_panel(self) -> str:
@@ -157,12 +166,17 @@ class Sandbox:
         if store_port == 0:
             store_port = _free_port(opts.host)
         self.urls.storefront = f"http://{opts.host}:{store_port}"
+        outlet_port = self._port(4) or _free_port(opts.host)
+        self.urls.outlet = f"http://{opts.host}:{outlet_port}"
         self.bc.add_store(STORE_HASH, secure_url=self.urls.storefront, name="bcpay Sandbox Store",
                           access_token=ACCESS_TOKEN)
-        await self._serve(create_storefront(
-            self.bc, STORE_HASH, confirmation_variant=opts.confirmation_variant,  # type: ignore[arg-type]
-            storefront_delay_ms=opts.storefront_delay_ms, http=self.http,
-        ), store_port)
+        add_channel(self.bc, STORE_HASH, name=OUTLET_NAME, url=self.urls.outlet, channel_id=OUTLET_CHANNEL,
+                    checkout_url=self.urls.outlet)
+        for channel_id, port in ((1, store_port), (OUTLET_CHANNEL, outlet_port)):
+            await self._serve(create_storefront(
+                self.bc, STORE_HASH, confirmation_variant=opts.confirmation_variant,  # type: ignore[arg-type]
+                storefront_delay_ms=opts.storefront_delay_ms, http=self.http, channel_id=channel_id,
+            ), port)
         self.celerypay.add_merchant(MERCHANT_ID, MERCHANT_SECRET)
 
         bcpay_port = self._port(0) or _free_port(opts.host)
@@ -224,7 +238,8 @@ class Sandbox:
         return "\n".join([
             "bcpay sandbox is running (Ctrl+C to stop).",
             "",
-            f"  Storefront       {u.storefront}/",
+            f"  Storefront       {u.storefront}/  (channel 1)",
+            f"  Second channel   {u.outlet}/  (channel {OUTLET_CHANNEL}, {OUTLET_NAME})",
             f"  Control panel    {u.control_panel}",
             f"  bcpay server     {u.bcpay}  (health: {u.bcpay}/healthz, metrics: {u.bcpay}/metrics)",
             f"  BigCommerce API  {u.api}",
@@ -237,6 +252,7 @@ class Sandbox:
             "     in Awaiting Fulfillment with a staff note.",
             "  4. Try Decline (then retry), Abandon (the payment expires), or pay with",
             "     \"Test Payment Gateway\" (bcpay stays out of the way).",
+            "  5. Do the same on the second channel: you come back to that channel's own domain.",
             "",
             "The CLI works against the sandbox too, from another shell:",
             f"  {self.cli_env()} bcpay doctor {STORE_HASH}",
