@@ -310,27 +310,46 @@ def install_script(
     ctx: typer.Context, store_hash: StoreHash,
     print_: Annotated[bool, typer.Option("--print", help="Only show the HTML that would be installed.")] = False,
     remove: Annotated[bool, typer.Option("--remove", help="Delete bcpay's script from the store.")] = False,
+    channel: Annotated[int | None, typer.Option(
+        "--channel", parser=AsciiInt(1, 2**31 - 1),
+        help="Only this storefront channel (default: every channel that takes orders).")] = None,
 ) -> None:
-    """Install or update bcpay's Script Manager snippet (never two), with its SRI hash.
+    """Install or update bcpay's Script Manager snippet, one per storefront channel (never two), with its SRI hash.
 
-    Example: bcpay install-script abc123 --print
+    Asks nothing: a channel bcpay has not read is read first; a channel that
+    takes no orders, or where OKCloud Pay is switched off, loses its copy.
+
+    Example: bcpay install-script abc123 --channel 2
     """
     if print_ and remove:
         raise typer.BadParameter("--print and --remove exclude each other")
-    from bcpay import provisioning
 
     if print_:
-        spec = _with_store(ctx, store_hash, _desired)
+        spec = _with_store(ctx, store_hash, lambda rt, s: _desired(rt, s, channel))
         typer.echo(spec.html)
         return
-    action = _with_store(ctx, store_hash, lambda rt, s: provisioning.install_script(rt, s, remove=remove))
-    out().print(f"storefront snippet on {store_hash}: {action}")
+    action = _with_store(ctx, store_hash, lambda rt, s: _install(rt, s, remove=remove, channel_id=channel))
+    out().print(f"storefront snippet on {store_hash}: {action}", markup=False)
 
 
-async def _desired(rt: "Runtime", store: "StoreRecord") -> Any:
-    from bcpay import provisioning
+async def _install(rt: "Runtime", store: "StoreRecord", *, remove: bool, channel_id: int | None) -> str:
+    from bcpay import channels, provisioning
 
-    return provisioning.desired_script(rt, store)
+    if channel_id is not None and channels.find(await channels.stored(rt, store), channel_id) is None:
+        await channels.refresh(rt, store)  # a channel created since bcpay last read them
+    return await provisioning.install_script(rt, store, remove=remove, channel_id=channel_id)
+
+
+async def _desired(rt: "Runtime", store: "StoreRecord", channel_id: int | None) -> Any:
+    from bcpay import channels, provisioning
+    from bcpay.errors import NotFoundError
+
+    if channel_id is None:
+        return provisioning.desired_script(rt, store)
+    channel = channels.find(await channels.known(rt, store), channel_id)
+    if channel is None:
+        raise NotFoundError(f"store {store.store_hash} has no channel {channel_id}", code="unknown_channel")
+    return provisioning.desired_script(rt, store, channel)
 
 
 @webhooks_app.command("register")

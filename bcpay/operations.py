@@ -469,6 +469,15 @@ async def _guard(name: str, check: Any) -> Check:
         return Check(name, False, exc.message)
 
 
+async def _guard_all(name: str, checks: Any) -> list[Check]:
+    """:func:`_guard` for a check that answers several lines."""
+    try:
+        result: list[Check] = await checks
+        return result
+    except BcpayError as exc:
+        return [Check(name, False, exc.message)]
+
+
 async def check_public_url(rt: Runtime, timeout: float = 3.0) -> Check:
     """The server answers ``GET {public_url}/healthz`` (through the proxy, as BigCommerce sees it)."""
     url = rt.public_url("/healthz")
@@ -495,8 +504,7 @@ async def store_checks(rt: Runtime, store: StoreRecord) -> list[Check]:
                       [f"Install the app again, or `bcpay stores add {h}`."])]
     found = [
         await _guard("API token", provisioning.check_token(rt, store)),
-        await _guard("offline payment method", provisioning.check_payment_method(rt, store)),
-        await _guard("storefront snippet", provisioning.check_script(rt, store)),
+        *await _guard_all("storefront channels", provisioning.check_channels(rt, store)),
         await _guard("webhooks", provisioning.check_webhooks(rt, store)),
         await _guard("CeleryPay credentials", provisioning.check_celerypay(rt, store)),
     ]

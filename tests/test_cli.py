@@ -386,6 +386,34 @@ def test_install_script_print_remove_and_never_duplicates(env: Env) -> None:
     assert env.cli("install-script", STORE_HASH, "--print", "--remove").exit_code == 2
 
 
+def test_install_script_for_one_channel_and_doctor_lines_per_channel(env: Env) -> None:
+    """A second storefront: doctor gives each channel its line and the repair names that channel only;
+    `install-script --channel 2` reads the new channel first and asks nothing."""
+    from bcpay.sandbox.bc_channels import add_channel
+
+    env.add_store()
+    env.ok("install-script", STORE_HASH)  # channel 1 only: the channels are read now
+    add_channel(env.bc, STORE_HASH, name="Outlet", url="https://outlet.example.com")
+    done = env.ok("install-script", STORE_HASH, "--channel", "2")
+    assert done.stdout.strip() == f"storefront snippet on {STORE_HASH}: channel 2: created"
+    scripts = sorted(s["channel_id"] for s in env.bc.store(STORE_HASH).scripts.values())
+    assert scripts == [1, 2]
+    [two] = [s for s in env.bc.store(STORE_HASH).scripts.values() if s["channel_id"] == 2]
+    two["enabled"] = False
+    report = json.loads(env.cli("doctor", STORE_HASH, "--json").stdout)
+    lines = {c["name"]: c for c in report["checks"] if c["name"].startswith("channel ")}
+    assert sorted(lines) == ["channel 1 (Test Shop)", "channel 2 (Outlet)"]
+    assert lines["channel 1 (Test Shop)"]["ok"] and not lines["channel 2 (Outlet)"]["ok"]
+    assert lines["channel 2 (Outlet)"]["fix"] == [f"bcpay install-script {STORE_HASH} --channel 2"]
+    assert "updated" in env.ok("install-script", STORE_HASH, "--channel", "2").stdout
+    assert two["enabled"] is True
+    unknown = env.cli("install-script", STORE_HASH, "--channel", "9")
+    assert unknown.exit_code == 1 and f"store {STORE_HASH} has no channel 9" in unknown.output
+    for bad in ("0", "two", "２"):
+        assert env.cli("install-script", STORE_HASH, "--channel", bad).exit_code == 2
+    assert len(env.bc.store(STORE_HASH).scripts) == 2
+
+
 def test_a_snippet_moved_out_of_the_essential_consent_category_is_reported_and_put_back(env: Env) -> None:
     """Script Manager lets a merchant change the category; behind a consent banner the snippet would not load."""
     env.add_store()

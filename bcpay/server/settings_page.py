@@ -107,16 +107,21 @@ async def _checked(name: str, run: Awaitable[Check]) -> Check:
         return Check(name, False, f"could not check: {exc.message[:200]}")
 
 
+async def _checked_all(name: str, run: Awaitable[list[Check]]) -> list[Check]:
+    try:
+        return await run
+    except BcpayError as exc:
+        return [Check(name, False, f"could not check: {exc.message[:200]}")]
+
+
 async def health(rt: Runtime, store: StoreRecord) -> list[Check]:
     """The health panel: BigCommerce and CeleryPay checks, run together, failures shown."""
-    return list(
-        await asyncio.gather(
-            _checked("storefront snippet", provisioning.check_script(rt, store)),
-            _checked("webhooks", provisioning.check_webhooks(rt, store)),
-            _checked("offline payment method", provisioning.check_payment_method(rt, store)),
-            _checked("CeleryPay credentials", provisioning.check_celerypay(rt, store)),
-        )
+    per_channel, *others = await asyncio.gather(
+        _checked_all("storefront channels", provisioning.check_channels(rt, store)),
+        _checked("webhooks", provisioning.check_webhooks(rt, store)),
+        _checked("CeleryPay credentials", provisioning.check_celerypay(rt, store)),
     )
+    return [*per_channel, *others]
 
 
 async def _payment_rows(rt: Runtime, store: StoreRecord) -> list[PaymentRow]:
