@@ -16,6 +16,7 @@ from bcpay import channels
 from bcpay.clients.bigcommerce import AcceptedMethod, Hook, Script, ScriptSpec
 from bcpay.errors import BcpayError, NotFoundError, RateLimited, UpstreamRejected, UpstreamUnavailable
 from bcpay.runtime import Runtime
+from bcpay.scopes import CHANNEL_SCOPES
 from bcpay.snippet import SCRIPT_DESCRIPTION, SCRIPT_NAME, script_tag
 from bcpay.storage import channel_queries as cq
 from bcpay.storage import queries as q
@@ -394,8 +395,19 @@ async def check_channels(rt: Runtime, store: StoreRecord) -> list[Check]:
     """
     known = await channels.known(rt, store)
     if [c.channel_id for c in known] == [channels.DEFAULT_CHANNEL]:
-        return [await _unless_error("offline payment method", check_payment_method(rt, store)),
-                await _unless_error("storefront snippet", check_script(rt, store))]
+        found = [await _unless_error("offline payment method", check_payment_method(rt, store)),
+                 await _unless_error("storefront snippet", check_script(rt, store))]
+        try:
+            await rt.bigcommerce(store).list_channels()
+        except UpstreamRejected as exc:
+            if exc.status != 403:
+                raise
+            # Works as before, on one channel; a second storefront would get no snippet until the scopes come.
+            found.append(Check("storefront channels", True,
+                               f"not read: the token lacks {', '.join(CHANNEL_SCOPES)}, so bcpay serves channel 1 "
+                               "only", ["For other storefront channels, give the API account these scopes and run "
+                                        f"`bcpay stores add {store.store_hash}` again (or re-install the app)."]))
+        return found
     ours = await _scripts_by_channel(rt, store)
     answers = {c.channel_id: await _accepted_on(rt, store, c) for c in known if channels.wants_snippet(c)}
     v3_lists_offline = any(m.offline for a in answers.values() for m in a.methods or ())

@@ -414,6 +414,34 @@ def test_install_script_for_one_channel_and_doctor_lines_per_channel(env: Env) -
     assert len(env.bc.store(STORE_HASH).scripts) == 2
 
 
+def test_channels_list_and_configure_change_one_channels_snippet(env: Env) -> None:
+    """`channels configure` keeps per-channel settings, rewrites that channel's snippet and records who did it;
+    --no-method takes the snippet off that channel only; bad values change nothing."""
+    from bcpay.sandbox.bc_channels import add_channel
+
+    env.add_store()
+    add_channel(env.bc, STORE_HASH, name="Outlet", url="https://outlet.example.com")
+    listed = json.loads(env.ok("channels", "list", STORE_HASH, "--refresh", "--json").stdout)
+    assert [(c["channel_id"], c["name"], c["status"]) for c in listed] == [
+        (1, "Test Shop", "active"), (2, "Outlet", "active")]
+    env.ok("install-script", STORE_HASH)
+    done = env.ok("channels", "configure", STORE_HASH, "2", "--method-name", "Pay with OKCloud", "--lang", "zh")
+    assert 'channel 2 (Outlet): {"lang": "zh", "method_name": "Pay with OKCloud"}' in done.stdout
+    assert "channel 2: updated" in done.stdout
+    scripts = {s["channel_id"]: s for s in env.bc.store(STORE_HASH).scripts.values()}
+    assert "Pay with OKCloud" in scripts[2]["html"] and "Pay with OKCloud" not in scripts[1]["html"]
+    for bad in (["--lang", "fr"], ["--clear", "colour"], []):
+        failed = env.cli("channels", "configure", STORE_HASH, "2", *bad)
+        assert failed.exit_code in (1, 2), failed.output
+    assert "channel 2: removed" in env.ok("channels", "configure", STORE_HASH, "2", "--no-method").stdout
+    assert sorted(s["channel_id"] for s in env.bc.store(STORE_HASH).scripts.values()) == [1]
+    again = env.ok("channels", "configure", STORE_HASH, "2", "--clear", "offers")
+    assert "channel 2: created" in again.stdout
+    assert env.cli("channels", "configure", STORE_HASH, "7", "--lang", "en").exit_code == 1
+    shown = json.loads(env.ok("channels", "list", STORE_HASH, "--json").stdout)
+    assert shown[1]["settings"] == {"lang": "zh", "method_name": "Pay with OKCloud"}
+
+
 def test_a_snippet_moved_out_of_the_essential_consent_category_is_reported_and_put_back(env: Env) -> None:
     """Script Manager lets a merchant change the category; behind a consent banner the snippet would not load."""
     env.add_store()

@@ -300,3 +300,24 @@ async def test_a_single_channel_store_keeps_its_two_checks(db_url: str, secret_k
         await provisioning.install_script(w.rt, store)
         lines = await provisioning.check_channels(w.rt, store)
         assert [(c.name, c.ok) for c in lines] == [("offline payment method", True), ("storefront snippet", True)]
+
+
+async def test_a_token_without_the_channel_scopes_works_on_channel_1_and_doctor_says_why(
+        db_url: str, secret_key: str) -> None:
+    """An API account made before channels: reading them answers 403, channel 1 on the store's URL gets the
+    snippet, and a line names the missing scopes."""
+    from bcpay import stores
+    from bcpay.sandbox.bc_state import TokenGrant
+    from tests.world import ACCESS_TOKEN
+
+    async with open_world(db_url, secret_key) as w:
+        w.bc.store(STORE_HASH).tokens[ACCESS_TOKEN] = TokenGrant("client", frozenset(stores.REQUIRED_SCOPES))
+        await w.add_store()
+        store = await store_of(w)
+        assert await provisioning.install_script(w.rt, store) == "created"
+        lines = {c.name: c for c in await provisioning.check_channels(w.rt, store)}
+        assert sorted(lines) == ["offline payment method", "storefront channels", "storefront snippet"]
+        assert lines["storefront channels"].detail == (
+            "not read: the token lacks store_channel_settings_read_only, store_sites_read_only, "
+            "so bcpay serves channel 1 only")
+        assert lines["storefront snippet"].ok and sorted(our_scripts(w)) == [1]
