@@ -399,9 +399,9 @@ async def check_channels(rt: Runtime, store: StoreRecord) -> list[Check]:
                  await _unless_error("storefront snippet", check_script(rt, store))]
         try:
             await rt.bigcommerce(store).list_channels()
-        except UpstreamRejected as exc:
-            if exc.status != 403:
-                raise
+        except BcpayError as exc:
+            if not isinstance(exc, UpstreamRejected) or exc.status != 403:
+                return found  # the token or BigCommerce is the problem: the lines above say so
             # Works as before, on one channel; a second storefront would get no snippet until the scopes come.
             found.append(Check("storefront channels", True,
                                f"not read: the token lacks {', '.join(CHANNEL_SCOPES)}, so bcpay serves channel 1 "

@@ -910,6 +910,32 @@ async def test_health_checks_that_fail_show_in_the_panel(
     assert page.text.count("could not check: BigCommerce GET") == 3
 
 
+async def test_the_panel_shows_one_health_line_per_storefront_channel(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """A second storefront: its line shows on the settings page, and its drift names that channel's repair."""
+    from bcpay.sandbox.bc_channels import add_channel
+    from bcpay.scopes import CHANNEL_SCOPES
+
+    add_channel(world.bc, STORE_HASH, name="Outlet", url="https://outlet.example.com")
+    await install(world, panel, scope=" ".join((SCOPES, *CHANNEL_SCOPES)))
+    html = html_lib.unescape(await open_settings(panel))
+    assert "Channel 1 (Test Shop)</strong>: snippet installed and current" in html
+    assert "Channel 2 (Outlet)</strong>: snippet installed and current" in html
+    [two] = [s for s in world.bc.store(STORE_HASH).scripts.values() if s["channel_id"] == 2]
+    two["enabled"] = False
+    html = html_lib.unescape((await panel.get("/bc/settings")).text)
+    assert "Channel 2 (Outlet)</strong>: snippet installed but disabled" in html and "Fix snippet and webhooks" in html
+    [offline] = [m for m in world.bc.store(STORE_HASH).payment_methods if m.offline]
+    offline.channels = {1}
+    world.bc.create_order(STORE_HASH, total="5.00", channel_id=1)
+    world.bc.create_order(STORE_HASH, total="5.00", channel_id=2)
+    html = html_lib.unescape((await panel.get("/bc/settings")).text)
+    assert "is not offered at this channel's checkout" in html and "for the Outlet storefront" in html
+    answer = await panel.post("/bc/settings/provision", data={"csrf": csrf_of(html)})
+    assert answer.status_code == 303 and two["enabled"] is True
+
+
 # --- sessions -------------------------------------------------------------------------------
 
 

@@ -171,7 +171,9 @@ async def render_settings(
         "return_to": policy.return_to,
     }
     values.update(entered or {})
-    fixable = any(not c.ok and c.name in ("storefront snippet", "webhooks") for c in checks)
+    # What the button repairs: a snippet (on any channel: its fix is an install-script) or the webhooks.
+    fixable = any(not c.ok and (c.name in ("storefront snippet", "webhooks")
+                                or any(step.startswith("bcpay install-script") for step in c.fix)) for c in checks)
     return bc_page(
         request,
         "settings.html",
