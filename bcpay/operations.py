@@ -140,6 +140,8 @@ async def remove_store(rt: Runtime, store_hash: str) -> list[str]:
         try:
             notes.append(f"snippet: {await provisioning.install_script(rt, store, remove=True)}")
             notes.append(f"webhooks: {await provisioning.remove_webhooks(rt, store)} removed")
+            if store.source == "app":
+                notes.append(f"order page panel: {await provisioning.remove_app_extension(rt, store)} removed")
         except BcpayError as exc:
             notes.append(f"could not clean up the store ({exc.message}); remove the script by hand")
     await stores.remove(rt, store_hash)

@@ -236,6 +236,56 @@ async def remove_webhooks(rt: Runtime, store: StoreRecord) -> int:
     return len(hooks)
 
 
+# The order page's panel (App Extensions, reference section 14): BigCommerce puts "${id}" in place of the
+# order id and sends that URL in the /bc/load JWT's `url` claim (bcpay.server.order_panel).
+EXTENSION_URL = "/orders/${id}/okcloud-pay"
+EXTENSION_LABEL = "OKCloud Pay payment"
+EXTENSION_LOCALES = {"zh-CN": "OKCloud Pay 付款"}
+
+
+async def register_app_extension(rt: Runtime, store: StoreRecord) -> str:
+    """The Orders page's "OKCloud Pay payment" panel, once per store (idempotent); returns what it did.
+
+    For app installs only: the panel opens through ``/bc/load``, which a store
+    added with its own API account never calls. An extension of ours with an
+    old label is replaced, a second copy removed.
+    """
+    if store.source != "app":
+        return "not an app install"
+    bc = rt.bigcommerce(store)
+    ours = [e for e in await bc.list_app_extensions() if e.model == "ORDERS" and e.url == EXTENSION_URL]
+    current = [e for e in ours if e.label == EXTENSION_LABEL and e.context == "PANEL"]
+    for extra in [e for e in ours if e not in current[:1]]:
+        await bc.delete_app_extension(extra.id)
+    if current:
+        return "unchanged" if len(ours) == 1 else "updated"
+    await bc.create_app_extension(model="ORDERS", context="PANEL", url=EXTENSION_URL, label=EXTENSION_LABEL,
+                                  locales=EXTENSION_LOCALES)
+    return "updated" if ours else "created"
+
+
+async def remove_app_extension(rt: Runtime, store: StoreRecord) -> int:
+    """Delete bcpay's Orders-page panel (``stores remove``); how many there were."""
+    if store.source != "app":
+        return 0
+    bc = rt.bigcommerce(store)
+    ours = [e for e in await bc.list_app_extensions() if e.url == EXTENSION_URL]
+    for extension in ours:
+        await bc.delete_app_extension(extension.id)
+    return len(ours)
+
+
+async def extension_check(rt: Runtime, store: StoreRecord) -> Check:
+    """Register the panel where it belongs and say how it went (never fails the install: it is an extra)."""
+    try:
+        action = await register_app_extension(rt, store)
+    except BcpayError as exc:
+        log.warning("store %s: order-page panel not registered: %s", store.store_hash, exc.message[:200])
+        return Check("order page panel", False, f"not registered: {exc.message[:200]}",
+                     ["Give the app the App Extensions (manage) scope and install it again."])
+    return Check("order page panel", True, action)
+
+
 def control_panel_base(store: StoreRecord) -> str:
     """The store's control panel: ``control_panel_base_url`` is the bare host (store_information.v2.yml);
     a "/manage" suffix, as the sandbox reports it, is tolerated."""
@@ -485,4 +535,6 @@ async def provision(rt: Runtime, store: StoreRecord) -> list[Check]:
     hooks = await register_webhooks(rt, store)
     checks.append(Check("webhooks", True, ", ".join(f"{k}: {v}" for k, v in hooks.items())))
     checks.append(await check_payment_method(rt, store))
+    if store.source == "app":
+        checks.append(await extension_check(rt, store))
     return checks

@@ -26,6 +26,7 @@ import httpx
 
 from bcpay.clients.bigcommerce_models import (
     AcceptedMethod,
+    AppExtension,
     Channel,
     Hook,
     Malformed,
@@ -60,6 +61,7 @@ from bcpay.errors import (
 
 __all__ = [
     "AcceptedMethod",
+    "AppExtension",
     "BigCommerceClient",
     "Channel",
     "Hook",
@@ -81,6 +83,16 @@ STORE_HASH = re.compile(r"[a-z0-9]{1,32}")
 RETRY_STATUSES = frozenset({502, 503, 504})
 HOOK_FIELDS = frozenset({"scope", "destination", "is_active", "headers"})
 T = TypeVar("T")
+
+
+_EXTENSION_FIELDS = "id model context url label { defaultValue locales { value localeCode } }"
+_APP_EXTENSIONS_QUERY = "query { store { appExtensions { edges { node { " + _EXTENSION_FIELDS + " } } } } }"
+_CREATE_APP_EXTENSION = (
+    "mutation AddExtension($input: CreateAppExtensionInput!) "
+    "{ appExtension { createAppExtension(input: $input) { appExtension { " + _EXTENSION_FIELDS + " } } } }")
+_DELETE_APP_EXTENSION = (
+    "mutation RemoveExtension($input: DeleteAppExtensionInput!) "
+    "{ appExtension { deleteAppExtension(input: $input) { deletedAppExtensionId } } }")
 
 
 def decipher(response: httpx.Response) -> None:
@@ -363,6 +375,47 @@ class BigCommerceClient:
         if not isinstance(data, list):
             raise bad_response(SERVICE, "accepted payment methods are not a list", response)
         return [_parse(AcceptedMethod.from_json, m, response) for m in data]
+
+    # --- App Extensions (GraphQL Admin API, reference section 14) -----------------------
+
+    async def _graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /graphql``; GraphQL's ``errors`` (answered with 200) become :class:`UpstreamRejected`."""
+        body, response = await self._json("POST", "/graphql", json_body={"query": query, "variables": variables or {}})
+        if not isinstance(body, dict):
+            raise bad_response(SERVICE, "GraphQL answer is not an object", response)
+        errors = body.get("errors")
+        if errors:
+            first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+            raise UpstreamRejected(f"BigCommerce GraphQL: {str(first.get('message') or errors)[:300]}",
+                                   service=SERVICE, status=response.status_code, request_id=request_id(response))
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise bad_response(SERVICE, "GraphQL answer has no data", response)
+        return data
+
+    async def list_app_extensions(self) -> list[AppExtension]:
+        """The store's App Extensions of this app (``store.appExtensions``)."""
+        data = await self._graphql(_APP_EXTENSIONS_QUERY)
+        try:
+            edges = data["store"]["appExtensions"]["edges"]
+            return [_parse(AppExtension.from_json, e["node"]) for e in edges]
+        except (KeyError, TypeError):
+            raise bad_response(SERVICE, "appExtensions is not a list of edges") from None
+
+    async def create_app_extension(self, *, model: str, context: str, url: str, label: str,
+                                   locales: dict[str, str]) -> AppExtension:
+        """``createAppExtension``: a menu item on the ``model`` page that opens ``url`` in ``context``."""
+        variables = {"input": {"model": model, "context": context, "url": url, "label": {
+            "defaultValue": label, "locales": [{"value": v, "localeCode": k} for k, v in sorted(locales.items())]}}}
+        data = await self._graphql(_CREATE_APP_EXTENSION, variables)
+        try:
+            return _parse(AppExtension.from_json, data["appExtension"]["createAppExtension"]["appExtension"])
+        except (KeyError, TypeError):
+            raise bad_response(SERVICE, "createAppExtension answered no appExtension") from None
+
+    async def delete_app_extension(self, extension_id: str) -> None:
+        """``deleteAppExtension``."""
+        await self._graphql(_DELETE_APP_EXTENSION, {"input": {"id": extension_id}})
 
     async def store_info(self) -> StoreInfo:
         """``GET /v2/store``."""

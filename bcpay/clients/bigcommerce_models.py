@@ -184,6 +184,26 @@ class PaymentMethod:
 
 
 @dataclass(frozen=True)
+class AppExtension:
+    """One App Extension of this app on the store (GraphQL Admin API ``AppExtension``)."""
+
+    id: str
+    model: str
+    context: str
+    url: str
+    label: str
+
+    @classmethod
+    def from_json(cls, obj: Any) -> AppExtension:
+        """Parse one ``AppExtension`` node."""
+        o = _obj(obj, "app extension")
+        label = o.get("label")
+        return cls(id=_str(o, "id"), model=_str(o, "model", default=""), context=_str(o, "context", default=""),
+                   url=_str(o, "url", default=""),
+                   label=_str(label, "defaultValue", default="") if isinstance(label, dict) else "")
+
+
+@dataclass(frozen=True)
 class AcceptedMethod:
     """One method ``GET /v3/payments/methods?order_id=`` says the order's checkout accepts
     (``paymentMethod_Full`` in payments_methods.v3.yml: ``id``, ``name``, ``type``, ``test_mode``)."""

@@ -59,6 +59,7 @@ DEFAULT_SCOPES = frozenset({
     "store_v2_orders", "store_v2_content", "store_content_checkout",
     "store_v2_information_read_only", "store_payments_methods_read",
     "store_v2_transactions_read_only", "store_channel_settings_read_only", "store_sites_read_only",
+    "store_app_extensions_manage",
 })
 
 # PUT /v2/orders/{id}: the scalar fields of `order_Put` the fake stores.
@@ -164,6 +165,8 @@ class Store:
     # Multi-storefront (channels.v3.yml): channel id -> ChannelWithoutCurrencies, and -> its Site.
     channels: dict[int, JSON] = field(default_factory=dict)
     sites: dict[int, JSON] = field(default_factory=dict)
+    # App Extensions (GraphQL Admin API), id -> extension with the client_id of the app that made it.
+    app_extensions: dict[str, JSON] = field(default_factory=dict)
 
     def method_named(self, name: str) -> PaymentMethod | None:
         """The enabled method whose display name or code is ``name``."""

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bcpay.sandbox import bc_channels
+from bcpay.sandbox import bc_channels, bc_graphql
 from bcpay.sandbox.bc_rules import (
     hook_matches,
     int_param,
@@ -221,6 +221,9 @@ class _Api:
                  "supported_instruments": [], "stored_instruments": []}
                 for m in ctx.store.payment_methods if m.on_channel(channel_id)]
         return JSONResponse({"data": data, "meta": {}})
+
+    async def graphql(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_graphql.endpoint(request, ctx.store, ctx.grant.client_id)
 
     async def store_info(self, request: Request, ctx: _Ctx) -> Response:
         store = ctx.store
@@ -491,6 +494,7 @@ def create_bigcommerce_api(state: FakeBigCommerce, *, quota: Quota | None = None
             "GET": (api.payment_methods, "store_payments_methods_read")}, v2=True),
         gate.route(base + "/v3/payments/methods", {
             "GET": (api.accepted_methods, "store_payments_methods_read")}, v2=False),
+        gate.route(base + "/graphql", {"POST": (api.graphql, bc_graphql.SCOPE)}, v2=False),
         gate.route(base + "/v2/store", {
             "GET": (api.store_info, "store_v2_information_read_only")}, v2=True),
         gate.route(base + "/v3/orders/{order_id:int}/metafields", {
