@@ -163,7 +163,7 @@ async def test_hostile_panel_requests_change_nothing(world: World, panel: httpx.
     # Another order's payment row, a forged CSRF token, a key not from the panel, an order id out of range.
     wrong = await panel.post(f"/bc/orders/{other['id']}/refund", data={
         "csrf": token, "payment_id": str(payment_row), "amount": "1.00"})
-    assert wrong.status_code == 400 and "not one of this order's" in html_lib.unescape(wrong.text)
+    assert wrong.status_code == 404 and "not one of this order's" in html_lib.unescape(wrong.text)
     forged = await panel.post(f"/bc/orders/{order_id}/refund", data={
         "csrf": "x" * 40, "payment_id": str(payment_row), "amount": "1.00", "confirm": "yes", "key": "panel-" + "k" * 24})
     assert forged.status_code == 403

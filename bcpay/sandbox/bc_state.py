@@ -293,6 +293,7 @@ class FakeBigCommerce:
         # Apps by client id -> client secret. Hooks an app made are signed as Standard Webhooks with
         # its secret (reference section 8); API-account hooks are not signed.
         self.apps: dict[str, str] = {}
+        self.app_load_urls: dict[str, str] = {}
         # When set, every delivery is signed with this key instead (a test of a wrong app secret).
         self.webhook_signing_key: bytes | None = None
         self.rate_limited = 0
@@ -340,9 +341,12 @@ class FakeBigCommerce:
 
     # --- OAuth (login.bigcommerce.com) ----------------------------------------
 
-    def register_app(self, client_id: str, client_secret: str) -> None:
-        """Know an app (Developer Portal): its hooks' deliveries and its callbacks are signed with its secret."""
+    def register_app(self, client_id: str, client_secret: str, *, load_url: str | None = None) -> None:
+        """Know an app (Developer Portal): its hooks' deliveries and its callbacks are signed with its secret;
+        ``load_url`` is its load callback (the control panel opens the app and its App Extensions there)."""
         self.apps[client_id] = client_secret
+        if load_url is not None:
+            self.app_load_urls[client_id] = load_url
 
     def issue_oauth_code(self, store_hash: str, *, client_id: str, client_secret: str,
                          redirect_uri: str, scope: str) -> str:

@@ -16,10 +16,10 @@ The store has two storefront channels (multi-storefront, reference section
 11): channel 1 on ``port_base + 2`` and channel 2 on ``port_base + 4``, whose
 site has its own checkout URL, so a shopper who pays there comes back there.
 
-The store is provisioned with the library calls behind the operator's
-commands (``stores add``, ``stores configure``, ``install-script``,
-``webhooks register``), so the Script Manager snippet the storefront renders is
-the one ``install-script`` produced. ``port_base = 0`` picks free ports (tests).
+The store installs bcpay as a BigCommerce app (the OAuth callback's library
+call: snippets, webhooks, the order page's panel), then gets its CeleryPay
+merchant as ``stores configure`` gives it, so the Script Manager snippet the
+storefront renders is the one the install produced. ``port_base = 0`` picks free ports (tests).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from bcpay import provisioning, stores
+from bcpay import install, stores
 from bcpay.config import Settings, load_settings, replace
 from bcpay.runtime import Runtime
 from bcpay.sandbox.bc_channels import add_channel
@@ -47,13 +47,17 @@ from bcpay.sandbox.bc_state import FakeBigCommerce
 from bcpay.sandbox.bigcommerce import Chaos, Quota, create_bigcommerce_api
 from bcpay.sandbox.celerypay import FakeCeleryPay, FakeOptions
 from bcpay.sandbox.storefront import create_storefront
-from bcpay.scopes import CHANNEL_SCOPES
+from bcpay.scopes import CHANNEL_SCOPES, EXTENSION_SCOPES
 from bcpay.server.app import create_app
 
 T = TypeVar("T")
 
 STORE_HASH = "sandbox1"
 ACCESS_TOKEN = "sandbox-access-token"  # accepted only by the fake BigCommerce
+# The sandbox store installs bcpay as an app (OAuth, /bc/load, the order page's panel). Public on purpose:
+# the fake BigCommerce is the only one that knows this app.
+APP_CLIENT_ID = "sandbox-app-client-id"
+APP_CLIENT_SECRET = "sandbox-app-client-secret-not-for-production-01"
 MERCHANT_ID = "mch_SandboxMerchant0001"
 MERCHANT_SECRET = "sandbox-merchant-secret-not-for-production-0001"
 OUTLET_CHANNEL = 2
@@ -182,7 +186,8 @@ class Sandbox:
         bcpay_port = self._port(0) or _free_port(opts.host)
         self.urls.bcpay = f"http://{opts.host}:{bcpay_port}"
         overrides: dict[str, dict[str, Any]] = {
-            "app": {"public_url": self.urls.bcpay, "sandbox": True},
+            "app": {"public_url": self.urls.bcpay, "sandbox": True, "client_id": APP_CLIENT_ID,
+                    "client_secret": APP_CLIENT_SECRET, "control_panel_origins": [self.urls.storefront]},
             "database": {"url": self._db_url()},
             "bigcommerce": {"api_url": self.urls.api, "login_url": self.urls.api},
             "celerypay": {"sandbox_api_url": self.urls.celerypay},
@@ -197,14 +202,16 @@ class Sandbox:
         await self.provision()
 
     async def provision(self) -> None:
-        """What an operator runs: stores add, stores configure, install-script, webhooks register."""
+        """What a merchant and an operator do: install the app (OAuth: the snippet per channel, the webhooks,
+        the order page's panel), then enter the CeleryPay merchant (``stores configure``)."""
         rt = self.runtime
-        await stores.register(rt, STORE_HASH, access_token=ACCESS_TOKEN, source="api_account",
-                              scopes=" ".join((*stores.REQUIRED_SCOPES, *CHANNEL_SCOPES)))
-        store = await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID,
-                                                api_secret=MERCHANT_SECRET, environment="sandbox")
-        await provisioning.install_script(rt, store)
-        await provisioning.register_webhooks(rt, store)
+        self.bc.register_app(APP_CLIENT_ID, APP_CLIENT_SECRET, load_url=rt.public_url("/bc/load"))
+        scope = " ".join((*stores.REQUIRED_SCOPES, *CHANNEL_SCOPES, *EXTENSION_SCOPES))
+        code = self.bc.issue_oauth_code(STORE_HASH, client_id=APP_CLIENT_ID, client_secret=APP_CLIENT_SECRET,
+                                        redirect_uri=rt.public_url(install.AUTH_PATH), scope=scope)
+        await install.install_from_oauth(rt, code=code, scope=scope, context=f"stores/{STORE_HASH}")
+        await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=MERCHANT_SECRET,
+                                        environment="sandbox")
 
     async def stop(self) -> None:
         """Stop every server and task, newest first."""

@@ -26,6 +26,7 @@ from decimal import Decimal
 from html import escape
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import httpx
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -38,6 +39,7 @@ from starlette.routing import Route
 
 from bcpay.errors import InvalidInputError
 from bcpay.money import exponent
+from bcpay.sandbox.bc_apps import signed_payload_jwt
 from bcpay.sandbox.bc_state import JSON, ORDER_STATUSES, FakeApiError, FakeBigCommerce, Store
 from bcpay.sandbox.control_panel import SettingsPages
 
@@ -366,7 +368,22 @@ class _Shop:
     def _manage_page(self, order: JSON, error: str | None) -> Response:
         metafields = [m for m in self.store.metafields.values() if m["resource_id"] == order["id"]]
         return self._page("manage_order.html", status=400 if error else 200, order=order,
-                          statuses=ORDER_STATUSES, metafields=metafields, error=error)
+                          statuses=ORDER_STATUSES, metafields=metafields, error=error,
+                          panels=self._panels(order["id"]))
+
+    def _panels(self, order_id: int) -> list[JSON]:
+        """The Orders page's App Extension panels, as BigCommerce opens one: an iframe on the app's load
+        callback with a fresh ``signed_payload_jwt`` whose ``url`` is the extension's, order id filled in."""
+        found = []
+        for ext in self.store.app_extensions.values():
+            load = self.state.app_load_urls.get(ext["client_id"])
+            if ext["model"] != "ORDERS" or ext["context"] != "PANEL" or load is None:
+                continue
+            url = ext["url"].replace("${id}", str(order_id))
+            token = signed_payload_jwt(self.state, self.store_hash, ext["client_id"], url=url)
+            found.append({"id": ext["id"], "label": ext["label"]["defaultValue"],
+                          "src": f"{load}?{urlencode({'signed_payload_jwt': token})}"})
+        return found
 
 
 def create_storefront(state: FakeBigCommerce, store_hash: str, *,

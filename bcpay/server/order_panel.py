@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from bcpay import payflow, refunds, roles, rules, settings_audit
-from bcpay.errors import BcpayError, InvalidInputError
+from bcpay.errors import BcpayError, InvalidInputError, NotFoundError
 from bcpay.money import format_amount, from_minor, to_minor
 from bcpay.runtime import Runtime
 from bcpay.server.bcapp import Viewer, bc_page, field, page, posted, runtime_of, viewer_of
@@ -153,7 +153,7 @@ async def _payment_of(rt: Runtime, store: StoreRecord, order_id: int, raw: str) 
         attempts = await q.order_attempts(conn, store.id, order_id)
     found = next((p for p in attempts if raw.isdigit() and p.id == int(raw)), None)
     if found is None:
-        raise InvalidInputError("That payment is not one of this order's.", code="payment_not_found")
+        raise NotFoundError("That payment is not one of this order's.", code="payment_not_found")
     return found
 
 
