@@ -92,6 +92,7 @@ async def request_refund(
     reason: str = "",
     key: str | None = None,
     again: bool = True,
+    bc_refund_id: int | None = None,
 ) -> RefundResult:
     """Refund ``amount`` (default: everything left) of a paid attempt.
 
@@ -109,6 +110,8 @@ async def request_refund(
     amount as one asked for this payment in the last :data:`REPEAT_WINDOW`: an
     operator running the command again after a dropped session would
     otherwise refund twice.
+
+    ``bc_refund_id``: the BigCommerce refund this one is made for (kept on the row; bcpay.refund_ledger).
     """
     if payment.status not in rules.PAID or not payment.celerypay_id:
         raise ConflictError("this payment was not captured; nothing to refund", code="not_refundable")
@@ -120,7 +123,7 @@ async def request_refund(
         if row is None:
             if not again:
                 await _refuse_repeat(conn, rt, payment, amount)
-            row = await _open(conn, rt, payment, amount, reason, key)
+            row = await _open(conn, rt, payment, amount, reason, key, bc_refund_id)
         elif amount is not None and amount != row["amount"]:
             raise InvalidInputError("this refund key was used for another amount", code="refund_key_reused")
     if row["status"] == "failed":
@@ -150,7 +153,8 @@ async def _refuse_repeat(conn: Conn, rt: Runtime, payment: PaymentRecord, amount
 
 
 async def _open(
-    conn: Conn, rt: Runtime, payment: PaymentRecord, amount: int | None, reason: str, key: str | None
+    conn: Conn, rt: Runtime, payment: PaymentRecord, amount: int | None, reason: str, key: str | None,
+    bc_refund_id: int | None = None,
 ) -> dict[str, Any]:
     """Check the amount and write the ``requested`` row, under the order's lock."""
     if amount is not None and amount <= 0:
@@ -172,7 +176,7 @@ async def _open(
         "payment_id": payment.id, "merchant_refund_no": f"{payment.merchant_order_no}-r{n}",
         "idempotency_key": (key or "refund-" + secrets.token_urlsafe(24))[:64], "celerypay_id": None,
         "amount": amount, "currency": payment.currency, "status": "requested", "reason": reason[:500],
-        "created_at": now, "updated_at": now,
+        "created_at": now, "updated_at": now, "bc_refund_id": bc_refund_id,
     }
     values["id"] = (await conn.execute(insert(refunds).values(**values).returning(refunds.c.id))).scalar_one()
     return values

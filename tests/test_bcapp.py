@@ -218,6 +218,7 @@ async def test_install_exchanges_the_code_with_the_exact_fields_and_provisions_t
         ("store/app/uninstalled", HOOK_URL, True),
         ("store/channel/created", HOOK_URL, True),
         ("store/channel/updated", HOOK_URL, True),
+        ("store/order/refund/created", HOOK_URL, True),
         ("store/order/statusUpdated", HOOK_URL, True),
     ]
     secret = world.rt.vault.open(row["webhook_secret_enc"])
@@ -238,7 +239,7 @@ async def test_installing_again_changes_nothing_at_bigcommerce(
     assert (await install(world, panel)).status_code == 303
     fake = world.bc.store(STORE_HASH)
     assert len([s for s in fake.scripts.values() if s["name"] == SCRIPT_NAME]) == 1
-    assert len(fake.hooks) == 4
+    assert len(fake.hooks) == 5  # one per provisioning.WEBHOOK_SCOPES
     assert (await store_row(world))["webhook_secret_enc"] == first["webhook_secret_enc"]
 
 
