@@ -60,6 +60,28 @@ class RefundResult:
     status: str
 
 
+def ledger_id(row: dict[str, Any]) -> int | str | None:
+    """BigCommerce's refund id of a refund row as operators see it: the id, "refused" (BigCommerce would not
+    record it) or None (not in BigCommerce's refund ledger)."""
+    value = row.get("bc_refund_id")
+    if value is None:
+        return None
+    return int(value) if value else "refused"
+
+
+def describe(row: dict[str, Any]) -> str:
+    """One line of a refund with both ids: bcpay's number, CeleryPay's refund, BigCommerce's refund."""
+    bc_id = ledger_id(row)
+    if bc_id is None:
+        bc_text = "not in BigCommerce's refund ledger"
+    elif bc_id == "refused":
+        bc_text = "BigCommerce refused to record it"
+    else:
+        bc_text = f"BigCommerce refund {bc_id}"
+    return (f"{row['merchant_refund_no']}: {format_amount(int(row['amount']), str(row['currency']))} "
+            f"{row['status']}, CeleryPay refund {row['celerypay_id'] or '-'}, {bc_text}")
+
+
 async def refundable(conn: Conn, payment: PaymentRecord) -> int:
     """Paid minus refunded minus refunds still in flight, in minor units."""
     in_flight: int = (

@@ -249,6 +249,11 @@ async def test_a_bcpay_refund_is_written_to_the_ledger_once_and_its_webhook_igno
     assert bc_order["status_id"] == 14 and bc_order["refunded_amount"] == "5.0000"
     assert (f"refund {result.merchant_refund_no} of 5.00 USD, CeleryPay refund {result.celerypay_id}, "
             f"BigCommerce refund {entry['id']}") in bc_order["staff_notes"]
+    from bcpay import operations
+
+    [shown] = (await operations.payment_detail(world.rt, pid, STORE_HASH))["refunds"]  # `bcpay payments show`
+    assert (shown["merchant_refund_no"], shown["celerypay_id"], shown["bigcommerce_refund_id"]) == (
+        result.merchant_refund_no, result.celerypay_id, entry["id"])
 
 
 async def test_the_webhook_before_the_id_was_kept_is_recognised_by_its_reason(world: World) -> None:
