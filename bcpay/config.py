@@ -216,8 +216,8 @@ class PaymentSettings:
     refund_from_bigcommerce on."""
     refund_from_bigcommerce: bool = True
     """Refunds go through BigCommerce's refund ledger both ways: a refund made in the control panel (Refund) is
-    made at CeleryPay, and one made with bcpay is recorded in the ledger. Stores registered before bcpay 0013 keep
-    it off until it is turned on for them."""
+    made at CeleryPay, and one made with bcpay is recorded in the ledger. Stores registered before the upgrade to
+    schema 0013 keep it off until it is turned on for them."""
     refund_duplicates: Literal["manual", "auto"] = "manual"
     """Double and late payments: listed as anomalies for a person to refund (manual), or refunded at once
     (auto)."""
