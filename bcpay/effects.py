@@ -345,6 +345,13 @@ async def bc_refund_created(rt: Runtime, job: JobRecord) -> str:
                                               int(job.payload["refund_id"]))
 
 
+async def bc_refund_failed(rt: Runtime, job: JobRecord) -> str:
+    """CeleryPay failed a refund made for a BigCommerce refund: an anomaly and a staff note (bcpay.refund_ledger)."""
+    from bcpay import refund_ledger
+
+    return await refund_ledger.refund_failed(rt, int(job.payload["payment_id"]), int(job.payload["refund_row_id"]))
+
+
 async def order_status_changed(rt: Runtime, job: JobRecord) -> str:
     """A statusUpdated webhook: re-read the order and act (cancel / refund)."""
     from bcpay import bcwebhooks
@@ -357,6 +364,7 @@ HANDLERS: dict[str, Handler] = {
     "confirm_uninstall": confirm_uninstall,
     "order_status_changed": order_status_changed,
     "bc_refund_created": bc_refund_created,
+    "bc_refund_failed": bc_refund_failed,
     "mark_paid": mark_paid,
     "mark_mismatch": mark_mismatch,
     "cancel_order": cancel_order,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select, update
@@ -52,7 +53,7 @@ from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
 from bcpay.storage.db import Conn
 from bcpay.storage.records import PaymentRecord, StoreRecord
-from bcpay.storage.schema import payments
+from bcpay.storage.schema import anomalies, payments
 from bcpay.storage.schema import refunds as refund_rows
 
 FROM_BC_KEY = "bc-refund-"  # the Idempotency-Key prefix of a refund made for a BigCommerce refund
@@ -106,7 +107,8 @@ async def refund_created(rt: Runtime, store_id: int, order_id: int, bc_refund_id
     try:
         payment = await refunds.paid_attempt(rt, store, refund.order_id)
     except NotFoundError:
-        return await _not_made(rt, store, attempts[-1], refund, "the order has no captured OKCloud Pay payment")
+        return await _not_made(rt, store, attempts[-1], refund.id, refund.order_id, refund.offline_amount,
+                               "the order has no captured OKCloud Pay payment")
     try:
         amount = to_minor(refund.offline_amount, payment.currency)
         result = await refunds.request_refund(
@@ -114,11 +116,11 @@ async def refund_created(rt: Runtime, store_id: int, order_id: int, bc_refund_id
             reason=f"BigCommerce refund {refund.id}" + (f": {refund.reason}" if refund.reason else ""),
         )
     except InvalidInputError as exc:  # more than is left, an amount CeleryPay cannot take
-        return await _not_made(rt, store, payment, refund, exc.message)
+        return await _not_made(rt, store, payment, refund.id, refund.order_id, refund.offline_amount, exc.message)
     except ConflictError as exc:
         if exc.code == "refund_in_doubt":
             return "in doubt"  # its own anomaly says what to look for
-        return await _not_made(rt, store, payment, refund, exc.message)
+        return await _not_made(rt, store, payment, refund.id, refund.order_id, refund.offline_amount, exc.message)
     return result.status
 
 
@@ -131,17 +133,21 @@ async def _ours(rt: Runtime, store: StoreRecord, refund: LedgerRefund) -> bool:
     found = await _by_bc_id(rt, store, refund.id)
     if found is not None:
         return not str(found["idempotency_key"]).startswith(FROM_BC_KEY)
+    # The reason names a refund number; it is bcpay's write only if that refund is one bcpay writes and
+    # has no other BigCommerce refund yet (a merchant may copy a number into a reason of their own).
     number = _number_in(refund.reason)
     if number is None:
         return False
     async with rt.db.transaction() as conn:
         row = (await conn.execute(
-            select(refund_rows.c.id, refund_rows.c.bc_refund_id)
+            select(refund_rows.c.id, refund_rows.c.bc_refund_id, refund_rows.c.idempotency_key)
             .join(payments, payments.c.id == refund_rows.c.payment_id)
             .where(payments.c.store_id == store.id, payments.c.order_id == refund.order_id,
                    refund_rows.c.merchant_refund_no == number)
         )).mappings().first()
-        if row is None:
+        if row is None or not str(row["idempotency_key"]).startswith(LEDGER_KEYS):
+            return False
+        if row["bc_refund_id"] not in (None, REFUSED):
             return False
         if row["bc_refund_id"] is None:
             await conn.execute(update(refund_rows).where(refund_rows.c.id == row["id"])
@@ -164,27 +170,43 @@ async def _by_bc_id(rt: Runtime, store: StoreRecord, bc_refund_id: int) -> dict[
     return dict(row) if row else None
 
 
+async def refund_failed(rt: Runtime, payment_id: int, row_id: int) -> str:
+    """CeleryPay reported the refund made for a BigCommerce refund failed: say that the money did NOT go back."""
+    async with rt.db.read() as conn:
+        payment = await q.get_payment(conn, payment_id)
+        store = await q.get_store_by_id(conn, payment.store_id)
+        row = dict((await conn.execute(select(refund_rows).where(refund_rows.c.id == row_id))).mappings().one())
+    if row["status"] != "failed" or row["bc_refund_id"] is None:
+        return "skipped"
+    return await _not_made(rt, store, payment, int(row["bc_refund_id"]), payment.order_id,
+                           from_minor(int(row["amount"]), payment.currency), "CeleryPay reported the refund failed")
+
+
 async def _not_made(
-    rt: Runtime, store: StoreRecord, payment: PaymentRecord, refund: LedgerRefund, why: str
+    rt: Runtime, store: StoreRecord, payment: PaymentRecord, bc_refund_id: int, order_id: int, amount: Decimal,
+    why: str,
 ) -> str:
     """A BigCommerce refund bcpay could not make at CeleryPay: an anomaly, and a staff note on the order."""
-    amount = f"{refund.offline_amount:.2f}"
-    detail = (f"BigCommerce refund {refund.id} of {amount} on order {refund.order_id} was NOT made at CeleryPay: "
+    shown = f"{amount:.2f}"
+    detail = (f"BigCommerce refund {bc_refund_id} of {shown} on order {order_id} was NOT made at CeleryPay: "
               f"{why}. The money did not go back to the shopper: refund it at CeleryPay (bcpay refund "
-              f"{refund.order_id} --store {store.store_hash}) or tell the shopper")
+              f"{order_id} --store {store.store_hash}) or tell the shopper")
+    try:
+        minor = to_minor(amount, payment.currency)
+    except InvalidInputError:
+        minor = 0
     async with rt.db.transaction() as conn:
-        try:
-            minor = to_minor(refund.offline_amount, payment.currency)
-        except InvalidInputError:
-            minor = 0
-        if not await q.record_anomaly(conn, store_id=store.id, order_id=refund.order_id, payment_id=payment.id,
+        if not await q.record_anomaly(conn, store_id=store.id, order_id=order_id, payment_id=payment.id,
                                       kind=NOT_MADE, amount=minor, currency=payment.currency, detail=detail,
                                       now=rt.now()):
-            await q.reopen_anomaly(conn, payment_id=payment.id, kind=NOT_MADE, amount=minor, detail=detail)
-    note = (f"OKCloud Pay: BigCommerce refund {refund.id} of {amount} {payment.currency} was NOT refunded at "
+            known: str = (await conn.execute(select(anomalies.c.detail).where(
+                anomalies.c.payment_id == payment.id, anomalies.c.kind == NOT_MADE))).scalar_one()
+            if detail not in known:  # a job run again adds nothing; another refund of the order does
+                await q.reopen_anomaly(conn, payment_id=payment.id, kind=NOT_MADE, amount=minor, detail=detail)
+    note = (f"OKCloud Pay: BigCommerce refund {bc_refund_id} of {shown} {payment.currency} was NOT refunded at "
             f"CeleryPay ({why}). The money did NOT go back to the shopper.")
-    await add_note(rt, store, refund.order_id, note)
-    log.warning("BigCommerce refund %s of store %s not made at CeleryPay: %s", refund.id, store.store_hash, why)
+    await add_note(rt, store, order_id, note)
+    log.warning("BigCommerce refund %s of store %s not made at CeleryPay: %s", bc_refund_id, store.store_hash, why)
     return "refused"
 
 
@@ -279,5 +301,5 @@ async def warn_deprecated(rt: Runtime) -> None:
                     "BigCommerce, partial ones too (on for %s)", ", ".join(on) or "no store")
 
 
-__all__ = ["FROM_BC_KEY", "NOT_MADE", "NOT_WRITTEN", "add_note", "key_for", "queue", "refund_created",
+__all__ = ["FROM_BC_KEY", "NOT_MADE", "NOT_WRITTEN", "add_note", "key_for", "queue", "refund_created", "refund_failed",
            "warn_deprecated", "write", "writes_ledger"]

@@ -322,3 +322,37 @@ async def test_the_refund_of_a_double_payment_stays_out_of_the_ledger(db_url: st
         await settle(w)
         assert w.cp.payments[first["cashier_url"].rsplit("/", 1)[1]]["status"] == "refunded"
         assert ledger(w, order["id"]) == [] and w.order(order["id"])["status_id"] == 11
+
+
+async def test_a_refund_celerypay_fails_later_is_said_not_to_have_gone_back(db_url: str, secret_key: str) -> None:
+    """CeleryPay takes the refund, then reports it failed: an anomaly and a staff note, once."""
+    from bcpay.sandbox.celerypay import FakeOptions
+
+    async with open_world(db_url, secret_key, bc_webhooks=True, cp_options=FakeOptions(refund_auto=False)) as w:
+        await w.add_store()
+        await w.register_webhooks()
+        order, pid = await paid(w)
+        refund = await w.refund_in_bigcommerce(order["id"], "6.00")
+        await settle(w)
+        await w.cp.settle_refunds(succeed=False)
+        await settle(w)
+        await settle(w)
+        assert w.cp.payments[pid]["refunded_amount"] == 0
+        [row] = await rows(w)
+        assert row["status"] == "failed" and row["bc_refund_id"] == refund["id"]
+        [anomaly] = await open_anomalies(w, refund_ledger.NOT_MADE)
+        assert "CeleryPay reported the refund failed" in anomaly["detail"] and anomaly["amount"] == 600
+        notes = w.order(order["id"])["staff_notes"]
+        assert notes.count(f"BigCommerce refund {refund['id']} of 6.00 USD was NOT refunded at CeleryPay") == 1
+
+
+async def test_a_merchant_reason_naming_a_written_refund_is_not_taken_for_bcpays(world: World) -> None:
+    """A control-panel refund whose reason copies the number of a refund bcpay already wrote is the merchant's
+    own: it is refunded at CeleryPay."""
+    order, pid = await paid(world)
+    result = await bcpay_refund(world, order["id"], 500)
+    await settle(world)
+    await world.refund_in_bigcommerce(order["id"], "3.00", reason=f"OKCloud Pay refund {result.merchant_refund_no}")
+    await settle(world)
+    assert world.cp.payments[pid]["refunded_amount"] == 800
+    assert len(ledger(world, order["id"])) == 2 and len(await rows(world)) == 2
