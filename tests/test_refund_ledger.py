@@ -356,3 +356,15 @@ async def test_a_merchant_reason_naming_a_written_refund_is_not_taken_for_bcpays
     await settle(world)
     assert world.cp.payments[pid]["refunded_amount"] == 800
     assert len(ledger(world, order["id"])) == 2 and len(await rows(world)) == 2
+
+
+async def test_the_server_warns_at_start_when_refund_on_status_is_on(
+        db_url: str, secret_key: str, caplog: pytest.LogCaptureFixture) -> None:
+    """payments.refund_on_status = true in the config: the server's start says it is deprecated; off, nothing."""
+    with caplog.at_level(logging.WARNING, logger="bcpay.refund_ledger"):
+        async with open_world(db_url, secret_key):
+            pass
+        assert "refund_on_status is deprecated" not in caplog.text
+        async with open_world(db_url, secret_key, payments={"refund_on_status": True}):
+            pass
+    assert "payments.refund_on_status is deprecated" in caplog.text and "(on for no store)" in caplog.text
