@@ -133,23 +133,25 @@ async def _ours(rt: Runtime, store: StoreRecord, refund: LedgerRefund) -> bool:
     found = await _by_bc_id(rt, store, refund.id)
     if found is not None:
         return not str(found["idempotency_key"]).startswith(FROM_BC_KEY)
-    # The reason names a refund number; it is bcpay's write only if that refund is one bcpay writes and
-    # has no other BigCommerce refund yet (a merchant may copy a number into a reason of their own).
+    # The reason names a refund number; it is bcpay's write only if that refund is one bcpay writes, of
+    # this amount, with no other BigCommerce refund yet (a merchant may copy a number into a reason).
     number = _number_in(refund.reason)
     if number is None:
         return False
     async with rt.db.transaction() as conn:
         row = (await conn.execute(
-            select(refund_rows.c.id, refund_rows.c.bc_refund_id, refund_rows.c.idempotency_key)
+            select(refund_rows.c.id, refund_rows.c.bc_refund_id, refund_rows.c.idempotency_key,
+                   refund_rows.c.amount, refund_rows.c.currency)
             .join(payments, payments.c.id == refund_rows.c.payment_id)
             .where(payments.c.store_id == store.id, payments.c.order_id == refund.order_id,
                    refund_rows.c.merchant_refund_no == number)
         )).mappings().first()
         if row is None or not str(row["idempotency_key"]).startswith(LEDGER_KEYS):
             return False
-        if row["bc_refund_id"] not in (None, REFUSED):
+        if row["bc_refund_id"] not in (None, REFUSED) or refund.offline_amount != from_minor(
+                int(row["amount"]), str(row["currency"])):
             return False
-        if row["bc_refund_id"] is None:
+        if row["bc_refund_id"] != refund.id:
             await conn.execute(update(refund_rows).where(refund_rows.c.id == row["id"])
                                .values(bc_refund_id=refund.id, updated_at=rt.now()))
     return True
