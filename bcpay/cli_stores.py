@@ -45,7 +45,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 DEFAULT_SCOPES = " ".join(REQUIRED_SCOPES)
 # bcpay.runtime.STORE_OVERRIDES, spelled out for the same reason (checked the same way).
 STORE_SETTINGS = ("method_name", "accepted_methods", "paid_status_id", "mismatch_status_id", "expires_in",
-                  "on_expired", "return_to", "refund_on_status", "refund_duplicates", "extra_origins")
+                  "on_expired", "return_to", "refund_on_status", "refund_from_bigcommerce", "refund_duplicates",
+                  "extra_origins")
 
 
 def _store_json(s: "StoreRecord") -> dict[str, Any]:
@@ -158,7 +159,12 @@ def stores_configure(
     return_to: Annotated[str | None, typer.Option(help="Where shoppers return: confirmation or bcpay.")] = None,
     refund_on_status: Annotated[bool | None, typer.Option(
         "--refund-on-status/--no-refund-on-status",
-        help="Refund at CeleryPay when an order is set to Refunded.")] = None,
+        help="Deprecated (use --refund-from-bigcommerce): refund at CeleryPay when an order is set to Refunded.")
+    ] = None,
+    refund_from_bigcommerce: Annotated[bool | None, typer.Option(
+        "--refund-from-bigcommerce/--no-refund-from-bigcommerce",
+        help="Refunds through BigCommerce's refund ledger both ways (control-panel refunds made at CeleryPay, "
+             "bcpay's recorded in BigCommerce).")] = None,
     refund_duplicates: Annotated[str | None, typer.Option(help="manual or auto refund of double payments.")] = None,
     reset: Annotated[list[str] | None, typer.Option(
         "--reset", metavar="SETTING",
@@ -186,7 +192,8 @@ def stores_configure(
     changes = {k: v for k, v in {
         "method_name": method_name, "on_expired": on_expired, "paid_status_id": paid_status_id,
         "mismatch_status_id": mismatch_status_id, "expires_in": expires_in, "return_to": return_to,
-        "refund_on_status": refund_on_status, "refund_duplicates": refund_duplicates,
+        "refund_on_status": refund_on_status, "refund_from_bigcommerce": refund_from_bigcommerce,
+        "refund_duplicates": refund_duplicates,
     }.items() if v is not None}
     if merchant_id is None and environment is None and not changes and not reset and not revoke_old_secret:
         raise typer.BadParameter("nothing to change: give --merchant-id, settings, --reset and/or --revoke-old-secret")

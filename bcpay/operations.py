@@ -38,6 +38,7 @@ from bcpay.errors import (
 )
 from bcpay.money import to_minor
 from bcpay.provisioning import Check
+from bcpay.refunds import ledger_id
 from bcpay.runtime import Runtime
 from bcpay.signatures import sign_notification
 from bcpay.storage import migrate
@@ -221,7 +222,8 @@ async def payment_detail(rt: Runtime, ref: str, store_hash: str | None = None) -
     detail = attempt_json(store, attempt)
     detail["refunds"] = [
         {"merchant_refund_no": r["merchant_refund_no"], "celerypay_id": r["celerypay_id"], "amount": r["amount"],
-         "currency": r["currency"], "status": r["status"], "reason": r["reason"]} for r in refund_rows
+         "currency": r["currency"], "status": r["status"], "reason": r["reason"],
+         "bigcommerce_refund_id": ledger_id(dict(r))} for r in refund_rows
     ]
     detail["events"] = [{**dict(e), "received_at": iso(e["received_at"])} for e in event_rows]
     detail["audit"] = [

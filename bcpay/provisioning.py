@@ -31,8 +31,8 @@ from bcpay.stores import REQUIRED_SCOPES
 # - app/uninstalled: forget the store's secrets even if /bc/uninstall is missed.
 # - channel/created, channel/updated: a new storefront, or one switched on or off, gets (or loses) its
 #   snippet at once (reference section 11; channels.mdx).
-WEBHOOK_SCOPES = ("store/order/statusUpdated", "store/app/uninstalled", "store/channel/created",
-                  "store/channel/updated")
+WEBHOOK_SCOPES = ("store/order/statusUpdated", "store/order/refund/created", "store/app/uninstalled",
+                  "store/channel/created", "store/channel/updated")
 WEBHOOK_SECRET_HEADER = "X-Bcpay-Secret"
 PAYMENT_SETTINGS_PATH = "/manage/settings/payment"
 SCRIPTS_PER_APP = 10  # scripts.v3.yml: "Each app can have 10 scripts installed."

@@ -54,6 +54,7 @@ class StorePolicy:
     return_to: str
     max_order_age: timedelta
     refund_on_status: bool
+    refund_from_bigcommerce: bool
     refund_duplicates: str
     extra_origins: tuple[str, ...]
     """Browser origins besides the store's own URL that may call /api/v1 for this store (a store's own
@@ -70,6 +71,7 @@ STORE_OVERRIDES: dict[str, type] = {
     "on_expired": str,
     "return_to": str,
     "refund_on_status": bool,
+    "refund_from_bigcommerce": bool,
     "refund_duplicates": str,
     "extra_origins": list,
 }
@@ -113,6 +115,7 @@ class Runtime:
             return_to=str(o.get("return_to", p.return_to)),
             max_order_age=timedelta(seconds=p.max_order_age),
             refund_on_status=bool(o.get("refund_on_status", p.refund_on_status)),
+            refund_from_bigcommerce=bool(o.get("refund_from_bigcommerce", p.refund_from_bigcommerce)),
             refund_duplicates=str(o.get("refund_duplicates", p.refund_duplicates)),
             extra_origins=tuple(o.get("extra_origins", ())),
         )

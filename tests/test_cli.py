@@ -255,7 +255,7 @@ def test_stores_configure_reset_puts_a_store_back_on_the_global_config(env: Env)
     everything = env.ok("stores", "configure", STORE_HASH, "--reset", "all")
     assert settings_of(env)[0] == {}
     assert "(store)" not in everything.stdout and shown_settings(everything)["accepted_methods"] == "OKCloud Pay (global)"
-    assert len(shown_settings(everything)) == 10 and shown_settings(everything)["extra_origins"] == "- (global)"
+    assert len(shown_settings(everything)) == 11 and shown_settings(everything)["extra_origins"] == "- (global)"
     assert env.ok("stores", "configure", STORE_HASH, "--reset", "all").stdout == everything.stdout
 
 
@@ -348,7 +348,7 @@ def test_stores_remove_cleans_the_store_and_forgets_secrets(env: Env) -> None:
     env.add_store()
     env.ok("provision", STORE_HASH)
     removed = env.ok("stores", "remove", STORE_HASH, "--yes")
-    assert "snippet: removed" in removed.stdout and "webhooks: 4 removed" in removed.stdout
+    assert "snippet: removed" in removed.stdout and "webhooks: 5 removed" in removed.stdout
     assert env.bc.store(STORE_HASH).scripts == {} and env.bc.store(STORE_HASH).hooks == {}
     [row] = env.query(select(stores))
     assert not row["installed"] and row["access_token_enc"] is None and row["celerypay_secret_enc"] is None
@@ -370,7 +370,7 @@ def test_provision_prints_control_panel_steps_until_the_method_is_renamed(env: E
     second = env.ok("provision", STORE_HASH)
     assert "✓ storefront snippet: unchanged" in second.stdout
     assert "store/order/statusUpdated: unchanged" in second.stdout
-    assert len(env.bc.store(STORE_HASH).scripts) == 1 and len(env.bc.store(STORE_HASH).hooks) == 4
+    assert len(env.bc.store(STORE_HASH).scripts) == 1 and len(env.bc.store(STORE_HASH).hooks) == 5
 
 
 def test_install_script_print_remove_and_never_duplicates(env: Env) -> None:
@@ -481,14 +481,15 @@ def test_doctor_says_celerypay_did_not_answer_rather_than_refused_the_credential
 
 def test_webhooks_register_is_idempotent_and_list_hides_the_secret(env: Env) -> None:
     env.add_store()
-    assert env.ok("webhooks", "register", STORE_HASH).stdout.count(": created") == 4
-    assert env.ok("webhooks", "register", STORE_HASH).stdout.count("unchanged") == 4
+    assert env.ok("webhooks", "register", STORE_HASH).stdout.count(": created") == 5
+    assert env.ok("webhooks", "register", STORE_HASH).stdout.count("unchanged") == 5
     listed = json.loads(env.ok("webhooks", "list", STORE_HASH, "--json").stdout)
     assert sorted(h["scope"] for h in listed) == [
-        "store/app/uninstalled", "store/channel/created", "store/channel/updated", "store/order/statusUpdated"]
+        "store/app/uninstalled", "store/channel/created", "store/channel/updated", "store/order/refund/created",
+        "store/order/statusUpdated"]
     assert all(h["destination"] == f"{env.public_url}/webhooks/bigcommerce/{STORE_HASH}" for h in listed)
     assert "X-Bcpay-Secret" not in env.ok("webhooks", "list", STORE_HASH).output
-    assert "removed 4 webhook(s)" in env.ok("webhooks", "remove", STORE_HASH).stdout
+    assert "removed 5 webhook(s)" in env.ok("webhooks", "remove", STORE_HASH).stdout
     assert env.bc.store(STORE_HASH).hooks == {}
 
 

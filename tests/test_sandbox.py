@@ -27,7 +27,7 @@ async def test_sandbox_provisions_the_store_like_an_operator(sandbox: Sandbox) -
         assert asset().integrity in script["html"] and sandbox.urls.bcpay in script["html"]
     scopes = sorted(h["scope"] for h in store.hooks.values())
     assert scopes == ["store/app/uninstalled", "store/channel/created", "store/channel/updated",
-                      "store/order/statusUpdated"]
+                      "store/order/refund/created", "store/order/statusUpdated"]
     async with httpx.AsyncClient() as http:
         assert (await http.get(sandbox.urls.bcpay + "/readyz")).json() == {"status": "ok"}
         page = await http.get(sandbox.urls.storefront + "/")

@@ -1,4 +1,4 @@
-"""The BigCommerce REST client (v2 orders and store, v3 metafields, scripts, hooks).
+"""The BigCommerce REST client (v2 orders and store, v3 metafields, refunds, scripts, hooks).
 
 ``{api_url}/stores/{store_hash}/v2|v3/...`` with ``X-Auth-Token`` (reference
 section 2). Retry policy (section 9 and :mod:`bcpay.clients.http`): a 429 waits
@@ -29,12 +29,14 @@ from bcpay.clients.bigcommerce_models import (
     AppExtension,
     Channel,
     Hook,
+    LedgerRefund,
     Malformed,
     Metafield,
     OAuthToken,
     Order,
     OrderStatus,
     PaymentMethod,
+    RefundQuote,
     Script,
     ScriptSpec,
     Site,
@@ -65,11 +67,13 @@ __all__ = [
     "BigCommerceClient",
     "Channel",
     "Hook",
+    "LedgerRefund",
     "Metafield",
     "OAuthToken",
     "Order",
     "OrderStatus",
     "PaymentMethod",
+    "RefundQuote",
     "Script",
     "ScriptSpec",
     "Site",
@@ -507,6 +511,36 @@ class BigCommerceClient:
         if data is None or data == {}:
             return None
         return _parse(Site.from_json, data, response)
+
+    # --- refunds (v3, reference section 12) ------------------------------------------------
+
+    async def refund_quote(self, order_id: int, items: list[dict[str, Any]]) -> RefundQuote:
+        """``POST /v3/orders/{id}/payment_actions/refund_quotes``: the amount and the methods open for it."""
+        _check_id(order_id, "order_id")
+        data, response = await self._v3("POST", f"/orders/{order_id}/payment_actions/refund_quotes",
+                                        json_body={"items": items})
+        return _parse(RefundQuote.from_json, data, response)
+
+    async def create_refund(
+        self, order_id: int, items: list[dict[str, Any]], payments: list[dict[str, Any]]
+    ) -> LedgerRefund:
+        """``POST /v3/orders/{id}/payment_actions/refunds`` (never retried: it could refund twice)."""
+        _check_id(order_id, "order_id")
+        data, response = await self._v3("POST", f"/orders/{order_id}/payment_actions/refunds",
+                                        json_body={"items": items, "payments": payments})
+        return _parse(LedgerRefund.from_json, data, response)
+
+    async def get_refund(self, refund_id: int) -> LedgerRefund:
+        """``GET /v3/orders/payment_actions/refunds/{id}``; UpstreamNotFound when there is none."""
+        _check_id(refund_id, "refund_id")
+        data, response = await self._v3("GET", f"/orders/payment_actions/refunds/{refund_id}")
+        return _parse(LedgerRefund.from_json, data, response)
+
+    async def order_refunds(self, order_id: int) -> list[LedgerRefund]:
+        """``GET /v3/orders/{id}/payment_actions/refunds`` (every page), oldest first."""
+        _check_id(order_id, "order_id")
+        return [_parse(LedgerRefund.from_json, r) for r in
+                await self._v3_list(f"/orders/{order_id}/payment_actions/refunds")]
 
     # --- webhooks (v3) ---------------------------------------------------------------------
 

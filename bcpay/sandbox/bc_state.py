@@ -167,6 +167,11 @@ class Store:
     sites: dict[int, JSON] = field(default_factory=dict)
     # App Extensions (GraphQL Admin API), id -> extension with the client_id of the app that made it.
     app_extensions: dict[str, JSON] = field(default_factory=dict)
+    # The refund ledger (orders.v3.yml `Refund`) by refund id; orders with a refund being made now.
+    refunds: dict[int, JSON] = field(default_factory=dict)
+    refunding: set[int] = field(default_factory=set)
+    # False: refund quotes offer no offline option (a store where BigCommerce cannot record one).
+    offline_refunds: bool = True
 
     def method_named(self, name: str) -> PaymentMethod | None:
         """The enabled method whose display name or code is ``name``."""
@@ -272,6 +277,13 @@ class Chaos:
         return None
 
 
+def _scope_matches(subscribed: str, scope: str) -> bool:
+    """A hook's scope covers the event: the same, or a ``/*`` wildcard over it (``store/order/*``)."""
+    if subscribed == scope:
+        return True
+    return subscribed.endswith("/*") and scope.startswith(subscribed[:-1])
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -300,11 +312,19 @@ class FakeBigCommerce:
         self.oauth_codes: dict[str, OAuthCode] = {}
         self._next_order_id = 100
         self._next_id = 1
+        self._next_refund_id = 0
+        # Seconds a refund takes to be made (refunds of one order are made one at a time, bc_refunds).
+        self.refund_delay = 0.0
 
     def next_id(self) -> int:
         """A fresh integer id for metafields and hooks."""
         self._next_id += 1
         return self._next_id
+
+    def next_refund_id(self) -> int:
+        """A fresh refund id (refund ids are global, as ``GET /v3/orders/payment_actions/refunds/{id}`` needs)."""
+        self._next_refund_id += 1
+        return self._next_refund_id
 
     def add_store(self, store_hash: str, *, secure_url: str, name: str = "Sandbox Store",
                   currency: str = "USD", access_token: str = "sandbox-access-token",
@@ -563,12 +583,11 @@ class FakeBigCommerce:
 
     async def fire_webhook(self, http: httpx.AsyncClient, store_hash: str, scope: str,
                            data: JSON, *, client_id: str | None = None) -> list[WebhookDelivery]:
-        """POST the event to every active hook of ``scope`` (or its ``/*`` wildcard), of ``client_id`` if given."""
+        """POST the event to every active hook of ``scope`` (or a ``/*`` wildcard over it), of ``client_id`` if given."""
         payload = self.webhook_payload(store_hash, scope, data)
-        wildcard = scope.rsplit("/", 1)[0] + "/*"
         deliveries = []
         for hook in list(self.store(store_hash).hooks.values()):
-            if not hook["is_active"] or hook["scope"] not in (scope, wildcard):
+            if not hook["is_active"] or not _scope_matches(str(hook["scope"]), scope):
                 continue
             if client_id is not None and hook["client_id"] != client_id:
                 continue

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bcpay.sandbox import bc_channels, bc_graphql
+from bcpay.sandbox import bc_channels, bc_graphql, bc_refunds
 from bcpay.sandbox.bc_rules import (
     hook_matches,
     int_param,
@@ -391,6 +391,23 @@ class _Api:
     async def get_channel_site(self, request: Request, ctx: _Ctx) -> Response:
         return await bc_channels.get_channel_site(request, ctx.store)
 
+    # --- v3 refunds (bc_refunds) ---------------------------------------------------
+
+    async def refund_quote(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_refunds.post_quote(request, self.state, ctx.store)
+
+    async def create_refund(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_refunds.post_refund(request, self.state, ctx.store, self.webhook_client)
+
+    async def order_refunds(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_refunds.order_refunds(request, self.state, ctx.store)
+
+    async def all_refunds(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_refunds.all_refunds(request, self.state, ctx.store)
+
+    async def one_refund(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_refunds.one_refund(request, self.state, ctx.store)
+
     # --- v3 hooks -----------------------------------------------------------------
 
     def _own_hooks(self, ctx: _Ctx) -> list[dict[str, Any]]:
@@ -475,7 +492,8 @@ def create_bigcommerce_api(state: FakeBigCommerce, *, quota: Quota | None = None
     ``quota`` and ``chaos`` replace the state's knobs (which stay mutable at
     runtime through ``state.quota`` / ``state.chaos``). With ``webhook_client``,
     a status change made by ``PUT /v2/orders/{id}`` fires
-    ``store/order/statusUpdated`` after the response.
+    ``store/order/statusUpdated`` after the response, and a refund
+    ``store/order/refund/created`` (:mod:`bcpay.sandbox.bc_refunds`).
     """
     if quota is not None:
         state.quota = quota
@@ -503,6 +521,13 @@ def create_bigcommerce_api(state: FakeBigCommerce, *, quota: Quota | None = None
         gate.route(base + "/v3/orders/{order_id:int}/metafields/{metafield_id:int}", {
             "GET": (api.get_metafield, orders_r), "PUT": (api.put_metafield, orders_w),
             "DELETE": (api.delete_metafield, orders_w)}, v2=False),
+        gate.route(base + "/v3/orders/{order_id:int}/payment_actions/refund_quotes", {
+            "POST": (api.refund_quote, orders_w)}, v2=False),
+        gate.route(base + "/v3/orders/{order_id:int}/payment_actions/refunds", {
+            "GET": (api.order_refunds, orders_r), "POST": (api.create_refund, orders_w)}, v2=False),
+        gate.route(base + "/v3/orders/payment_actions/refunds", {"GET": (api.all_refunds, orders_r)}, v2=False),
+        gate.route(base + "/v3/orders/payment_actions/refunds/{refund_id:int}", {
+            "GET": (api.one_refund, orders_r)}, v2=False),
         gate.route(base + "/v3/content/scripts", {
             "GET": (api.list_scripts, content_r), "POST": (api.create_script, content_w)},
             v2=False),

@@ -7,7 +7,8 @@ Payment for the offline method, 11 Awaiting Fulfillment for the test
 gateway), the order-confirmation page with the store's Script Manager scripts
 rendered as Stencil would, the Storefront Orders API
 (``/api/storefront/orders/{id}``, orders.sf.yml), ``/manage/orders`` where
-a status change fires ``store/order/statusUpdated``, and the control panel's
+a status change fires ``store/order/statusUpdated`` and the Refund action records a refund in the
+ledger (``bcpay.sandbox.bc_refunds``) and fires ``store/order/refund/created``, and the control panel's
 settings pages (``bcpay.sandbox.control_panel``).
 
 The storefront order API answers **404** for an order the caller's session did
@@ -39,6 +40,7 @@ from starlette.routing import Route
 
 from bcpay.errors import InvalidInputError
 from bcpay.money import exponent
+from bcpay.sandbox import bc_refunds
 from bcpay.sandbox.bc_apps import signed_payload_jwt
 from bcpay.sandbox.bc_state import JSON, ORDER_STATUSES, FakeApiError, FakeBigCommerce, Store
 from bcpay.sandbox.control_panel import SettingsPages
@@ -365,11 +367,44 @@ class _Shop:
             return RedirectResponse(f"/manage/orders/{order_id}", status_code=303, background=tasks)
         return self._manage_page(order, None)
 
+    async def manage_refund(self, request: Request) -> Response:
+        """The order's Refund action: an order-level amount through a refund method the quote offers.
+
+        As BigCommerce's, it goes through the refund ledger (quote, then refund; one at a time) and fires
+        ``store/order/refund/created`` (and the status change).
+        """
+        order_id = request.path_params["order_id"]
+        try:
+            order = self.state.order(self.store_hash, order_id)
+        except FakeApiError:
+            return self._page("not_found.html", status=404)
+        form = await request.form()
+        amount, provider = str(form.get("amount", "")).strip(), str(form.get("provider_id", ""))
+        items = [{"item_type": "ORDER", "item_id": order_id, "amount": amount,
+                  "reason": str(form.get("reason", "")).strip()[:1000]}]
+        try:
+            quote = bc_refunds.quote(self.state, self.store_hash, order_id, {"items": items})
+            option = next((o for m in quote["refund_methods"] for o in m if o["provider_id"] == provider), None)
+            if option is None:
+                return self._manage_page(order, "Choose a refund method.")
+            payment = {"provider_id": provider, "amount": amount, "offline": option["offline"]}
+            async with bc_refunds.one_at_a_time(self.state, self.store_hash, order_id):
+                previous, refund = bc_refunds.create_refund(self.state, self.store_hash, order_id,
+                                                            {"items": items, "payments": [payment]}, user_id=1)
+        except FakeApiError as exc:
+            return self._manage_page(order, exc.title)
+        return RedirectResponse(f"/manage/orders/{order_id}?refunded={refund['id']}", status_code=303,
+                                background=self._webhooks(bc_refunds.webhook_events(order, previous, refund)))
+
     def _manage_page(self, order: JSON, error: str | None) -> Response:
         metafields = [m for m in self.store.metafields.values() if m["resource_id"] == order["id"]]
+        refunds = bc_refunds.list_refunds(self.store, order_ids={order["id"]})
+        left = bc_refunds.refundable(order)
+        methods = bc_refunds.refund_methods(self.store, order, left) if left > 0 else []
         return self._page("manage_order.html", status=400 if error else 200, order=order,
-                          statuses=ORDER_STATUSES, metafields=metafields, error=error,
-                          panels=self._panels(order["id"]))
+                          statuses=ORDER_STATUSES, metafields=metafields, error=error, refunds=refunds,
+                          refundable=f"{left:.2f}" if left > 0 else "", methods=[o for m in methods for o in m],
+                          paid=int(order["status_id"]) in bc_refunds.PAID_STATUSES, panels=self._panels(order["id"]))
 
     def _panels(self, order_id: int) -> list[JSON]:
         """The Orders page's App Extension panels, as BigCommerce opens one: an iframe on the app's load
@@ -411,6 +446,7 @@ def create_storefront(state: FakeBigCommerce, store_hash: str, *,
         Route("/api/storefront/order/{order_id:int}", shop.api_order),
         Route("/manage/orders", shop.manage_orders),
         Route("/manage/orders/{order_id:int}", shop.manage_order, methods=["GET", "POST"]),
+        Route("/manage/orders/{order_id:int}/refund", shop.manage_refund, methods=["POST"]),
         *SettingsPages(state, store_hash, shop._page).routes(),
     ])
 

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bcpay import channels, snippet
+from bcpay import channels, refund_ledger, snippet
 from bcpay.config import Settings
 from bcpay.effects import Worker
 from bcpay.errors import BcpayError, SignatureError
@@ -167,6 +167,7 @@ def create_app(
         async with (open_runtime(settings, http=http, clock=clock, metrics=metrics) as rt,
                     rt.db.background_checkpoints()):
             await migrate.ready_schema(rt.db)
+            await refund_ledger.warn_deprecated(rt)
             await snippet.keep_current(rt)  # so that every host serves this version too
             app.state.runtime = rt
             origins.runtime = rt

@@ -37,6 +37,7 @@ from bcpay.server.bcapp import Handler, Viewer, bc_page, field, page, posted, ru
 from bcpay.storage import queries as q
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import payments
+from bcpay.storage.schema import refunds as refund_rows
 
 log = logging.getLogger("bcpay.settings_page")
 
@@ -93,6 +94,7 @@ class PaymentRow:
     created: str
     order_url: str
     refundable: str  # decimal text, '' when nothing can be refunded
+    refunds: tuple[str, ...] = ()  # each with bcpay's number, CeleryPay's id and BigCommerce's (refunds.describe)
 
 
 def order_url(store: StoreRecord, order_id: int) -> str:
@@ -138,6 +140,9 @@ async def _payment_rows(rt: Runtime, store: StoreRecord) -> list[PaymentRow]:
                     f"{p.created_at:%Y-%m-%d %H:%M} UTC",
                     order_url(store, p.order_id),
                     str(from_minor(left, p.currency)) if left > 0 else "",
+                    tuple(refunds.describe(dict(r)) for r in (await conn.execute(
+                        select(refund_rows).where(refund_rows.c.payment_id == p.id).order_by(refund_rows.c.id)
+                    )).mappings()),
                 )
             )
     return rows
