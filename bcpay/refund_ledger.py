@@ -57,9 +57,10 @@ from bcpay.storage.schema import anomalies, payments
 from bcpay.storage.schema import refunds as refund_rows
 
 FROM_BC_KEY = "bc-refund-"  # the Idempotency-Key prefix of a refund made for a BigCommerce refund
-# The refunds bcpay writes to the ledger: made by a person through the CLI ("refund-...") or the settings
-# page ("settings-..."). Not the worker's own ("job-...": double payments), not refund_on_status's.
-LEDGER_KEYS = ("refund-", "settings-")
+# The refunds bcpay writes to the ledger: made by a person through the CLI ("refund-..."), the settings
+# page ("settings-...") or the order page's panel ("panel-..."). Not the worker's own ("job-...": double
+# payments), not refund_on_status's.
+LEDGER_KEYS = ("refund-", "settings-", "panel-")
 REASON = "OKCloud Pay refund {number}"
 _REASON = re.compile(r"OKCloud Pay refund (\S{1,64})")
 NOT_MADE = "bc_refund_not_made"  # anomaly: a BigCommerce refund was not made at CeleryPay

@@ -108,9 +108,13 @@ async def test_the_panel_shows_the_payment_and_refunds_part_of_it_after_confirmi
     assert again.status_code == 303
     [refund] = world.cp.refunds.values()
     assert refund["amount"] == 500
+    await world.cp.deliver_due()
     await world.run_jobs()
+    # Once CeleryPay says it succeeded, the refund goes into BigCommerce's ledger; the panel names both ids.
+    [ledger] = world.bc.store(STORE_HASH).refunds.values()
     shown = html_lib.unescape((await panel.get(done.headers["location"])).text)
     assert "Refund sent to CeleryPay." in shown and refund["id"] in shown
+    assert f"<td>{ledger['id']}</td>" in shown
     over = await panel.post(f"/bc/orders/{order_id}/refund?lang=en", data={
         "csrf": csrf_of(shown), "payment_id": str(payment_row), "amount": "99.00"})
     assert over.status_code == 400 and "You can refund between 0 and 15.00 USD" in html_lib.unescape(over.text)

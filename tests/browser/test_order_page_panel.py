@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
+from bcpay.sandbox.runner import STORE_HASH
 from tests.browser.e2e_helpers import open_shop, options, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -41,3 +42,8 @@ def test_a_merchant_refunds_part_of_an_order_from_the_order_pages_panel(page: Pa
         assert shop.sandbox.celerypay.payment_record(payment_id).refunded_amount == 1000
         page.reload()
         expect(frame.locator('[data-field="refunded"]')).to_have_text("10.00 USD")
+        # The refund is in BigCommerce's ledger too (refund_from_bigcommerce): the panel names both ids.
+        [ledger] = shop.sandbox.bc.store(STORE_HASH).refunds.values()
+        row = frame.locator("tr[data-refund]")
+        expect(row.locator("td").nth(4)).to_have_text(str(ledger["id"]))
+        expect(row.locator("td").nth(3)).to_have_text(next(iter(shop.sandbox.celerypay.refunds)))
