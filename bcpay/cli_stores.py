@@ -41,7 +41,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 DEFAULT_SCOPES = " ".join(REQUIRED_SCOPES)
 # bcpay.runtime.STORE_OVERRIDES, spelled out for the same reason (checked the same way).
 STORE_SETTINGS = ("method_name", "accepted_methods", "paid_status_id", "mismatch_status_id", "expires_in",
-                  "on_expired", "return_to", "refund_on_status", "refund_duplicates", "extra_origins")
+                  "on_expired", "return_to", "refund_on_status", "refund_duplicates", "unpaid_hold",
+                  "extra_origins")
 
 
 def _store_json(s: "StoreRecord") -> dict[str, Any]:
@@ -156,6 +157,8 @@ def stores_configure(
         "--refund-on-status/--no-refund-on-status",
         help="Refund at CeleryPay when an order is set to Refunded.")] = None,
     refund_duplicates: Annotated[str | None, typer.Option(help="manual or auto refund of double payments.")] = None,
+    unpaid_hold: Annotated[int | None, typer.Option(
+        parser=AsciiInt(), help="Minutes after which an unpaid order is cancelled; 0 keeps it (0-43200).")] = None,
     reset: Annotated[list[str] | None, typer.Option(
         "--reset", metavar="SETTING",
         help="Drop the store's own value of SETTING, so it follows the global config again (repeatable; "
@@ -182,7 +185,7 @@ def stores_configure(
     changes = {k: v for k, v in {
         "method_name": method_name, "on_expired": on_expired, "paid_status_id": paid_status_id,
         "mismatch_status_id": mismatch_status_id, "expires_in": expires_in, "return_to": return_to,
-        "refund_on_status": refund_on_status, "refund_duplicates": refund_duplicates,
+        "refund_on_status": refund_on_status, "refund_duplicates": refund_duplicates, "unpaid_hold": unpaid_hold,
     }.items() if v is not None}
     if merchant_id is None and environment is None and not changes and not reset and not revoke_old_secret:
         raise typer.BadParameter("nothing to change: give --merchant-id, settings, --reset and/or --revoke-old-secret")

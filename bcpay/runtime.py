@@ -55,6 +55,9 @@ class StorePolicy:
     max_order_age: timedelta
     refund_on_status: bool
     refund_duplicates: str
+    unpaid_hold: int
+    """Minutes after it was placed that an unpaid order for the method is cancelled; 0 keeps it (a new store
+    starts with the payment's expiry plus 30 minutes)."""
     extra_origins: tuple[str, ...]
     """Browser origins besides the store's own URL that may call /api/v1 for this store (a store's own
     setting: there is no global one)."""
@@ -71,6 +74,7 @@ STORE_OVERRIDES: dict[str, type] = {
     "return_to": str,
     "refund_on_status": bool,
     "refund_duplicates": str,
+    "unpaid_hold": int,
     "extra_origins": list,
 }
 
@@ -114,6 +118,7 @@ class Runtime:
             max_order_age=timedelta(seconds=p.max_order_age),
             refund_on_status=bool(o.get("refund_on_status", p.refund_on_status)),
             refund_duplicates=str(o.get("refund_duplicates", p.refund_duplicates)),
+            unpaid_hold=int(o.get("unpaid_hold", p.unpaid_hold)),
             extra_origins=tuple(o.get("extra_origins", ())),
         )
 

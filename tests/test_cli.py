@@ -235,7 +235,8 @@ def test_stores_configure_reset_puts_a_store_back_on_the_global_config(env: Env)
     env.ok("stores", "configure", STORE_HASH, "--paid-status-id", "2", "--expires-in", "900",
            "--on-expired", "cancel")
     overrides, opened = settings_of(env)
-    assert overrides == {"paid_status_id": 2, "expires_in": 900, "on_expired": "cancel"}
+    # unpaid_hold: the store's own since it was added (a new store's hold)
+    assert overrides == {"paid_status_id": 2, "expires_in": 900, "on_expired": "cancel", "unpaid_hold": 60}
 
     result = env.ok("stores", "configure", STORE_HASH, "--reset", "paid_status_id", "--reset", "expires-in",
                     env={"BCPAY_PAYMENTS_PAID_STATUS_ID": "10"})
@@ -243,7 +244,7 @@ def test_stores_configure_reset_puts_a_store_back_on_the_global_config(env: Env)
     assert shown["paid_status_id"] == "10 (global)"  # the global value in force, from BCPAY_*
     assert shown["expires_in"] == "1800 (global)" and shown["on_expired"] == "cancel (store)"
     overrides, after = settings_of(env)
-    assert overrides == {"on_expired": "cancel"}
+    assert overrides == {"on_expired": "cancel", "unpaid_hold": 60}
     assert after != opened  # a settings page opened before the reset cannot save over it
     with pytest.raises(ConflictError, match="changed since they were read"):
         asyncio.run(update_settings_as_of(env, opened))
@@ -255,7 +256,7 @@ def test_stores_configure_reset_puts_a_store_back_on_the_global_config(env: Env)
     everything = env.ok("stores", "configure", STORE_HASH, "--reset", "all")
     assert settings_of(env)[0] == {}
     assert "(store)" not in everything.stdout and shown_settings(everything)["accepted_methods"] == "OKCloud Pay (global)"
-    assert len(shown_settings(everything)) == 10 and shown_settings(everything)["extra_origins"] == "- (global)"
+    assert len(shown_settings(everything)) == 11 and shown_settings(everything)["extra_origins"] == "- (global)"
     assert env.ok("stores", "configure", STORE_HASH, "--reset", "all").stdout == everything.stdout
 
 
@@ -309,7 +310,7 @@ def test_stores_add_configure_show_and_list_never_leak_secrets(env: Env) -> None
     [row] = env.query(select(stores))
     assert row["access_token_enc"] and ACCESS_TOKEN not in row["access_token_enc"]
     assert Vault(env.secret_key).open(row["celerypay_secret_enc"]) == MERCHANT_SECRET
-    assert json.loads(row["settings_json"]) == {"on_expired": "cancel"}
+    assert json.loads(row["settings_json"]) == {"on_expired": "cancel", "unpaid_hold": 60}  # a new store's hold
 
     shown = [env.ok("stores", "show", STORE_HASH), env.ok("stores", "show", STORE_HASH, "--json"),
              env.ok("stores", "list"), env.ok("stores", "list", "--json")]
