@@ -168,3 +168,27 @@ async def test_two_workers_never_cancel_one_order_twice(world: World) -> None:
         assert len(cancels(world, order["id"])) == 1
         assert (await audit_actions(world, order["id"])).count("cancel_unpaid") == 1
     assert not await outbox.list_jobs(world.rt.db, state=outbox.QUEUED)
+
+
+async def test_reconcile_and_metrics_count_the_orders_the_hold_cancelled(world: World) -> None:
+    """`bcpay reconcile` reports how many orders of its period were cancelled unpaid; /metrics counts them."""
+    from bcpay import reconcile
+
+    orders = [world.place_order() for _ in range(2)]
+    world.travel(timedelta(minutes=HOLD + 1))
+    await sweep_and_run(world)
+    assert [world.order(o["id"])["status_id"] for o in orders] == [5, 5]
+    async with world.rt.db.read() as conn:
+        store = await q.require_store(conn, STORE_HASH)
+    report = await reconcile.reconcile(world.rt, store, since=world.rt.now() - timedelta(days=1))
+    try:
+        assert report.cancelled_unpaid == 2 and report.json_head()["cancelled_unpaid"] == 2
+        assert report.counts == {}  # cancelled orders are no finding
+    finally:
+        report.close()
+    later = await reconcile.reconcile(world.rt, store, since=world.rt.now() + timedelta(seconds=1))
+    assert later.cancelled_unpaid == 0
+    later.close()
+    metrics = (await world.client.get("/metrics")).text
+    assert "# TYPE bcpay_unpaid_cancelled_total counter" in metrics
+    assert "\nbcpay_unpaid_cancelled_total 2\n" in metrics
