@@ -293,7 +293,10 @@ def provision(ctx: typer.Context, store_hash: StoreHash) -> None:
 
     No API can rename an offline payment method: when none carries the
     configured name, the exact control-panel steps are printed; run this again
-    afterwards. Exits 1 until every check passes.
+    afterwards. Exits 1 until every check passes. Also shows whether a
+    cancelled order returns its stock, and the wording for the offline
+    method's instructions (the order e-mail quotes them) and the paid status
+    e-mail to enable: no API writes those, so they are steps for a person.
 
     Example: bcpay provision abc123
     """
@@ -389,7 +392,10 @@ def doctor(
     Checks the config (and BCPAY_* variables that are no setting), database
     and schema, the public URL, and per store the token and scopes, the
     offline payment method, the snippet, the webhooks, the CeleryPay
-    credentials, dead jobs and open anomalies.
+    credentials, whether a cancelled order returns its stock (a warning, with
+    the control-panel steps), dead jobs and open anomalies. The order e-mails
+    (the offline method's instructions, the paid status e-mail) cannot be
+    checked through any API: doctor shows the steps and says so.
 
     Example: bcpay doctor abc123
     """

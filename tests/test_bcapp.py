@@ -908,7 +908,7 @@ async def test_health_checks_that_fail_show_in_the_panel(
     world.bc.store(STORE_HASH).tokens.clear()
     page = await panel.get("/bc/settings")
     assert page.status_code == 200
-    assert page.text.count("could not check: BigCommerce GET") == 3
+    assert page.text.count("could not check: BigCommerce GET") == 4  # snippet, webhooks, method, stock
 
 
 # --- sessions -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import httpx
 from bcpay.clients.bigcommerce_models import (
     Channel,
     Hook,
+    InventorySettings,
     Malformed,
     Metafield,
     OAuthToken,
@@ -61,6 +62,7 @@ __all__ = [
     "BigCommerceClient",
     "Channel",
     "Hook",
+    "InventorySettings",
     "Metafield",
     "OAuthToken",
     "Order",
@@ -431,6 +433,17 @@ class BigCommerceClient:
         if data is None or data == {}:
             return None
         return _parse(Site.from_json, data, response)
+
+    # --- settings (v3, reference section 13) ----------------------------------------------------
+
+    async def inventory_settings(self, channel_id: int | None = None) -> InventorySettings:
+        """``GET /v3/settings/inventory``: the global settings, or one channel's (``None`` fields: inherited)."""
+        params: dict[str, Any] = {}
+        if channel_id is not None:
+            _check_id(channel_id, "channel_id")
+            params["channel_id"] = channel_id
+        data, response = await self._v3("GET", "/settings/inventory", params=params or None)
+        return _parse(InventorySettings.from_json, data, response)
 
     # --- webhooks (v3) ---------------------------------------------------------------------
 

@@ -40,24 +40,7 @@ from bcpay.storage.schema import payments
 
 log = logging.getLogger("bcpay.settings_page")
 
-# BigCommerce order statuses (reference section 3), for the status pickers.
-ORDER_STATUSES = {
-    0: "Incomplete",
-    1: "Pending",
-    2: "Shipped",
-    3: "Partially Shipped",
-    4: "Refunded",
-    5: "Cancelled",
-    6: "Declined",
-    7: "Awaiting Payment",
-    8: "Awaiting Pickup",
-    9: "Awaiting Shipment",
-    10: "Completed",
-    11: "Awaiting Fulfillment",
-    12: "Manual Verification Required",
-    13: "Disputed",
-    14: "Partially Refunded",
-}
+ORDER_STATUSES = rules.STATUS_NAMES  # for the status pickers
 DONE_MESSAGES = {
     "saved": "Settings saved.",
     "refunded": "Refund sent to CeleryPay.",
@@ -116,6 +99,7 @@ async def health(rt: Runtime, store: StoreRecord) -> list[Check]:
             _checked("webhooks", provisioning.check_webhooks(rt, store)),
             _checked("offline payment method", provisioning.check_payment_method(rt, store)),
             _checked("CeleryPay credentials", provisioning.check_celerypay(rt, store)),
+            _checked("stock of cancelled orders", provisioning.check_inventory(rt, store)),
         )
     )
 
@@ -186,6 +170,8 @@ async def render_settings(
                           if store.celerypay_old_secret_enc and store.celerypay_old_secret_until
                           and store.celerypay_old_secret_until > rt.now() else None),
         payments=payments,
+        emails=provisioning.email_steps(rt, store),
+        instructions=provisioning.instructions_wording(rt, store),
         cancelled_unpaid=[
             {"order_id": c.order_id, "order_url": order_url(store, c.order_id),
              "at": f"{c.at:%Y-%m-%d %H:%M} UTC", "detail": c.detail}
