@@ -44,7 +44,7 @@ from bcpay.storage.schema import audit_log
 
 log = logging.getLogger("bcpay.unpaid")
 
-KIND = "cancel_unpaid"  # the job, and the audit action of an order cancelled this way
+KIND = payflow.UNPAID_ACTION  # the job, and the audit action of an order cancelled this way
 # Orders placed longer ago than this are not looked at: a hold switched on must not sweep away a store's
 # years of orders left in Awaiting Payment by other means (bank transfers, manual orders).
 LOOKBACK = timedelta(days=30)
@@ -207,11 +207,3 @@ async def count_since(rt: Runtime, store: StoreRecord, since: datetime) -> int:
     async with rt.db.read() as conn:
         return int((await conn.execute(query)).scalar_one())
 
-
-async def was_cancelled(rt: Runtime, store: StoreRecord, order_id: int) -> bool:
-    """Whether bcpay cancelled this order for non-payment (the pay page tells the shopper so)."""
-    query = select(audit_log.c.id).where(
-        audit_log.c.store_id == store.id, audit_log.c.order_id == order_id, audit_log.c.action == KIND
-    ).limit(1)
-    async with rt.db.read() as conn:
-        return (await conn.execute(query)).first() is not None
