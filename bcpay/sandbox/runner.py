@@ -43,6 +43,7 @@ from bcpay.sandbox.celerypay import FakeCeleryPay, FakeOptions
 from bcpay.sandbox.storefront import create_storefront
 from bcpay.scopes import CHANNEL_SCOPES
 from bcpay.server.app import create_app
+from bcpay.storage.records import StoreRecord
 
 T = TypeVar("T")
 
@@ -50,6 +51,7 @@ STORE_HASH = "sandbox1"
 ACCESS_TOKEN = "sandbox-access-token"  # accepted only by the fake BigCommerce
 MERCHANT_ID = "mch_SandboxMerchant0001"
 MERCHANT_SECRET = "sandbox-merchant-secret-not-for-production-0001"
+SHORT_SWEEP = 10  # seconds between the worker's sweeps when a hold is chosen on the command line
 
 
 @dataclass
@@ -66,6 +68,7 @@ class SandboxOptions:
     storefront_delay_ms: int = 300
     quota: Quota | None = None
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra overrides
+    unpaid_hold: int | None = None  # the store's hold in minutes (None: a new store's default)
 
 
 class _Server(uvicorn.Server):
@@ -112,6 +115,7 @@ class Sandbox:
         self._servers: list[_Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.store: StoreRecord | None = None  # as provisioned
 
     @property
     def runtime(self) -> Runtime:
@@ -174,6 +178,9 @@ class Sandbox:
             "celerypay": {"sandbox_api_url": self.urls.celerypay},
             "server": {"host": opts.host, "port": bcpay_port},
         }
+        if opts.unpaid_hold:
+            # A short hold is there to be watched: sweep often enough to see it act within the minute.
+            overrides["outbox"] = {"sweep_interval": min(self.base_settings.outbox.sweep_interval, SHORT_SWEEP)}
         for section, values in opts.settings.items():
             overrides.setdefault(section, {}).update(values)
         self.settings = replace(self.base_settings, **overrides)
@@ -189,8 +196,11 @@ class Sandbox:
                               scopes=" ".join((*stores.REQUIRED_SCOPES, *CHANNEL_SCOPES)))
         store = await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID,
                                                 api_secret=MERCHANT_SECRET, environment="sandbox")
+        if self.options.unpaid_hold is not None:
+            store = await stores.update_settings(rt, STORE_HASH, {"unpaid_hold": self.options.unpaid_hold})
         await provisioning.install_script(rt, store)
         await provisioning.register_webhooks(rt, store)
+        self.store = store
 
     async def stop(self) -> None:
         """Stop every server and task, newest first."""
@@ -237,10 +247,18 @@ class Sandbox:
             "     in Awaiting Fulfillment with a staff note.",
             "  4. Try Decline (then retry), Abandon (the payment expires), or pay with",
             "     \"Test Payment Gateway\" (bcpay stays out of the way).",
+            *self._hold_lines(),
             "",
             "The CLI works against the sandbox too, from another shell:",
             f"  {self.cli_env()} bcpay doctor {STORE_HASH}",
         ])
+
+    def _hold_lines(self) -> list[str]:
+        hold = self.runtime.policy(self.store).unpaid_hold if self.store is not None else 0
+        if not hold:
+            return ["  5. Unpaid orders are kept (start with --unpaid-hold 1 to watch them cancelled)."]
+        return [f"  5. Leave an order unpaid (close the cashier, or block the snippet): {hold} minute(s) after",
+                "     it was placed the worker cancels it with a staff note, and its pay page says so."]
 
     def cli_env(self) -> str:
         """Environment variables that point the ``bcpay`` CLI at this sandbox."""
@@ -271,10 +289,12 @@ def main(
     notify_delay: float = 0.0,
     chaos: bool = False,
     open_browser: bool = False,
+    unpaid_hold: int | None = None,
     print_: Callable[[str], None] = print,
 ) -> None:
     """Run the sandbox until interrupted (the ``bcpay sandbox`` command)."""
-    options = SandboxOptions(port_base=port_base, db=db, notify_delay=notify_delay, chaos=chaos)
+    options = SandboxOptions(port_base=port_base, db=db, notify_delay=notify_delay, chaos=chaos,
+                             unpaid_hold=unpaid_hold)
 
     async def run() -> None:
         stop = asyncio.Event()
