@@ -205,7 +205,8 @@ def one_error_line(result: Result, text: str, *, code: int = 1) -> None:
      (["--environment", "staging"], "sandbox or production"),
      # A paid order Cancelled (the money kept), or left Awaiting Payment: statuses that hide a payment.
      (["--paid-status-id", "5"], "5 is not a status for a paid order"),
-     (["--mismatch-status-id", "11"], "11 does not stop the order for a person")],
+     (["--mismatch-status-id", "11"], "11 does not stop the order for a person"),
+     (["--unpaid-hold", "43201"], "unpaid_hold: 0 (keep unpaid orders) to 43200 minutes")],
 )
 def test_stores_configure_with_one_bad_value_changes_nothing(env: Env, args: list[str], text: str) -> None:
     """Merchant, environment and settings are all checked before the secret prompt and the first write."""
@@ -216,6 +217,14 @@ def test_stores_configure_with_one_bad_value_changes_nothing(env: Env, args: lis
                      *args, env={"BCPAY_CELERYPAY_SECRET": "n" * 40})
     one_error_line(result, text, code=2)
     assert env.query(select(stores)) == before
+
+
+def test_stores_configure_sets_the_unpaid_hold_and_zero_keeps_unpaid_orders(env: Env) -> None:
+    """A new store's hold (the expiry plus 30 minutes) is its own; --unpaid-hold changes it, 0 included."""
+    env.add_store()
+    assert settings_of(env)[0] == {"unpaid_hold": 60}
+    shown = shown_settings(env.ok("stores", "configure", STORE_HASH, "--unpaid-hold", "0"))
+    assert shown["unpaid_hold"] == "0 (store)" and settings_of(env)[0] == {"unpaid_hold": 0}
 
 
 def settings_of(env: Env) -> tuple[dict[str, Any], str]:

@@ -155,14 +155,18 @@ async def test_a_cancel_queued_before_the_payment_landed_leaves_the_paid_order(w
 
 
 async def test_two_workers_never_cancel_one_order_twice(world: World) -> None:
-    """Two workers sweep and run at once, twice over: one status write, one audit row."""
+    """Two workers, each with its own database pool as two processes have, sweep and run at once, twice over:
+    one status write and one audit row per order."""
+    from bcpay.runtime import open_runtime
+
     orders = [world.place_order() for _ in range(3)]
     world.travel(timedelta(minutes=HOLD + 1))
-    first, second = Worker(world.rt, owner="one"), Worker(world.rt, owner="two")
-    for _ in range(2):
-        await asyncio.gather(first.sweep(), second.sweep())
-        while sum(await asyncio.gather(first.run_once(), second.run_once())):
-            pass
+    async with open_runtime(world.settings, http=world.rt.http, clock=world.clock.now) as other:
+        first, second = Worker(world.rt, owner="one"), Worker(other, owner="two")
+        for _ in range(2):
+            await asyncio.gather(first.sweep(), second.sweep())
+            while sum(await asyncio.gather(first.run_once(), second.run_once())):
+                pass
     for order in orders:
         assert world.order(order["id"])["status_id"] == 5
         assert len(cancels(world, order["id"])) == 1
