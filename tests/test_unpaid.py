@@ -78,6 +78,18 @@ async def test_an_order_whose_snippet_never_ran_is_cancelled_after_the_hold(worl
 
     await sweep_and_run(world)  # the next sweep finds nothing more to do
     assert len(cancels(world, order["id"])) == 1
+    listed = [r.query for r in world.bc.requests if r.method == "GET" and r.path.endswith("/v2/orders")]
+    assert listed and all("status_id=7" in query and "max_date_created=" in query for query in listed)
+
+
+async def test_orders_older_than_the_lookback_are_not_swept_away(world: World) -> None:
+    """A hold switched on must not cancel a store's months-old orders left Awaiting Payment."""
+    from datetime import UTC, datetime
+
+    ancient = world.place_order(created=datetime.now(UTC) - unpaid.LOOKBACK - timedelta(days=1))
+    recent = world.place_order(created=datetime.now(UTC) - timedelta(minutes=HOLD + 1))
+    await sweep_and_run(world)
+    assert world.order(ancient["id"])["status_id"] == 7 and world.order(recent["id"])["status_id"] == 5
 
 
 async def test_orders_of_other_methods_and_a_hold_of_zero_are_left_alone(world: World) -> None:
