@@ -119,8 +119,9 @@ async def cancel_unpaid(rt: Runtime, job: JobRecord) -> str:
     policy = await payflow.channel_policy(rt, store, order)
     if not is_due(order, policy, rt.now()):
         return "skipped"  # paid, cancelled or changed meanwhile, or the hold was lengthened
-    if not await _settled_unpaid(rt, store, order_id):
-        return "waiting"
+    found = await _settle(rt, store, order_id)
+    if found != UNPAID:
+        return "skipped" if found == PAID else "waiting"  # paid: its mark_paid runs next; open: a later sweep
     order = await bc.get_order(order_id)  # after CeleryPay's answers: the notes and status as they are now
     if not is_due(order, policy, rt.now()):
         return "skipped"
@@ -136,29 +137,35 @@ async def cancel_unpaid(rt: Runtime, job: JobRecord) -> str:
     return "apply"
 
 
-async def _settled_unpaid(rt: Runtime, store: StoreRecord, order_id: int) -> bool:
-    """True when every attempt of the order is unpaid and closed, by CeleryPay's word where bcpay lacks it.
+PAID, OPEN, UNPAID = "paid", "open", "unpaid"  # what _settle found
+
+
+async def _settle(rt: Runtime, store: StoreRecord, order_id: int) -> str:
+    """Close the order's attempts by CeleryPay's word where bcpay lacks it: :data:`UNPAID` when every one is
+    unpaid and closed, :data:`PAID` when one is paid, :data:`OPEN` when one is still being created.
 
     A capture CeleryPay reports is applied (``mark_paid`` follows, after this job); a pending payment is
-    cancelled there; a payment still being created leaves the order for a later sweep.
+    cancelled there.
     """
     async with rt.db.read() as conn:
         attempts = await q.order_attempts(conn, store.id, order_id)
     if any(a.status in rules.PAID for a in attempts):
-        return False
+        return PAID
     for attempt in attempts:
         if not _ask_celerypay(attempt):
             continue
         seen = await _ask(rt, store, attempt)
         if seen.status in rules.PAID:
-            return False
+            return PAID
         if seen.status == rules.PENDING:
             closed = await payflow.cancel_attempt(rt, store, seen, reason="not paid within the store's hold")
             if closed.status in rules.PAID:
-                return False  # paid in the last moment: CeleryPay refused the cancel, its capture is applied
+                return PAID  # paid in the last moment: CeleryPay refused the cancel, its capture is applied
     async with rt.db.read() as conn:
         attempts = await q.order_attempts(conn, store.id, order_id)
-    return not any(a.status in rules.PAID or a.status in rules.OPEN for a in attempts)
+    if any(a.status in rules.PAID for a in attempts):
+        return PAID
+    return OPEN if any(a.status in rules.OPEN for a in attempts) else UNPAID
 
 
 def _ask_celerypay(attempt: PaymentRecord) -> bool:

@@ -148,7 +148,7 @@ async def test_an_order_paid_one_second_before_the_sweep_is_never_cancelled(worl
     await world.worker.sweep()
     queued = [j for j in await outbox.list_jobs(world.rt.db, state=outbox.QUEUED) if j.kind == unpaid.KIND]
     assert [j.payload for j in queued] == [{"order_id": order["id"]}]
-    assert await unpaid.cancel_unpaid(world.rt, queued[0]) == "waiting"  # even if it ran before mark_paid
+    assert await unpaid.cancel_unpaid(world.rt, queued[0]) == "skipped"  # even if it ran before mark_paid
     await world.run_jobs()
     assert world.order(order["id"])["status_id"] == 11 and not cancels(world, order["id"])
 
@@ -208,3 +208,23 @@ async def test_reconcile_and_metrics_count_the_orders_the_hold_cancelled(world: 
     metrics = (await world.client.get("/metrics")).text
     assert "# TYPE bcpay_unpaid_cancelled_total counter" in metrics
     assert "\nbcpay_unpaid_cancelled_total 2\n" in metrics
+
+
+async def test_a_payment_still_being_created_leaves_the_order_for_a_later_sweep(world: World) -> None:
+    """A pay link opened a moment ago (its row may be creating at CeleryPay): the order waits; once the row is
+    given up as never created, a later sweep cancels it."""
+    from bcpay import payflow
+
+    order = world.place_order()
+    world.travel(timedelta(minutes=HOLD + 1))
+    await payflow.pay_link(world.rt, STORE_HASH, order["id"])  # a "creating" row, touched now
+    await sweep_and_run(world)
+    assert world.order(order["id"])["status_id"] == 7 and not cancels(world, order["id"])
+
+    world.travel(payflow.CREATION_GRACE + timedelta(minutes=1))
+    await sweep_and_run(world)
+    assert world.order(order["id"])["status_id"] == 5
+    async with world.rt.db.read() as conn:
+        store = await q.require_store(conn, STORE_HASH)
+        [attempt] = await q.order_attempts(conn, store.id, order["id"])
+    assert (attempt.status, attempt.failure_code) == ("failed", payflow.NOT_CREATED)
