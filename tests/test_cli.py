@@ -610,6 +610,30 @@ def test_refund_resolve_settles_a_refund_in_doubt_by_its_celerypay_id_or_frees_i
                    f"has no refund in doubt numbered '{r2}'")
 
 
+def test_reconcile_counts_the_orders_the_unpaid_hold_cancelled(env: Env) -> None:
+    """An abandoned order cancelled by the worker's sweep: reconcile says how many, in text and JSON."""
+    from datetime import UTC, datetime, timedelta
+
+    from bcpay import reconcile
+    from bcpay.effects import Worker
+
+    env.add_store()
+    order = env.bc.create_order(STORE_HASH, total=Decimal("5.00"), created=datetime.now(UTC) - timedelta(hours=2))
+
+    async def sweep() -> None:
+        async with open_runtime(env.settings) as rt:
+            await Worker(rt).sweep()
+            await reconcile.run_jobs(rt)
+
+    asyncio.run(sweep())
+    assert [p["status_id"] for p in env.status_puts(order["id"])] == [5]
+    lines = env.ok("reconcile", STORE_HASH, "--since", "1d").stdout.splitlines()
+    assert lines == [f"{STORE_HASH}: checked 0 orders: nothing to report; fixed 0.",
+                     f"{STORE_HASH}: 1 order(s) cancelled unpaid after the store's hold (payments.unpaid_hold)."]
+    report = json.loads(env.ok("reconcile", STORE_HASH, "--json").stdout)["reports"][0]
+    assert report["cancelled_unpaid"] == 1 and report["findings"] == []
+
+
 def test_reconcile_fix_applies_a_lost_payment_exactly_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     env.add_store()
     order, pid = env.start_payment("19.99")
