@@ -243,10 +243,17 @@ def sandbox(
     chaos: Annotated[bool, typer.Option(
         help="Duplicate and reorder notifications; BigCommerce 5xx/429 bursts.")] = False,
     open_browser: Annotated[bool, typer.Option("--open", help="Print the storefront URL to open.")] = False,
+    unpaid_hold: Annotated[int | None, typer.Option(
+        parser=AsciiInt(0, 43200), metavar="MINUTES",
+        help="Cancel the sandbox store's unpaid orders this many minutes after they were placed (0 keeps "
+             "them; default: a new store's hold, the expiry plus 30 minutes); the worker then sweeps every "
+             "10 s.")] = None,
 ) -> None:
     """Run bcpay with fake BigCommerce and CeleryPay on this machine, provisioned and ready to pay.
 
     Example: bcpay sandbox --port-base 8700 --chaos
+
+    Example: bcpay sandbox --unpaid-hold 1
     """
     if db is not None and not db.parent.is_dir():  # else every sandbox server fails at start-up
         raise typer.BadParameter(f"the folder {db.parent} does not exist", param_hint="--db")
@@ -255,7 +262,7 @@ def sandbox(
         from bcpay.sandbox.runner import main as run_sandbox
 
         run_sandbox(settings=settings, port_base=port_base, db=str(db) if db else None,
-                    notify_delay=notify_delay, chaos=chaos, open_browser=open_browser)
+                    notify_delay=notify_delay, chaos=chaos, open_browser=open_browser, unpaid_hold=unpaid_hold)
 
 
 cli_stores.register(app)

@@ -142,6 +142,9 @@ def _print_report(report: "Report") -> None:
             typer.echo("  ".join("-" if c in (None, "") else str(c) for c in cells(f)))
     counts = ", ".join(f"{n} {k}" for k, n in report.counts.items()) or "nothing to report"
     out().print(f"{report.store_hash}: checked {report.checked} orders: {counts}; fixed {report.fixed}.", markup=False)
+    if report.cancelled_unpaid:
+        out().print(f"{report.store_hash}: {report.cancelled_unpaid} order(s) cancelled unpaid after the store's hold "
+                    "(payments.unpaid_hold).", markup=False)
 
 
 def _print_reports_json(reports: "list[Report]", jobs_run: int) -> None:
@@ -174,7 +177,8 @@ def reconcile_cmd(
 
     Reports paid_not_applied, paid_without_payment, amount_mismatch,
     double_payment, expired, failed, never_started (no attempt, or the latest
-    never reached CeleryPay; with its pay link) and pending. --fix applies
+    never reached CeleryPay; with its pay link) and pending, and counts the orders
+    the unpaid hold cancelled in the period (payments.unpaid_hold). --fix applies
     CeleryPay's state (an attempt stuck creating that CeleryPay has no payment
     for becomes not_created); the order updates are then run by the worker
     (`bcpay serve` or `bcpay worker`), or at once with --run-jobs.

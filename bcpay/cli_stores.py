@@ -46,7 +46,7 @@ DEFAULT_SCOPES = " ".join(REQUIRED_SCOPES)
 # bcpay.runtime.STORE_OVERRIDES, spelled out for the same reason (checked the same way).
 STORE_SETTINGS = ("method_name", "accepted_methods", "paid_status_id", "mismatch_status_id", "expires_in",
                   "on_expired", "return_to", "refund_on_status", "refund_from_bigcommerce", "refund_duplicates",
-                  "extra_origins")
+                  "unpaid_hold", "extra_origins")
 
 
 def _store_json(s: "StoreRecord") -> dict[str, Any]:
@@ -166,6 +166,8 @@ def stores_configure(
         help="Refunds through BigCommerce's refund ledger both ways (control-panel refunds made at CeleryPay, "
              "bcpay's recorded in BigCommerce).")] = None,
     refund_duplicates: Annotated[str | None, typer.Option(help="manual or auto refund of double payments.")] = None,
+    unpaid_hold: Annotated[int | None, typer.Option(
+        parser=AsciiInt(), help="Minutes after which an unpaid order is cancelled; 0 keeps it (0-43200).")] = None,
     reset: Annotated[list[str] | None, typer.Option(
         "--reset", metavar="SETTING",
         help="Drop the store's own value of SETTING, so it follows the global config again (repeatable; "
@@ -193,7 +195,7 @@ def stores_configure(
         "method_name": method_name, "on_expired": on_expired, "paid_status_id": paid_status_id,
         "mismatch_status_id": mismatch_status_id, "expires_in": expires_in, "return_to": return_to,
         "refund_on_status": refund_on_status, "refund_from_bigcommerce": refund_from_bigcommerce,
-        "refund_duplicates": refund_duplicates,
+        "refund_duplicates": refund_duplicates, "unpaid_hold": unpaid_hold,
     }.items() if v is not None}
     if merchant_id is None and environment is None and not changes and not reset and not revoke_old_secret:
         raise typer.BadParameter("nothing to change: give --merchant-id, settings, --reset and/or --revoke-old-secret")
@@ -301,7 +303,10 @@ def provision(ctx: typer.Context, store_hash: StoreHash) -> None:
 
     No API can rename an offline payment method: when none carries the
     configured name, the exact control-panel steps are printed; run this again
-    afterwards. Exits 1 until every check passes.
+    afterwards. Exits 1 until every check passes. Also shows whether a
+    cancelled order returns its stock, and the wording for the offline
+    method's instructions (the order e-mail quotes them) and the paid status
+    e-mail to enable: no API writes those, so they are steps for a person.
 
     Example: bcpay provision abc123
     """
@@ -496,7 +501,10 @@ def doctor(
     Checks the config (and BCPAY_* variables that are no setting), database
     and schema, the public URL, and per store the token and scopes, the
     offline payment method, the snippet, the webhooks, the CeleryPay
-    credentials, dead jobs and open anomalies.
+    credentials, whether a cancelled order returns its stock (a warning, with
+    the control-panel steps), dead jobs and open anomalies. The order e-mails
+    (the offline method's instructions, the paid status e-mail) cannot be
+    checked through any API: doctor shows the steps and says so.
 
     Example: bcpay doctor abc123
     """

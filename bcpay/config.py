@@ -223,6 +223,11 @@ class PaymentSettings:
     (auto)."""
     unstarted_after: int = 3600
     """Seconds after which `bcpay reconcile` lists an order that never reached the cashier."""
+    unpaid_hold: int = 0
+    """Minutes after it was placed that an order for the method, still Awaiting Payment and paid by no attempt,
+    is cancelled (status 5, with a staff note), also one whose snippet never ran; 0 keeps such orders. For
+    stores without their own value: a store added while this is 0 gets its own, the payment's expiry plus 30
+    minutes, so an upgrade never starts cancelling an existing store's orders."""
 
 
 @dataclass(frozen=True)
@@ -440,6 +445,7 @@ RANGES = (
     ("payments.status_poll_interval", 0, 3600),  # 0: ask CeleryPay on every poll
     ("payments.order_read_interval", 0, 60),
     ("payments.unstarted_after", 0, 10 * 365 * 86400),
+    ("payments.unpaid_hold", 0, 43200),  # 0: keep unpaid orders; at most 30 days
 )
 
 

@@ -350,6 +350,11 @@ async def bc_refund_failed(rt: Runtime, job: JobRecord) -> str:
     from bcpay import refund_ledger
 
     return await refund_ledger.refund_failed(rt, int(job.payload["payment_id"]), int(job.payload["refund_row_id"]))
+async def cancel_unpaid(rt: Runtime, job: JobRecord) -> str:
+    """An order past its store's unpaid hold: cancel it if CeleryPay confirms it unpaid (``bcpay.unpaid``)."""
+    from bcpay import unpaid
+
+    return await unpaid.cancel_unpaid(rt, job)
 
 
 async def order_status_changed(rt: Runtime, job: JobRecord) -> str:
@@ -368,6 +373,7 @@ HANDLERS: dict[str, Handler] = {
     "mark_paid": mark_paid,
     "mark_mismatch": mark_mismatch,
     "cancel_order": cancel_order,
+    "cancel_unpaid": cancel_unpaid,
     "refund_status": refund_status,
     "cancel_remote": cancel_remote,
     "refund": refund,
@@ -376,7 +382,8 @@ HANDLERS: dict[str, Handler] = {
 }
 # Kinds whose dedupe key means "one queued at a time", not "once ever": done, the job lets go of it.
 # A snippet version can come back (a method name changed and changed back) and must be installed again.
-KEY_RELEASED_WHEN_DONE = frozenset({"refresh_script", "refresh_channels"})
+# An unpaid order's cancel, done, lets a later sweep look at an order it left alone (a payment being created).
+KEY_RELEASED_WHEN_DONE = frozenset({"refresh_script", "refresh_channels", "cancel_unpaid"})
 
 
 class Worker:
@@ -455,7 +462,8 @@ class Worker:
             rt.metrics.inc("bcpay_jobs_total", kind=job.kind, result=result)
 
     async def sweep(self) -> int:
-        """Check pending attempts past their expiry and refunds open too long at CeleryPay (lost notifications)."""
+        """Check pending attempts past their expiry and refunds open too long at CeleryPay (lost notifications);
+        queue the cancel of orders past their store's unpaid hold."""
         rt = self.rt
         grace = rt.now() - timedelta(seconds=30)
         async with rt.db.read() as conn:
@@ -471,8 +479,9 @@ class Worker:
                 checked += 1
             except BcpayError as exc:
                 log.warning("sweep of payment %s failed: %r", attempt.id, exc)
-        from bcpay import refunds
+        from bcpay import refunds, unpaid
 
+        await unpaid.queue_due(rt)
         await self.queue_stale_channels()
         await self.queue_outdated_scripts()
         return checked + await refunds.sweep_open(rt)

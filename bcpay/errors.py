@@ -214,6 +214,9 @@ CODES: dict[str, ErrorCode] = {
                                       422),
     "order_not_awaiting_payment": ErrorCode("The order is no longer Awaiting Payment.", 422),
     "order_too_old": ErrorCode("The order is older than payments.max_order_age.", 422),
+    "cancelled_unpaid": ErrorCode(
+        "bcpay cancelled the order because it was not paid within the store's payments.unpaid_hold: no pay link; "
+        "the shopper places a new order.", 422),
     "nothing_to_pay": ErrorCode("The order's total is zero.", 422),
     "currency_not_supported": ErrorCode(
         "CeleryPay takes no payment in this currency (its minor unit is not 0, 2 or 3 decimals).", 400, 422),

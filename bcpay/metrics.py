@@ -34,6 +34,7 @@ class Metrics:
         "bcpay_bigcommerce_429_total": "BigCommerce answers with status 429.",
         "bcpay_jobs_total": "Outbox jobs run, by kind and result.",
         "bcpay_payments_started_total": "Payment starts, by result.",
+        "bcpay_unpaid_cancelled_total": "Orders cancelled because they were not paid within the store's unpaid hold.",
     }
     # The labels each counter is counted by (tests/test_metrics.py holds every inc() to them).
     LABELS: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -43,6 +44,7 @@ class Metrics:
         "bcpay_bigcommerce_429_total": (),
         "bcpay_jobs_total": ("kind", "result"),
         "bcpay_payments_started_total": ("result",),
+        "bcpay_unpaid_cancelled_total": (),
     }
     # Gauges read from the database at every scrape: the same whichever process answers.
     GAUGES: ClassVar[dict[str, str]] = {

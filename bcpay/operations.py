@@ -511,6 +511,8 @@ async def store_checks(rt: Runtime, store: StoreRecord) -> list[Check]:
         *await _guard_all("storefront channels", provisioning.check_channels(rt, store)),
         await _guard("webhooks", provisioning.check_webhooks(rt, store)),
         await _guard("CeleryPay credentials", provisioning.check_celerypay(rt, store)),
+        await _guard("stock of cancelled orders", provisioning.check_inventory(rt, store)),
+        provisioning.email_steps(rt, store),
     ]
     dead = await _count(rt, jobs, jobs.c.store_id == store.id, jobs.c.state == "dead")
     found.append(Check("outbox", dead == 0, f"{dead} dead job(s)" if dead else "no dead jobs",

@@ -614,6 +614,12 @@ async def pay_link(rt: Runtime, store_hash: str, order_id: int) -> str:
         order, accepted_methods=policy.accepted_methods, max_age=timedelta(days=3650), now=rt.now()
     )
     if refusal is not None:
+        if order.status_id == rules.STATUS_CANCELLED and await cancelled_unpaid(rt, store, order_id):
+            raise Refused(
+                f"order {order_id} was cancelled because it was not paid within the store's hold: no pay link; "
+                f"the shopper can place a new order at {store.store_url or store.store_hash}",
+                code="cancelled_unpaid",
+            )
         raise Refused(refusal.message, code=refusal.code)
     async with rt.db.read() as conn:
         attempts = await q.order_attempts(conn, store.id, order_id)
@@ -622,6 +628,15 @@ async def pay_link(rt: Runtime, store_hash: str, order_id: int) -> str:
     amount = to_minor(order.total_inc_tax, order.currency)
     attempt = await _open_attempt(rt, store, order, amount, policy.expires_in)
     return rt.public_url(f"/pay/{attempt.token}")
+
+
+UNPAID_ACTION = "cancel_unpaid"  # the audit action (and job kind) of an order bcpay.unpaid cancelled
+
+
+async def cancelled_unpaid(rt: Runtime, store: StoreRecord, order_id: int) -> bool:
+    """Whether bcpay cancelled this order for non-payment (``bcpay.unpaid``'s audit row)."""
+    async with rt.db.read() as conn:
+        return await q.has_audit(conn, store.id, order_id, UNPAID_ACTION)
 
 
 async def resume_by_token(rt: Runtime, token: str) -> PaymentView:

@@ -13,8 +13,9 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from bcpay import channels
-from bcpay.clients.bigcommerce import AcceptedMethod, Hook, Script, ScriptSpec
+from bcpay.clients.bigcommerce import AcceptedMethod, Hook, InventorySettings, Script, ScriptSpec
 from bcpay.errors import BcpayError, NotFoundError, RateLimited, UpstreamRejected, UpstreamUnavailable
+from bcpay.rules import STATUS_NAMES
 from bcpay.runtime import Runtime
 from bcpay.scopes import CHANNEL_SCOPES
 from bcpay.snippet import SCRIPT_DESCRIPTION, SCRIPT_NAME, script_tag
@@ -516,6 +517,94 @@ async def check_celerypay(rt: Runtime, store: StoreRecord) -> Check:
     return Check("CeleryPay credentials", True, f"{store.merchant_id} accepted ({store.environment})")
 
 
+INVENTORY_SETTINGS_PATH = "/manage/settings/inventory"
+ORDER_NOTIFICATIONS_PATH = "/manage/settings/order-notifications"
+
+
+def cancels_orders(rt: Runtime, store: StoreRecord) -> bool:
+    """Whether bcpay cancels this store's unpaid orders (the unpaid hold, or ``on_expired = "cancel"``)."""
+    policy = rt.policy(store)
+    return policy.unpaid_hold > 0 or policy.on_expired == "cancel"
+
+
+def inventory_fix(store: StoreRecord, channels_named: list[str]) -> list[str]:
+    """The control-panel steps that make a cancelled order return its stock (no API write of bcpay's does)."""
+    steps = [
+        f"Open {control_panel_base(store)}{INVENTORY_SETTINGS_PATH} (Settings > Inventory).",
+        'Under stock level adjustment, switch on returning stock when an order is refunded or cancelled '
+        "(refund_order_stock_adjustment) and save.",
+    ]
+    if channels_named:
+        steps.append(f"A storefront with inventory settings of its own ({', '.join(channels_named)}): do the "
+                     "same in Channel Manager, that storefront's settings, Inventory.")
+    steps.append("Run this check again.")
+    return steps
+
+
+async def check_inventory(rt: Runtime, store: StoreRecord) -> Check:
+    """Does a cancelled order give its stock back, globally and on every storefront that sets its own?
+
+    ``GET /v3/settings/inventory`` (reference section 13): stock taken when the
+    order is placed (``update_stock_behavior``) comes back on cancel only with
+    ``refund_order_stock_adjustment``; a channel's unset field inherits the global one.
+    """
+    name = "stock of cancelled orders"
+    bc = rt.bigcommerce(store)
+    base = await bc.inventory_settings()
+    storefronts = [c for c in await channels.known(rt, store) if channels.takes_orders(c)]
+    kept: list[str] = []
+    overriding: list[str] = []  # storefronts that keep stock by a setting of their own, not the global one
+    for channel in storefronts:
+        own = await bc.inventory_settings(channel.channel_id)
+        if not _returns_stock(own.over(base)):
+            label = f"{channel.name or 'channel'} ({channel.channel_id})"
+            kept.append(label)
+            if own.refund_order_stock_adjustment is not None or own.update_stock_behavior is not None:
+                overriding.append(label)
+    if not storefronts and not _returns_stock(base):
+        kept.append("the store")
+    if not kept:
+        held = base.update_stock_behavior == "order_completed_or_shipped"
+        return Check(name, True, "stock is taken only when an order ships or completes: an unpaid order holds none"
+                     if held and not storefronts else "a cancelled order returns its stock")
+    detail = f"a cancelled order does not return its stock on {', '.join(kept)}"
+    if cancels_orders(rt, store):
+        detail += ": the unpaid orders bcpay cancels keep their items off sale"
+    return Check(name, True, detail, inventory_fix(store, overriding))
+
+
+def _returns_stock(settings: InventorySettings) -> bool:
+    # Stock taken only at shipping or completion is never held by an unpaid order.
+    taken_late = settings.update_stock_behavior == "order_completed_or_shipped"
+    return taken_late or settings.refund_order_stock_adjustment is not False
+
+
+def instructions_wording(rt: Runtime, store: StoreRecord) -> str:
+    """What to write in the offline method's payment instructions: BigCommerce's order e-mail quotes them."""
+    policy = rt.policy(store)
+    text = f"You will be taken to {policy.method_name} to complete payment."
+    if policy.unpaid_hold > 0:
+        text += f" An order not paid within {policy.unpaid_hold} minutes is cancelled."
+    return text
+
+
+def email_steps(rt: Runtime, store: StoreRecord) -> Check:
+    """The e-mail settings only a person can make: no BigCommerce API reads or writes them (section 13)."""
+    policy = rt.policy(store)
+    base = control_panel_base(store)
+    paid = STATUS_NAMES.get(policy.paid_status_id, str(policy.paid_status_id))
+    steps = [
+        f"Open {base}{PAYMENT_SETTINGS_PATH} (Settings > Payments), edit the offline method \"{policy.method_name}\" "
+        f"and set its payment instructions to: {instructions_wording(rt, store)}",
+        f"Open {base}{ORDER_NOTIFICATIONS_PATH} (Settings > Order Notifications) and tick the e-mail for "
+        f"{paid}: that is the shopper's receipt once the payment arrives.",
+    ]
+    if cancels_orders(rt, store):
+        steps.append("Tick the e-mail for Cancelled as well: a shopper whose order was cancelled unpaid hears of it.")
+    return Check("order e-mails", True, "not checked: no BigCommerce API reads the payment instructions or the "
+                 "status e-mails, so doctor cannot see them; make these settings once by hand", steps)
+
+
 async def provision(rt: Runtime, store: StoreRecord) -> list[Check]:
     """Everything a store needs, idempotent: token, snippet, webhooks, payment method."""
     token = await check_token(rt, store)
@@ -535,6 +624,11 @@ async def provision(rt: Runtime, store: StoreRecord) -> list[Check]:
     hooks = await register_webhooks(rt, store)
     checks.append(Check("webhooks", True, ", ".join(f"{k}: {v}" for k, v in hooks.items())))
     checks.append(await check_payment_method(rt, store))
+    try:
+        checks.append(await check_inventory(rt, store))
+    except BcpayError as exc:
+        checks.append(Check("stock of cancelled orders", True, f"could not check: {exc.message[:200]}"))
+    checks.append(email_steps(rt, store))
     if store.source == "app":
         checks.append(await extension_check(rt, store))
     return checks

@@ -7,7 +7,8 @@ Two listings per store, both streamed page by page from BigCommerce:
 - orders BigCommerce shows paid (``policy.paid_status_id``) with our method
   but with no captured attempt.
 
-Each mismatch is a :class:`Finding` (kinds in :data:`KINDS`). ``fix=True``
+Each mismatch is a :class:`Finding` (kinds in :data:`KINDS`); the report also
+counts the orders of the period that the unpaid hold cancelled (:mod:`bcpay.unpaid`). ``fix=True``
 applies CeleryPay's state through :func:`bcpay.payflow.apply_remote`, the same
 idempotent path notifications take, so running it while the server runs, or
 twice, changes nothing more; the order updates themselves are outbox jobs
@@ -35,7 +36,7 @@ from typing import IO, Any
 
 from sqlalchemy import select
 
-from bcpay import channels, payflow, rules
+from bcpay import channels, payflow, rules, unpaid
 from bcpay.clients.bigcommerce import Order
 from bcpay.clients.celerypay import CeleryPayClient, Payment
 from bcpay.effects import Worker
@@ -136,6 +137,7 @@ class Report:
     since: datetime
     checked: int = 0
     fixed: int = 0  # findings whose CeleryPay state was applied in this run
+    cancelled_unpaid: int = 0  # orders of the period the unpaid hold cancelled (bcpay.unpaid), not findings
     _counts: Counter[str] = field(default_factory=Counter, repr=False)
     _spool: Spool = field(default_factory=Spool, repr=False)
 
@@ -168,6 +170,7 @@ class Report:
         return {
             "store_hash": self.store_hash, "since": self.since.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "checked": self.checked, "fixed": self.fixed, "counts": self.counts,
+            "cancelled_unpaid": self.cancelled_unpaid,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -368,7 +371,7 @@ async def reconcile(
     bc = rt.bigcommerce(store)
     ctx = _Context(rt, store, rt.celerypay(store), Pacer(celerypay_rate), fix,
                    rt.now() - timedelta(seconds=rt.settings.payments.unstarted_after))
-    report = Report(store.store_hash, since)
+    report = Report(store.store_hash, since, cancelled_unpaid=await unpaid.count_since(rt, store, since))
     queue: asyncio.Queue[tuple[str, Order, list[PaymentRecord]] | None] = asyncio.Queue(maxsize=concurrency * 2)
     listed = 0
     listing_done = False

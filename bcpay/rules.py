@@ -70,6 +70,13 @@ def transitions() -> list[tuple[str, str]]:
     return sorted((current, new) for current, targets in _FORWARD.items() for new in targets)
 
 
+# Every BigCommerce order status by id (reference section 3), for pickers and merchant steps.
+STATUS_NAMES = {
+    0: "Incomplete", 1: "Pending", 2: "Shipped", 3: "Partially Shipped", 4: "Refunded", 5: "Cancelled",
+    6: "Declined", 7: "Awaiting Payment", 8: "Awaiting Pickup", 9: "Awaiting Shipment", 10: "Completed",
+    11: "Awaiting Fulfillment", 12: "Manual Verification Required", 13: "Disputed", 14: "Partially Refunded",
+}
+
 # BigCommerce order statuses bcpay cares about (reference section 3).
 STATUS_PENDING = 1
 STATUS_REFUNDED = 4

@@ -56,6 +56,9 @@ class StorePolicy:
     refund_on_status: bool
     refund_from_bigcommerce: bool
     refund_duplicates: str
+    unpaid_hold: int
+    """Minutes after it was placed that an unpaid order for the method is cancelled; 0 keeps it (a new store
+    starts with the payment's expiry plus 30 minutes)."""
     extra_origins: tuple[str, ...]
     """Browser origins besides the store's own URL that may call /api/v1 for this store (a store's own
     setting: there is no global one)."""
@@ -73,6 +76,7 @@ STORE_OVERRIDES: dict[str, type] = {
     "refund_on_status": bool,
     "refund_from_bigcommerce": bool,
     "refund_duplicates": str,
+    "unpaid_hold": int,
     "extra_origins": list,
 }
 
@@ -117,6 +121,7 @@ class Runtime:
             refund_on_status=bool(o.get("refund_on_status", p.refund_on_status)),
             refund_from_bigcommerce=bool(o.get("refund_from_bigcommerce", p.refund_from_bigcommerce)),
             refund_duplicates=str(o.get("refund_duplicates", p.refund_duplicates)),
+            unpaid_hold=int(o.get("unpaid_hold", p.unpaid_hold)),
             extra_origins=tuple(o.get("extra_origins", ())),
         )
 

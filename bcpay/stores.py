@@ -116,6 +116,10 @@ async def register(
         }
         if existing is None or not existing.webhook_secret_enc:
             values["webhook_secret_enc"] = rt.vault.seal(secrets.token_urlsafe(32))
+        if existing is None and not rt.settings.payments.unpaid_hold:
+            # A new store holds unpaid orders for the payment's expiry plus a margin, then cancels them; a
+            # store bcpay already served keeps its orders until someone chooses a hold (docs: unpaid orders).
+            values["settings_json"] = json.dumps({"unpaid_hold": default_unpaid_hold(rt.settings)})
         if existing is not None and not existing.installed:
             values["installed_at"] = rt.now()
             await outbox.resume_store_jobs(conn, existing.id, rt.now())
@@ -199,6 +203,14 @@ async def verify_merchant(rt: Runtime, store: StoreRecord, merchant_id: str, api
     return True
 
 
+UNPAID_MARGIN_MINUTES = 30  # a new store's hold: the cashier's expiry, then this long for a late return
+
+
+def default_unpaid_hold(settings: Settings) -> int:
+    """A new store's ``unpaid_hold``: ``payments.expires_in`` in whole minutes plus :data:`UNPAID_MARGIN_MINUTES`."""
+    return -(-settings.payments.expires_in // 60) + UNPAID_MARGIN_MINUTES
+
+
 def check_settings(changes: dict[str, Any]) -> None:
     """Refuse a bad per-store setting before anything is written (``None`` removes an override)."""
     for key, value in changes.items():
@@ -227,6 +239,8 @@ def _check_override(key: str, value: Any) -> Any:
         raise InvalidInputError(rules.status_choice_error(11, value) or key, code="invalid_setting")
     if key == "expires_in" and not 300 <= value <= 86400:
         raise InvalidInputError("expires_in: CeleryPay accepts 300 to 86400 seconds", code="invalid_setting")
+    if key == "unpaid_hold" and not 0 <= value <= 43200:
+        raise InvalidInputError("unpaid_hold: 0 (keep unpaid orders) to 43200 minutes", code="invalid_setting")
     if key == "method_name" and not value.strip():
         raise InvalidInputError("method_name must not be empty", code="invalid_setting")
     return value

@@ -654,6 +654,7 @@ async def test_saving_settings_with_the_csrf_token_stores_them_and_never_echoes_
         "on_expired": "cancel",
         "paid_status_id": 10,
         "return_to": "bcpay",
+        "unpaid_hold": 60,  # a new store's own hold, from when it was added
     }
     page = (await panel.get("/bc/settings?done=saved")).text
     assert "Settings saved." in page and '<span id="secret-state" class="set">set</span>' in page
@@ -666,7 +667,7 @@ async def test_saving_settings_with_the_csrf_token_stores_them_and_never_echoes_
     assert keep.status_code == 303
     row = await store_row(world)
     assert world.rt.vault.open(row["celerypay_secret_enc"]) == MERCHANT_SECRET
-    assert json.loads(row["settings_json"]) == {"paid_status_id": 10, "return_to": "bcpay"}
+    assert json.loads(row["settings_json"]) == {"paid_status_id": 10, "return_to": "bcpay", "unpaid_hold": 60}
 
 
 @pytest.mark.parametrize("token", [None, "", "forged.token", "other-session"])
@@ -757,7 +758,7 @@ async def test_invalid_input_shows_the_error_and_keeps_what_was_typed_but_the_se
     assert "merchant id must be mch_" in answer.text and 'value="mch_short"' in answer.text
     assert 'value="Pay Later"' in answer.text and MERCHANT_SECRET not in answer.text
     row = await store_row(world)
-    assert row["celerypay_merchant_id"] is None and row["settings_json"] == "{}"
+    assert row["celerypay_merchant_id"] is None and json.loads(row["settings_json"]) == {"unpaid_hold": 60}
 
 
 async def paid_payment(world: World, total: str = "19.99") -> dict[str, Any]:
@@ -931,7 +932,7 @@ async def test_health_checks_that_fail_show_in_the_panel(
     world.bc.store(STORE_HASH).tokens.clear()
     page = await panel.get("/bc/settings")
     assert page.status_code == 200
-    assert page.text.count("could not check: BigCommerce GET") == 3
+    assert page.text.count("could not check: BigCommerce GET") == 4  # snippet, webhooks, method, stock
 
 
 async def test_the_panel_shows_one_health_line_per_storefront_channel(
@@ -1000,7 +1001,7 @@ async def test_renaming_the_payment_method_updates_the_snippet(
     answer = await panel.post("/bc/settings", data=form)
     assert answer.status_code == 303
     assert json.loads((await store_row(world))["settings_json"]) == {
-        "method_name": "Pay by CeleryPay"
+        "method_name": "Pay by CeleryPay", "unpaid_hold": 60,
     }
     ours = [s for s in world.bc.store(STORE_HASH).scripts.values() if s["name"] == SCRIPT_NAME]
     assert len(ours) == 1 and 'data-method-name="Pay by CeleryPay"' in ours[0]["html"]

@@ -205,7 +205,8 @@ def one_error_line(result: Result, text: str, *, code: int = 1) -> None:
      (["--environment", "staging"], "sandbox or production"),
      # A paid order Cancelled (the money kept), or left Awaiting Payment: statuses that hide a payment.
      (["--paid-status-id", "5"], "5 is not a status for a paid order"),
-     (["--mismatch-status-id", "11"], "11 does not stop the order for a person")],
+     (["--mismatch-status-id", "11"], "11 does not stop the order for a person"),
+     (["--unpaid-hold", "43201"], "unpaid_hold: 0 (keep unpaid orders) to 43200 minutes")],
 )
 def test_stores_configure_with_one_bad_value_changes_nothing(env: Env, args: list[str], text: str) -> None:
     """Merchant, environment and settings are all checked before the secret prompt and the first write."""
@@ -216,6 +217,14 @@ def test_stores_configure_with_one_bad_value_changes_nothing(env: Env, args: lis
                      *args, env={"BCPAY_CELERYPAY_SECRET": "n" * 40})
     one_error_line(result, text, code=2)
     assert env.query(select(stores)) == before
+
+
+def test_stores_configure_sets_the_unpaid_hold_and_zero_keeps_unpaid_orders(env: Env) -> None:
+    """A new store's hold (the expiry plus 30 minutes) is its own; --unpaid-hold changes it, 0 included."""
+    env.add_store()
+    assert settings_of(env)[0] == {"unpaid_hold": 60}
+    shown = shown_settings(env.ok("stores", "configure", STORE_HASH, "--unpaid-hold", "0"))
+    assert shown["unpaid_hold"] == "0 (store)" and settings_of(env)[0] == {"unpaid_hold": 0}
 
 
 def settings_of(env: Env) -> tuple[dict[str, Any], str]:
@@ -235,7 +244,8 @@ def test_stores_configure_reset_puts_a_store_back_on_the_global_config(env: Env)
     env.ok("stores", "configure", STORE_HASH, "--paid-status-id", "2", "--expires-in", "900",
            "--on-expired", "cancel")
     overrides, opened = settings_of(env)
-    assert overrides == {"paid_status_id": 2, "expires_in": 900, "on_expired": "cancel"}
+    # unpaid_hold: the store's own since it was added (a new store's hold)
+    assert overrides == {"paid_status_id": 2, "expires_in": 900, "on_expired": "cancel", "unpaid_hold": 60}
 
     result = env.ok("stores", "configure", STORE_HASH, "--reset", "paid_status_id", "--reset", "expires-in",
                     env={"BCPAY_PAYMENTS_PAID_STATUS_ID": "10"})
@@ -243,7 +253,7 @@ def test_stores_configure_reset_puts_a_store_back_on_the_global_config(env: Env)
     assert shown["paid_status_id"] == "10 (global)"  # the global value in force, from BCPAY_*
     assert shown["expires_in"] == "1800 (global)" and shown["on_expired"] == "cancel (store)"
     overrides, after = settings_of(env)
-    assert overrides == {"on_expired": "cancel"}
+    assert overrides == {"on_expired": "cancel", "unpaid_hold": 60}
     assert after != opened  # a settings page opened before the reset cannot save over it
     with pytest.raises(ConflictError, match="changed since they were read"):
         asyncio.run(update_settings_as_of(env, opened))
@@ -309,7 +319,7 @@ def test_stores_add_configure_show_and_list_never_leak_secrets(env: Env) -> None
     [row] = env.query(select(stores))
     assert row["access_token_enc"] and ACCESS_TOKEN not in row["access_token_enc"]
     assert Vault(env.secret_key).open(row["celerypay_secret_enc"]) == MERCHANT_SECRET
-    assert json.loads(row["settings_json"]) == {"on_expired": "cancel"}
+    assert json.loads(row["settings_json"]) == {"on_expired": "cancel", "unpaid_hold": 60}  # a new store's hold
 
     shown = [env.ok("stores", "show", STORE_HASH), env.ok("stores", "show", STORE_HASH, "--json"),
              env.ok("stores", "list"), env.ok("stores", "list", "--json")]
@@ -655,6 +665,30 @@ def test_refund_resolve_settles_a_refund_in_doubt_by_its_celerypay_id_or_frees_i
     assert json.loads(env.ok("anomalies", "list", "--json").stdout) == []
     one_error_line(env.cli("refund-resolve", r2, "--store", STORE_HASH, "--not-made"),
                    f"has no refund in doubt numbered '{r2}'")
+
+
+def test_reconcile_counts_the_orders_the_unpaid_hold_cancelled(env: Env) -> None:
+    """An abandoned order cancelled by the worker's sweep: reconcile says how many, in text and JSON."""
+    from datetime import UTC, datetime, timedelta
+
+    from bcpay import reconcile
+    from bcpay.effects import Worker
+
+    env.add_store()
+    order = env.bc.create_order(STORE_HASH, total=Decimal("5.00"), created=datetime.now(UTC) - timedelta(hours=2))
+
+    async def sweep() -> None:
+        async with open_runtime(env.settings) as rt:
+            await Worker(rt).sweep()
+            await reconcile.run_jobs(rt)
+
+    asyncio.run(sweep())
+    assert [p["status_id"] for p in env.status_puts(order["id"])] == [5]
+    lines = env.ok("reconcile", STORE_HASH, "--since", "1d").stdout.splitlines()
+    assert lines == [f"{STORE_HASH}: checked 0 orders: nothing to report; fixed 0.",
+                     f"{STORE_HASH}: 1 order(s) cancelled unpaid after the store's hold (payments.unpaid_hold)."]
+    report = json.loads(env.ok("reconcile", STORE_HASH, "--json").stdout)["reports"][0]
+    assert report["cancelled_unpaid"] == 1 and report["findings"] == []
 
 
 def test_reconcile_fix_applies_a_lost_payment_exactly_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,6 +28,9 @@ async def test_sandbox_provisions_the_store_like_an_operator(sandbox: Sandbox) -
     scopes = sorted(h["scope"] for h in store.hooks.values())
     assert scopes == ["store/app/uninstalled", "store/channel/created", "store/channel/updated",
                       "store/order/refund/created", "store/order/statusUpdated"]
+    # A new store's hold (the expiry plus 30 minutes), with the usual sweep: --unpaid-hold shortens both.
+    assert sandbox.settings is not None and sandbox.settings.outbox.sweep_interval == 60
+    assert "60 minute(s) after" in sandbox.banner()
     async with httpx.AsyncClient() as http:
         assert (await http.get(sandbox.urls.bcpay + "/readyz")).json() == {"status": "ok"}
         page = await http.get(sandbox.urls.storefront + "/")
@@ -92,3 +95,24 @@ async def test_foreign_origins_are_refused_by_cors(sandbox: Sandbox) -> None:
             headers={"Origin": sandbox.urls.storefront, "Access-Control-Request-Method": "POST"},
         )
         assert ok.status_code == 204 and ok.headers["access-control-allow-origin"] == sandbox.urls.storefront
+
+
+async def test_the_sandbox_with_a_one_minute_hold_cancels_an_abandoned_order() -> None:
+    """`bcpay sandbox --unpaid-hold 1`: an order left unpaid for over a minute is cancelled by the worker."""
+    from datetime import UTC, datetime, timedelta
+
+    options = SandboxOptions(port_base=0, storefront_delay_ms=0, unpaid_hold=1,
+                             settings={"outbox": {"sweep_interval": 1}})
+    async with Sandbox(options) as sb:
+        assert sb.settings is not None and sb.store is not None and sb.store.settings["unpaid_hold"] == 1
+        assert "1 minute(s) after" in sb.banner()
+        old = sb.bc.create_order(STORE_HASH, total="12.00", created=datetime.now(UTC) - timedelta(minutes=2))
+        fresh = sb.bc.create_order(STORE_HASH, total="12.00")
+        for _ in range(100):
+            if sb.bc.order(STORE_HASH, old["id"])["status_id"] == 5:
+                break
+            await asyncio.sleep(0.1)
+        cancelled = sb.bc.order(STORE_HASH, old["id"])
+        assert cancelled["status_id"] == 5 and "not paid within 1 minute; order cancelled" in cancelled["staff_notes"]
+        assert sb.bc.order(STORE_HASH, fresh["id"])["status_id"] == 7
+

@@ -521,7 +521,8 @@ async def test_two_settings_saves_at_once_keep_both_changes(db_url: str, secret_
             await q.update_store(conn, held.id, rt.now(), name=held.name)
         await asyncio.gather(*saves)
         async with rt.db.read() as conn:
-            assert (await q.require_store(conn, STORE_HASH)).settings == {"on_expired": "cancel", "return_to": "bcpay"}
+            assert (await q.require_store(conn, STORE_HASH)).settings == {
+                "on_expired": "cancel", "return_to": "bcpay", "unpaid_hold": 60}
 
 
 @pytest.mark.postgres

@@ -29,6 +29,7 @@ from bcpay.clients.bigcommerce_models import (
     AppExtension,
     Channel,
     Hook,
+    InventorySettings,
     LedgerRefund,
     Malformed,
     Metafield,
@@ -67,6 +68,7 @@ __all__ = [
     "BigCommerceClient",
     "Channel",
     "Hook",
+    "InventorySettings",
     "LedgerRefund",
     "Metafield",
     "OAuthToken",
@@ -541,6 +543,16 @@ class BigCommerceClient:
         _check_id(order_id, "order_id")
         return [_parse(LedgerRefund.from_json, r) for r in
                 await self._v3_list(f"/orders/{order_id}/payment_actions/refunds")]
+    # --- settings (v3, reference section 13) ----------------------------------------------------
+
+    async def inventory_settings(self, channel_id: int | None = None) -> InventorySettings:
+        """``GET /v3/settings/inventory``: the global settings, or one channel's (``None`` fields: inherited)."""
+        params: dict[str, Any] = {}
+        if channel_id is not None:
+            _check_id(channel_id, "channel_id")
+            params["channel_id"] = channel_id
+        data, response = await self._v3("GET", "/settings/inventory", params=params or None)
+        return _parse(InventorySettings.from_json, data, response)
 
     # --- webhooks (v3) ---------------------------------------------------------------------
 

@@ -630,3 +630,38 @@ class LedgerRefund:
     def offline_amount(self) -> Decimal:
         """What the refund's offline payments (not declined) add up to: money BigCommerce did not move."""
         return sum((p.amount for p in self.payments if p.offline and not p.declined), Decimal(0))
+STOCK_BEHAVIORS = ("order_placed", "order_completed_or_shipped")
+
+
+@dataclass(frozen=True)
+class InventorySettings:
+    """``GET /v3/settings/inventory`` (settings.v3.yml, ``InventorySettings``), the fields bcpay reads.
+
+    ``update_stock_behavior``: when stock is taken (``order_placed`` or
+    ``order_completed_or_shipped``); ``refund_order_stock_adjustment``: whether a
+    refund or cancellation returns it. Asked per channel, ``None`` means "not
+    set on this channel": the global value applies.
+    """
+
+    update_stock_behavior: str | None
+    refund_order_stock_adjustment: bool | None
+
+    @classmethod
+    def from_json(cls, obj: Any) -> InventorySettings:
+        """Parse the ``data`` object; unknown fields are ignored, a wrong type is Malformed."""
+        o = _obj(obj, "inventory settings")
+        behavior = _str(o, "update_stock_behavior", optional=True)
+        if behavior is not None and behavior not in STOCK_BEHAVIORS:
+            raise Malformed(f"update_stock_behavior {behavior[:40]!r} is not one of {', '.join(STOCK_BEHAVIORS)}")
+        refund = o.get("refund_order_stock_adjustment")
+        if refund is not None and not isinstance(refund, bool):
+            raise Malformed("refund_order_stock_adjustment is not a boolean")
+        return cls(behavior, refund)
+
+    def over(self, base: InventorySettings) -> InventorySettings:
+        """These channel settings with what the channel leaves unset taken from ``base`` (the global ones)."""
+        return InventorySettings(
+            self.update_stock_behavior if self.update_stock_behavior is not None else base.update_stock_behavior,
+            self.refund_order_stock_adjustment if self.refund_order_stock_adjustment is not None
+            else base.refund_order_stock_adjustment,
+        )

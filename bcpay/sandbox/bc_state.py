@@ -172,6 +172,16 @@ class Store:
     refunding: set[int] = field(default_factory=set)
     # False: refund quotes offer no offline option (a store where BigCommerce cannot record one).
     offline_refunds: bool = True
+    # Settings > Inventory (settings.v3.yml InventorySettings): the global values, and per channel the fields
+    # a storefront overrides (the others are null: inherited). Stock returns on cancel unless changed.
+    inventory: JSON = field(default_factory=lambda: {
+        "product_out_of_stock_behavior": "do_nothing", "option_out_of_stock_behavior": "do_nothing",
+        "update_stock_behavior": "order_placed", "edit_order_stock_adjustment": True,
+        "refund_order_stock_adjustment": True, "stock_level_display": "dont_show",
+        "default_out_of_stock_message": "", "hide_in_product_filtering": False,
+        "show_pre_order_stock_levels": False, "show_out_of_stock_message": False,
+    })
+    channel_inventory: dict[int, JSON] = field(default_factory=dict)
 
     def method_named(self, name: str) -> PaymentMethod | None:
         """The enabled method whose display name or code is ``name``."""

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bcpay.sandbox import bc_channels, bc_graphql, bc_refunds
+from bcpay.sandbox import bc_channels, bc_graphql, bc_refunds, bc_settings
 from bcpay.sandbox.bc_rules import (
     hook_matches,
     int_param,
@@ -408,6 +408,9 @@ class _Api:
     async def one_refund(self, request: Request, ctx: _Ctx) -> Response:
         return await bc_refunds.one_refund(request, self.state, ctx.store)
 
+    async def get_inventory_settings(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_settings.get_inventory(request, ctx.store)
+
     # --- v3 hooks -----------------------------------------------------------------
 
     def _own_hooks(self, ctx: _Ctx) -> list[dict[str, Any]]:
@@ -538,6 +541,8 @@ def create_bigcommerce_api(state: FakeBigCommerce, *, quota: Quota | None = None
             "GET": (api.list_channels, "store_channel_settings_read_only")}, v2=False),
         gate.route(base + "/v3/channels/{channel_id:int}/site", {
             "GET": (api.get_channel_site, "store_sites_read_only")}, v2=False),
+        gate.route(base + "/v3/settings/inventory", {
+            "GET": (api.get_inventory_settings, "store_v2_information_read_only")}, v2=False),
         # Webhooks need no OAuth scope, only a valid token.
         gate.route(base + "/v3/hooks", {
             "GET": (api.list_hooks, None), "POST": (api.create_hook, None)}, v2=False),

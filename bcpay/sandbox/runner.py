@@ -49,6 +49,7 @@ from bcpay.sandbox.celerypay import FakeCeleryPay, FakeOptions
 from bcpay.sandbox.storefront import create_storefront
 from bcpay.scopes import CHANNEL_SCOPES, EXTENSION_SCOPES
 from bcpay.server.app import create_app
+from bcpay.storage.records import StoreRecord
 
 T = TypeVar("T")
 
@@ -62,6 +63,7 @@ MERCHANT_ID = "mch_SandboxMerchant0001"
 MERCHANT_SECRET = "sandbox-merchant-secret-not-for-production-0001"
 OUTLET_CHANNEL = 2
 OUTLET_NAME = "bcpay Sandbox Outlet"
+SHORT_SWEEP = 10  # seconds between the worker's sweeps when a hold is chosen on the command line
 
 
 @dataclass
@@ -78,6 +80,7 @@ class SandboxOptions:
     storefront_delay_ms: int = 300
     quota: Quota | None = None
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra overrides
+    unpaid_hold: int | None = None  # the store's hold in minutes (None: a new store's default)
 
 
 class _Server(uvicorn.Server):
@@ -125,6 +128,7 @@ class Sandbox:
         self._servers: list[_Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.store: StoreRecord | None = None  # as provisioned
 
     @property
     def runtime(self) -> Runtime:
@@ -193,6 +197,9 @@ class Sandbox:
             "celerypay": {"sandbox_api_url": self.urls.celerypay},
             "server": {"host": opts.host, "port": bcpay_port},
         }
+        if opts.unpaid_hold:
+            # A short hold is there to be watched: sweep often enough to see it act within the minute.
+            overrides["outbox"] = {"sweep_interval": min(self.base_settings.outbox.sweep_interval, SHORT_SWEEP)}
         for section, values in opts.settings.items():
             overrides.setdefault(section, {}).update(values)
         self.settings = replace(self.base_settings, **overrides)
@@ -210,8 +217,11 @@ class Sandbox:
         code = self.bc.issue_oauth_code(STORE_HASH, client_id=APP_CLIENT_ID, client_secret=APP_CLIENT_SECRET,
                                         redirect_uri=rt.public_url(install.AUTH_PATH), scope=scope)
         await install.install_from_oauth(rt, code=code, scope=scope, context=f"stores/{STORE_HASH}")
-        await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=MERCHANT_SECRET,
-                                        environment="sandbox")
+        store = await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID,
+                                                api_secret=MERCHANT_SECRET, environment="sandbox")
+        if self.options.unpaid_hold is not None:
+            store = await stores.update_settings(rt, STORE_HASH, {"unpaid_hold": self.options.unpaid_hold})
+        self.store = store
 
     async def stop(self) -> None:
         """Stop every server and task, newest first."""
@@ -259,11 +269,19 @@ class Sandbox:
             "     in Awaiting Fulfillment with a staff note.",
             "  4. Try Decline (then retry), Abandon (the payment expires), or pay with",
             "     \"Test Payment Gateway\" (bcpay stays out of the way).",
-            "  5. Do the same on the second channel: you come back to that channel's own domain.",
+            *self._hold_lines(),
+            "  6. Do the same on the second channel: you come back to that channel's own domain.",
             "",
             "The CLI works against the sandbox too, from another shell:",
             f"  {self.cli_env()} bcpay doctor {STORE_HASH}",
         ])
+
+    def _hold_lines(self) -> list[str]:
+        hold = self.runtime.policy(self.store).unpaid_hold if self.store is not None else 0
+        if not hold:
+            return ["  5. Unpaid orders are kept (start with --unpaid-hold 1 to watch them cancelled)."]
+        return [f"  5. Leave an order unpaid (close the cashier, or block the snippet): {hold} minute(s) after",
+                "     it was placed the worker cancels it with a staff note, and its pay page says so."]
 
     def cli_env(self) -> str:
         """Environment variables that point the ``bcpay`` CLI at this sandbox."""
@@ -294,10 +312,12 @@ def main(
     notify_delay: float = 0.0,
     chaos: bool = False,
     open_browser: bool = False,
+    unpaid_hold: int | None = None,
     print_: Callable[[str], None] = print,
 ) -> None:
     """Run the sandbox until interrupted (the ``bcpay sandbox`` command)."""
-    options = SandboxOptions(port_base=port_base, db=db, notify_delay=notify_delay, chaos=chaos)
+    options = SandboxOptions(port_base=port_base, db=db, notify_delay=notify_delay, chaos=chaos,
+                             unpaid_hold=unpaid_hold)
 
     async def run() -> None:
         stop = asyncio.Event()

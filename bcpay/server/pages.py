@@ -14,7 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from bcpay import channels, payflow
+from bcpay import channels, order_reads, payflow, rules
 from bcpay.errors import BcpayError, NotFoundError
 from bcpay.runtime import Runtime
 from bcpay.storage import queries as q
@@ -94,6 +94,45 @@ PAY_ERRORS = {
 }
 
 
+# An order bcpay cancelled for non-payment, in the shopper's language: said plainly, with the store's link and
+# never a cashier (the order cannot be paid any more; a new order can).
+CANCELLED_TEXTS = {
+    "en": {
+        "title": "Order #{order} was cancelled",
+        "body": "This order was not paid in time, so it was cancelled. No payment was taken. "
+                "To buy these items, please place a new order at {store}.",
+        "link": "Go to {store}",
+    },
+    "zh": {
+        "title": "订单 #{order} 已取消",
+        "body": "此订单未在规定时间内付款，已被取消，未收取任何款项。如需购买，请在 {store} 重新下单。",
+        "link": "前往 {store}",
+    },
+}
+
+
+def shopper_lang(request: Request) -> str:
+    """``zh`` or ``en``: the page's ``?lang=``, else the browser's first Accept-Language, as the snippet picks."""
+    wanted = request.query_params.get("lang") or request.headers.get("accept-language", "")
+    first = wanted.split(",", 1)[0].strip().lower()
+    return "zh" if first.startswith("zh") else "en"
+
+
+async def _cancelled_unpaid(rt: Runtime, view: payflow.PaymentView) -> bool:
+    """Was the order of this (unpaid) attempt cancelled by the unpaid hold, and is it still cancelled?"""
+    if view.state in ("paid", "refunded", "under_review"):
+        return False
+    async with rt.db.read() as conn:
+        store = await q.require_store(conn, view.store_hash)
+    if not await payflow.cancelled_unpaid(rt, store, view.order_id):
+        return False
+    try:  # a merchant may have put the order back to Awaiting Payment: then it can be paid again
+        order = await order_reads.read_order(rt, store, view.order_id)
+    except BcpayError:
+        return True  # unknown now: the safe answer offers no cashier
+    return order.status_id != rules.STATUS_AWAITING_PAYMENT
+
+
 def _error_text(code: str) -> str:
     """The fixed text for ``?error=<code>``: a known code's own, any other the generic one."""
     return PAY_ERRORS.get(code, PAY_ERRORS["try_again"]) if code else ""
@@ -112,6 +151,10 @@ async def pay_page(request: Request) -> Response:
         paid = await payflow.paid_attempt_of(rt, view.token)
         if paid is not None:
             return RedirectResponse(f"/pay/{paid.token}", status_code=303)
+    if await _cancelled_unpaid(rt, view):
+        lang = shopper_lang(request)
+        texts = {k: v.format(order=view.order_id, store=store_name) for k, v in CANCELLED_TEXTS[lang].items()}
+        return html_page("pay_cancelled.html", lang=lang, texts=texts, store_url=store_url)
     return html_page(
         "pay.html",
         view=view,

@@ -400,6 +400,14 @@ async def audit_entries(conn: Conn, store_id: int, order_id: int) -> list[dict[s
     return [dict(r) for r in rows.mappings()]
 
 
+async def has_audit(conn: Conn, store_id: int, order_id: int, action: str) -> bool:
+    """Whether bcpay recorded ``action`` on this order (e.g. ``cancel_unpaid``: cancelled for non-payment)."""
+    query = select(audit_log.c.id).where(
+        audit_log.c.store_id == store_id, audit_log.c.order_id == order_id, audit_log.c.action == action
+    ).limit(1)
+    return (await conn.execute(query)).first() is not None
+
+
 async def record_anomaly(
     conn: Conn,
     *,

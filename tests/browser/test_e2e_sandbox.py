@@ -113,7 +113,7 @@ def test_paying_at_the_cashier_marks_the_order_paid_and_reconcile_finds_nothing(
 
         shop.wait_for_idle_outbox()
         assert cli_reconcile(shop, tmp_path) == {"store_hash": STORE_HASH, "checked": 1, "fixed": 0,
-                                                 "counts": {}, "findings": []}
+                                                 "counts": {}, "cancelled_unpaid": 0, "findings": []}
         assert len(shop.status_puts(order_id)) == 1
 
 
