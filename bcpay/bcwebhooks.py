@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from bcpay import order_reads, outbox, rules
+from bcpay import order_reads, outbox, refund_ledger, rules
 from bcpay.errors import InvalidInputError, SignatureError, UpstreamNotFound
 from bcpay.provisioning import WEBHOOK_SECRET_HEADER
 from bcpay.runtime import Runtime
@@ -26,6 +26,7 @@ from bcpay.stores import uninstall_confirmed
 
 MAX_BODY = 64 * 1024
 CHANNEL_SCOPES = frozenset({"store/channel/created", "store/channel/updated"})
+REFUND_SCOPE = "store/order/refund/created"
 
 
 async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[str, str]) -> str:
@@ -69,6 +70,19 @@ async def receive(rt: Runtime, store_hash: str, body: bytes, headers: Mapping[st
             await outbox.enqueue(conn, "order_status_changed", {"order_id": order_id}, now=rt.now(),
                                  store_id=store.id)
             return "queued"
+        if scope == REFUND_SCOPE:
+            # A refund in BigCommerce's ledger (reference section 12): the job reads it and, if it is not
+            # bcpay's own, makes it at CeleryPay. One job per refund id, however often it is delivered.
+            data = payload.get("data") or {}
+            order_id = data.get("id") if isinstance(data, dict) else None
+            refund = data.get("refund") if isinstance(data, dict) else None
+            refund_id = refund.get("refund_id") if isinstance(refund, dict) else None
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 10**12
+                       for v in (order_id, refund_id)):
+                raise InvalidInputError("webhook data lacks the order and refund ids", code="invalid_webhook")
+            assert isinstance(order_id, int) and isinstance(refund_id, int)
+            await refund_ledger.queue(conn, rt, store, order_id, refund_id)
+            return "queued"
         if scope in CHANNEL_SCOPES:
             # A storefront created, renamed, switched on or off (channels.mdx): read the channels and fix
             # the snippets. The payload names only the channel; the job reads them all (a hint, like any).
@@ -97,7 +111,7 @@ def _parse(body: bytes) -> dict[str, Any]:
 
 
 async def order_status_changed(rt: Runtime, store_id: int, order_id: int) -> str:
-    """Re-read the order; cancel its open payment if cancelled, refund if refunded (opt-in)."""
+    """Re-read the order; cancel its open payment if cancelled, refund if refunded (deprecated opt-in)."""
     from bcpay import payflow, refunds
 
     async with rt.db.read() as conn:
@@ -114,7 +128,10 @@ async def order_status_changed(rt: Runtime, store_id: int, order_id: int) -> str
         for attempt in open_:
             await payflow.cancel_attempt(rt, store, attempt, reason="order cancelled in BigCommerce")
         return "cancelled payment" if open_ else "nothing open"
-    if order.status_id == rules.STATUS_REFUNDED and rt.policy(store).refund_on_status:
+    policy = rt.policy(store)
+    if order.status_id == rules.STATUS_REFUNDED and policy.refund_on_status and policy.refund_from_bigcommerce:
+        return "no action"  # the refund that set it Refunded comes through store/order/refund/created
+    if order.status_id == rules.STATUS_REFUNDED and policy.refund_on_status:
         paid = await refunds.paid_attempt(rt, store, order_id)
         try:  # everything left, decided under the order's lock; the key makes a retried job resume it
             await refunds.request_refund(rt, store, paid, reason="order set to Refunded in BigCommerce",

@@ -137,7 +137,10 @@ def worker(ctx: typer.Context) -> None:
     start_process(settings)
 
     async def work(rt: "Runtime") -> None:
+        from bcpay import refund_ledger
+
         await operations.ensure_schema(rt)
+        await refund_ledger.warn_deprecated(rt)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

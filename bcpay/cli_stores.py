@@ -1,10 +1,11 @@
-"""Store commands: ``stores``, ``provision``, ``install-script``, ``webhooks``, ``doctor``.
+"""Store commands: ``stores``, ``provision``, ``install-script``, ``webhooks``, ``channels``, ``doctor``.
 
 The library is imported inside the commands, so ``bcpay --help`` stays fast
 (see :mod:`bcpay.cli_common`).
 """
 
 
+import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -27,10 +28,13 @@ from bcpay.scopes import REQUIRED_SCOPES
 if TYPE_CHECKING:
     from bcpay.provisioning import Check
     from bcpay.runtime import Runtime
+    from bcpay.storage.channel_queries import ChannelRecord
     from bcpay.storage.records import StoreRecord
 
 stores_app = typer.Typer(help="Register, configure and remove stores.", no_args_is_help=True)
 webhooks_app = typer.Typer(help="The BigCommerce webhooks the server handles.", no_args_is_help=True)
+channels_app = typer.Typer(help="A store's storefront channels (multi-storefront) and their settings.",
+                           no_args_is_help=True)
 
 StoreHash = Annotated[str, typer.Argument(help="The store hash (from the store's API path, e.g. abc123).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -41,8 +45,8 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 DEFAULT_SCOPES = " ".join(REQUIRED_SCOPES)
 # bcpay.runtime.STORE_OVERRIDES, spelled out for the same reason (checked the same way).
 STORE_SETTINGS = ("method_name", "accepted_methods", "paid_status_id", "mismatch_status_id", "expires_in",
-                  "on_expired", "return_to", "refund_on_status", "refund_duplicates", "unpaid_hold",
-                  "extra_origins")
+                  "on_expired", "return_to", "refund_on_status", "refund_from_bigcommerce", "refund_duplicates",
+                  "unpaid_hold", "extra_origins")
 
 
 def _store_json(s: "StoreRecord") -> dict[str, Any]:
@@ -155,7 +159,12 @@ def stores_configure(
     return_to: Annotated[str | None, typer.Option(help="Where shoppers return: confirmation or bcpay.")] = None,
     refund_on_status: Annotated[bool | None, typer.Option(
         "--refund-on-status/--no-refund-on-status",
-        help="Refund at CeleryPay when an order is set to Refunded.")] = None,
+        help="Deprecated (use --refund-from-bigcommerce): refund at CeleryPay when an order is set to Refunded.")
+    ] = None,
+    refund_from_bigcommerce: Annotated[bool | None, typer.Option(
+        "--refund-from-bigcommerce/--no-refund-from-bigcommerce",
+        help="Refunds through BigCommerce's refund ledger both ways (control-panel refunds made at CeleryPay, "
+             "bcpay's recorded in BigCommerce).")] = None,
     refund_duplicates: Annotated[str | None, typer.Option(help="manual or auto refund of double payments.")] = None,
     unpaid_hold: Annotated[int | None, typer.Option(
         parser=AsciiInt(), help="Minutes after which an unpaid order is cancelled; 0 keeps it (0-43200).")] = None,
@@ -185,7 +194,8 @@ def stores_configure(
     changes = {k: v for k, v in {
         "method_name": method_name, "on_expired": on_expired, "paid_status_id": paid_status_id,
         "mismatch_status_id": mismatch_status_id, "expires_in": expires_in, "return_to": return_to,
-        "refund_on_status": refund_on_status, "refund_duplicates": refund_duplicates, "unpaid_hold": unpaid_hold,
+        "refund_on_status": refund_on_status, "refund_from_bigcommerce": refund_from_bigcommerce,
+        "refund_duplicates": refund_duplicates, "unpaid_hold": unpaid_hold,
     }.items() if v is not None}
     if merchant_id is None and environment is None and not changes and not reset and not revoke_old_secret:
         raise typer.BadParameter("nothing to change: give --merchant-id, settings, --reset and/or --revoke-old-secret")
@@ -316,27 +326,46 @@ def install_script(
     ctx: typer.Context, store_hash: StoreHash,
     print_: Annotated[bool, typer.Option("--print", help="Only show the HTML that would be installed.")] = False,
     remove: Annotated[bool, typer.Option("--remove", help="Delete bcpay's script from the store.")] = False,
+    channel: Annotated[int | None, typer.Option(
+        "--channel", parser=AsciiInt(1, 2**31 - 1),
+        help="Only this storefront channel (default: every channel that takes orders).")] = None,
 ) -> None:
-    """Install or update bcpay's Script Manager snippet (never two), with its SRI hash.
+    """Install or update bcpay's Script Manager snippet, one per storefront channel (never two), with its SRI hash.
 
-    Example: bcpay install-script abc123 --print
+    Asks nothing: a channel bcpay has not read is read first; a channel that
+    takes no orders, or where OKCloud Pay is switched off, loses its copy.
+
+    Example: bcpay install-script abc123 --channel 2
     """
     if print_ and remove:
         raise typer.BadParameter("--print and --remove exclude each other")
-    from bcpay import provisioning
 
     if print_:
-        spec = _with_store(ctx, store_hash, _desired)
+        spec = _with_store(ctx, store_hash, lambda rt, s: _desired(rt, s, channel))
         typer.echo(spec.html)
         return
-    action = _with_store(ctx, store_hash, lambda rt, s: provisioning.install_script(rt, s, remove=remove))
-    out().print(f"storefront snippet on {store_hash}: {action}")
+    action = _with_store(ctx, store_hash, lambda rt, s: _install(rt, s, remove=remove, channel_id=channel))
+    out().print(f"storefront snippet on {store_hash}: {action}", markup=False)
 
 
-async def _desired(rt: "Runtime", store: "StoreRecord") -> Any:
-    from bcpay import provisioning
+async def _install(rt: "Runtime", store: "StoreRecord", *, remove: bool, channel_id: int | None) -> str:
+    from bcpay import channels, provisioning
 
-    return provisioning.desired_script(rt, store)
+    if channel_id is not None and channels.find(await channels.stored(rt, store), channel_id) is None:
+        await channels.refresh(rt, store)  # a channel created since bcpay last read them
+    return await provisioning.install_script(rt, store, remove=remove, channel_id=channel_id)
+
+
+async def _desired(rt: "Runtime", store: "StoreRecord", channel_id: int | None) -> Any:
+    from bcpay import channels, provisioning
+    from bcpay.errors import NotFoundError
+
+    if channel_id is None:
+        return provisioning.desired_script(rt, store)
+    channel = channels.find(await channels.known(rt, store), channel_id)
+    if channel is None:
+        raise NotFoundError(f"store {store.store_hash} has no channel {channel_id}", code="unknown_channel")
+    return provisioning.desired_script(rt, store, channel)
 
 
 @webhooks_app.command("register")
@@ -381,6 +410,86 @@ def webhooks_remove(ctx: typer.Context, store_hash: StoreHash) -> None:
     out().print(f"removed {count} webhook(s) from {store_hash}")
 
 
+ChannelId = Annotated[int, typer.Argument(parser=AsciiInt(1, 2**31 - 1), metavar="CHANNEL",
+                                          help="The channel id (channel 1 is the default storefront).")]
+
+
+def _channel_json(c: "ChannelRecord") -> dict[str, Any]:
+    return {"channel_id": c.channel_id, "name": c.name, "status": c.status, "site_url": c.site_url,
+            "checkout_url": c.url_of("checkout") if c.checkout_customized is not False else None,
+            "settings": c.settings, "script_uuid": c.script_uuid}
+
+
+@channels_app.command("list")
+def channels_list(
+    ctx: typer.Context, store_hash: StoreHash,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Read them from BigCommerce first.")] = False,
+    json_: JsonFlag = False,
+) -> None:
+    """The store's storefront channels as bcpay last read them: status, site, settings, snippet.
+
+    Example: bcpay channels list abc123 --refresh
+    """
+    from bcpay import channels
+
+    async def work(rt: "Runtime", store: "StoreRecord") -> list[dict[str, Any]]:
+        found = await channels.refresh(rt, store) if refresh else await channels.known(rt, store)
+        return [_channel_json(c) for c in found]
+
+    found: list[dict[str, Any]] = _with_store(ctx, store_hash, work)
+    if json_:
+        print_json(found)
+        return
+    table(["channel", "name", "status", "site", "settings", "snippet"],
+          [[c["channel_id"], c["name"], c["status"], c["checkout_url"] or c["site_url"],
+            json.dumps(c["settings"]) if c["settings"] else "-", "yes" if c["script_uuid"] else "no"]
+           for c in found])
+
+
+@channels_app.command("configure")
+def channels_configure(
+    ctx: typer.Context, store_hash: StoreHash, channel_id: ChannelId,
+    method_name: Annotated[str | None, typer.Option(
+        "--method-name", help="The offline method's display name on this channel's checkout.")] = None,
+    accepted_method: Annotated[list[str] | None, typer.Option(
+        "--accepted-method", help="A method name that counts as OKCloud Pay on this channel (repeatable).")] = None,
+    offers: Annotated[bool | None, typer.Option(
+        "--offers/--no-method", help="Whether this channel offers OKCloud Pay (--no-method: no snippet there).")]
+    = None,
+    lang: Annotated[str | None, typer.Option(
+        "--lang", help="The snippet's language where the page declares none: en, zh or auto.")] = None,
+    clear: Annotated[list[str] | None, typer.Option(
+        "--clear", help="Remove one setting so the store's own applies (repeatable).")] = None,
+) -> None:
+    """Per-channel settings, then that channel's snippet brought up to date.
+
+    Example: bcpay channels configure abc123 2 --method-name "Pay with OKCloud" --lang zh
+    """
+    from bcpay import channels, provisioning, settings_audit
+
+    changes: dict[str, Any] = dict.fromkeys(clear or [])
+    for key, value in (("method_name", method_name), ("offers", offers), ("lang", lang)):
+        if value is not None:
+            changes[key] = value
+    if accepted_method:
+        changes["accepted_methods"] = accepted_method
+    if not changes:
+        raise typer.BadParameter("give at least one setting (or --clear NAME)")
+    with failures(ctx):
+        channels.clean_settings({}, {k: v for k, v in changes.items() if v is not None})
+
+    async def work(rt: "Runtime", store: "StoreRecord") -> tuple["ChannelRecord", str]:
+        channel = await channels.configure(rt, store, channel_id, changes)
+        await settings_audit.note(rt, store, actor=settings_audit.cli_actor(), action="channel_configured",
+                                  detail=f"channel {channel_id}: {json.dumps(channel.settings, sort_keys=True)}")
+        return channel, await provisioning.install_script(rt, store, channel_id=channel_id)
+
+    channel, action = _with_store(ctx, store_hash, work)
+    out().print(f"channel {channel.channel_id} ({channel.name}): {json.dumps(channel.settings, sort_keys=True)}",
+                markup=False)
+    out().print(f"storefront snippet on {store_hash}: {action}", markup=False)
+
+
 def doctor(
     ctx: typer.Context,
     store_hash: Annotated[str | None, typer.Argument(
@@ -422,4 +531,5 @@ def register(app: typer.Typer) -> None:
     app.command()(provision)
     app.command("install-script")(install_script)
     app.add_typer(webhooks_app, name="webhooks")
+    app.add_typer(channels_app, name="channels")
     app.command()(doctor)

@@ -211,7 +211,13 @@ class PaymentSettings:
     """Seconds at least between BigCommerce reads of one order for payment starts, the pay page's "Pay now"
     and pay links, shared by every process (the answer is kept that long); 0 reads on every request."""
     refund_on_status: bool = False
-    """Refund at CeleryPay when the merchant sets an order to Refunded in the control panel."""
+    """Deprecated (goes in the next release; use refund_from_bigcommerce): refund everything left at CeleryPay
+    when the merchant sets an order to Refunded in the control panel. Ignored for a store with
+    refund_from_bigcommerce on."""
+    refund_from_bigcommerce: bool = True
+    """Refunds go through BigCommerce's refund ledger both ways: a refund made in the control panel (Refund) is
+    made at CeleryPay, and one made with bcpay is recorded in the ledger. Stores registered before the upgrade to
+    schema 0013 keep it off until it is turned on for them."""
     refund_duplicates: Literal["manual", "auto"] = "manual"
     """Double and late payments: listed as anomalies for a person to refund (manual), or refunded at once
     (auto)."""

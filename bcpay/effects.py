@@ -16,6 +16,7 @@ import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 from bcpay import channels, order_reads, outbox, payflow, rules, stores
 from bcpay.clients.bigcommerce import BigCommerceClient, Order
@@ -193,17 +194,42 @@ async def cancel_order(rt: Runtime, job: JobRecord) -> str:
 
 
 async def refund_status(rt: Runtime, job: JobRecord) -> str:
-    """Move the order to Refunded / Partially Refunded after a refund succeeded."""
+    """After a refund succeeded: into BigCommerce's ledger (bcpay.refund_ledger), the order's status and a note.
+
+    With ``refund_from_bigcommerce`` a refund bcpay made is written to the ledger first; the order is read
+    again then, as BigCommerce may have set its status itself. A refund made for a BigCommerce refund is
+    in the ledger already. Either way the note names bcpay's number, CeleryPay's id and BigCommerce's.
+    """
+    from bcpay import refund_ledger
+
     store, payment, _bc, order = await _context(rt, job)
     if payment.outcome != "applied" or not payment.paid_amount:
         return "skipped"  # a refunded duplicate does not change the order
+    refund_id = job.payload.get("refund_id")
+    row: dict[str, Any] | None = None
+    if refund_id is not None and rt.policy(store).refund_from_bigcommerce:
+        async with rt.db.read() as conn:
+            row = await q.refund_by_celerypay_id(conn, payment.id, str(refund_id))
+    if (row is not None and refund_ledger.writes_ledger(row)
+            and await refund_ledger.write(rt, store, payment, order, row) is not None):
+        order = await rt.bigcommerce(store).get_order(order.id)  # BigCommerce may have set the status
     target = rules.refund_status_id(payment.refunded_amount, payment.paid_amount)
-    if order.status_id == target:
-        return "done"
-    note = (
-        f"OKCloud Pay: refunded {format_amount(payment.refunded_amount, payment.currency)} of "
-        f"{format_amount(payment.paid_amount, payment.currency)} (refund {job.payload.get('refund_id')})"
-    )
+    done = (f"OKCloud Pay: refunded {format_amount(payment.refunded_amount, payment.currency)} of "
+            f"{format_amount(payment.paid_amount, payment.currency)}")
+    if row is None:
+        if order.status_id == target:
+            return "done"
+        note = f"{done} (refund {refund_id})"
+    else:
+        ledger = (f"BigCommerce refund {row['bc_refund_id']}" if row["bc_refund_id"]
+                  else "not in BigCommerce's refund ledger")
+        note = (f"{done}: refund {row['merchant_refund_no']} of {format_amount(row['amount'], row['currency'])}, "
+                f"CeleryPay refund {refund_id}, {ledger}")
+        # Another succeeded refund still to be written: its own job sets the status once the ledger has it
+        # (set now, Refunded would leave BigCommerce no refundable order to write it to).
+        if order.status_id == target or await refund_ledger.writes_pending(rt, payment, row):
+            await refund_ledger.add_note(rt, store, order.id, note)
+            return "done"
     await _write_order(rt, store, payment, order, status_id=target, note=note, action="refund_status")
     return "apply"
 
@@ -307,6 +333,25 @@ async def confirm_uninstall(rt: Runtime, job: JobRecord) -> str:
     return await stores.confirm_uninstall(rt, int(job.store_id or 0), str(job.payload["token"]))
 
 
+async def bc_refund_created(rt: Runtime, job: JobRecord) -> str:
+    """A refund in BigCommerce's ledger: make it at CeleryPay unless it is bcpay's own (bcpay.refund_ledger)."""
+    from bcpay import refund_ledger
+
+    async with rt.db.read() as conn:
+        store = await q.get_store_by_id(conn, int(job.store_id or 0))
+    if not store.has_credentials:
+        raise StoreNotReady
+    return await refund_ledger.refund_created(rt, store.id, int(job.payload["order_id"]),
+                                              int(job.payload["refund_id"]))
+
+
+async def bc_refund_failed(rt: Runtime, job: JobRecord) -> str:
+    """CeleryPay failed a refund made for a BigCommerce refund: an anomaly and a staff note (bcpay.refund_ledger)."""
+    from bcpay import refund_ledger
+
+    return await refund_ledger.refund_failed(rt, int(job.payload["payment_id"]), int(job.payload["refund_row_id"]))
+
+
 async def cancel_unpaid(rt: Runtime, job: JobRecord) -> str:
     """An order past its store's unpaid hold: cancel it if CeleryPay confirms it unpaid (``bcpay.unpaid``)."""
     from bcpay import unpaid
@@ -325,6 +370,8 @@ HANDLERS: dict[str, Handler] = {
     "check_event": check_event,
     "confirm_uninstall": confirm_uninstall,
     "order_status_changed": order_status_changed,
+    "bc_refund_created": bc_refund_created,
+    "bc_refund_failed": bc_refund_failed,
     "mark_paid": mark_paid,
     "mark_mismatch": mark_mismatch,
     "cancel_order": cancel_order,

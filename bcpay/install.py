@@ -153,6 +153,7 @@ async def install_from_oauth(rt: Runtime, *, code: str, scope: str, context: str
                 code="script_limit")
         step = "registering the webhooks"
         await provisioning.register_webhooks(rt, store)
+        await provisioning.extension_check(rt, store)  # the order page's panel: an extra, never fatal
         step = "saving the installing user"
         is_owner = token.owner_id is None or token.owner_id == token.user_id
         user = await remember_user(

@@ -213,6 +213,12 @@ async def record_refund_event_for(rt: Runtime, conn: Conn, payment: PaymentRecor
             update(refunds).where(refunds.c.id == row["id"], refunds.c.status.notin_(("succeeded", "failed")))
             .values(status=refund.status, celerypay_id=refund.id, updated_at=now)
         )
+        if refund.status == "failed" and str(row["idempotency_key"]).startswith("bc-refund-"):
+            # Made for a refund in BigCommerce's ledger (bcpay.refund_ledger): the ledger says refunded, the
+            # money did not go back. A job says so on the order (an anomaly and a staff note).
+            await outbox.enqueue(conn, "bc_refund_failed", {"payment_id": payment.id, "order_id": payment.order_id,
+                                                             "refund_row_id": row["id"]},
+                                 now=now, store_id=payment.store_id, dedupe_key=f"bc_refund_failed:{row['id']}")
         if row["status"] == REFUND_IN_DOUBT:  # CeleryPay has answered what a person was asked to find out
             await q.clear_refund_doubt(conn, payment.id, now, f"CeleryPay: refund {refund.merchant_refund_no} "
                                                               f"is {refund.status} ({refund.id})")

@@ -38,6 +38,7 @@ from bcpay.errors import (
 )
 from bcpay.money import to_minor
 from bcpay.provisioning import Check
+from bcpay.refunds import ledger_id
 from bcpay.runtime import Runtime
 from bcpay.signatures import sign_notification
 from bcpay.storage import migrate
@@ -140,6 +141,8 @@ async def remove_store(rt: Runtime, store_hash: str) -> list[str]:
         try:
             notes.append(f"snippet: {await provisioning.install_script(rt, store, remove=True)}")
             notes.append(f"webhooks: {await provisioning.remove_webhooks(rt, store)} removed")
+            if store.source == "app":
+                notes.append(f"order page panel: {await provisioning.remove_app_extension(rt, store)} removed")
         except BcpayError as exc:
             notes.append(f"could not clean up the store ({exc.message}); remove the script by hand")
     await stores.remove(rt, store_hash)
@@ -219,7 +222,8 @@ async def payment_detail(rt: Runtime, ref: str, store_hash: str | None = None) -
     detail = attempt_json(store, attempt)
     detail["refunds"] = [
         {"merchant_refund_no": r["merchant_refund_no"], "celerypay_id": r["celerypay_id"], "amount": r["amount"],
-         "currency": r["currency"], "status": r["status"], "reason": r["reason"]} for r in refund_rows
+         "currency": r["currency"], "status": r["status"], "reason": r["reason"],
+         "bigcommerce_refund_id": ledger_id(dict(r))} for r in refund_rows
     ]
     detail["events"] = [{**dict(e), "received_at": iso(e["received_at"])} for e in event_rows]
     detail["audit"] = [
@@ -469,6 +473,15 @@ async def _guard(name: str, check: Any) -> Check:
         return Check(name, False, exc.message)
 
 
+async def _guard_all(name: str, checks: Any) -> list[Check]:
+    """:func:`_guard` for a check that answers several lines."""
+    try:
+        result: list[Check] = await checks
+        return result
+    except BcpayError as exc:
+        return [Check(name, False, exc.message)]
+
+
 async def check_public_url(rt: Runtime, timeout: float = 3.0) -> Check:
     """The server answers ``GET {public_url}/healthz`` (through the proxy, as BigCommerce sees it)."""
     url = rt.public_url("/healthz")
@@ -495,8 +508,7 @@ async def store_checks(rt: Runtime, store: StoreRecord) -> list[Check]:
                       [f"Install the app again, or `bcpay stores add {h}`."])]
     found = [
         await _guard("API token", provisioning.check_token(rt, store)),
-        await _guard("offline payment method", provisioning.check_payment_method(rt, store)),
-        await _guard("storefront snippet", provisioning.check_script(rt, store)),
+        *await _guard_all("storefront channels", provisioning.check_channels(rt, store)),
         await _guard("webhooks", provisioning.check_webhooks(rt, store)),
         await _guard("CeleryPay credentials", provisioning.check_celerypay(rt, store)),
         await _guard("stock of cancelled orders", provisioning.check_inventory(rt, store)),

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from bcpay import channels
-from bcpay.clients.bigcommerce import Hook, InventorySettings, Script, ScriptSpec
+from bcpay.clients.bigcommerce import AcceptedMethod, Hook, InventorySettings, Script, ScriptSpec
 from bcpay.errors import BcpayError, NotFoundError, RateLimited, UpstreamRejected, UpstreamUnavailable
 from bcpay.rules import STATUS_NAMES
 from bcpay.runtime import Runtime
+from bcpay.scopes import CHANNEL_SCOPES
 from bcpay.snippet import SCRIPT_DESCRIPTION, SCRIPT_NAME, script_tag
 from bcpay.storage import channel_queries as cq
 from bcpay.storage import queries as q
@@ -30,8 +32,8 @@ from bcpay.stores import REQUIRED_SCOPES
 # - app/uninstalled: forget the store's secrets even if /bc/uninstall is missed.
 # - channel/created, channel/updated: a new storefront, or one switched on or off, gets (or loses) its
 #   snippet at once (reference section 11; channels.mdx).
-WEBHOOK_SCOPES = ("store/order/statusUpdated", "store/app/uninstalled", "store/channel/created",
-                  "store/channel/updated")
+WEBHOOK_SCOPES = ("store/order/statusUpdated", "store/order/refund/created", "store/app/uninstalled",
+                  "store/channel/created", "store/channel/updated")
 WEBHOOK_SECRET_HEADER = "X-Bcpay-Secret"
 PAYMENT_SETTINGS_PATH = "/manage/settings/payment"
 SCRIPTS_PER_APP = 10  # scripts.v3.yml: "Each app can have 10 scripts installed."
@@ -235,6 +237,56 @@ async def remove_webhooks(rt: Runtime, store: StoreRecord) -> int:
     return len(hooks)
 
 
+# The order page's panel (App Extensions, reference section 14): BigCommerce puts "${id}" in place of the
+# order id and sends that URL in the /bc/load JWT's `url` claim (bcpay.server.order_panel).
+EXTENSION_URL = "/orders/${id}/okcloud-pay"
+EXTENSION_LABEL = "OKCloud Pay payment"
+EXTENSION_LOCALES = {"zh-CN": "OKCloud Pay 付款"}
+
+
+async def register_app_extension(rt: Runtime, store: StoreRecord) -> str:
+    """The Orders page's "OKCloud Pay payment" panel, once per store (idempotent); returns what it did.
+
+    For app installs only: the panel opens through ``/bc/load``, which a store
+    added with its own API account never calls. An extension of ours with an
+    old label is replaced, a second copy removed.
+    """
+    if store.source != "app":
+        return "not an app install"
+    bc = rt.bigcommerce(store)
+    ours = [e for e in await bc.list_app_extensions() if e.model == "ORDERS" and e.url == EXTENSION_URL]
+    current = [e for e in ours if e.label == EXTENSION_LABEL and e.context == "PANEL"]
+    for extra in [e for e in ours if e not in current[:1]]:
+        await bc.delete_app_extension(extra.id)
+    if current:
+        return "unchanged" if len(ours) == 1 else "updated"
+    await bc.create_app_extension(model="ORDERS", context="PANEL", url=EXTENSION_URL, label=EXTENSION_LABEL,
+                                  locales=EXTENSION_LOCALES)
+    return "updated" if ours else "created"
+
+
+async def remove_app_extension(rt: Runtime, store: StoreRecord) -> int:
+    """Delete bcpay's Orders-page panel (``stores remove``); how many there were."""
+    if store.source != "app":
+        return 0
+    bc = rt.bigcommerce(store)
+    ours = [e for e in await bc.list_app_extensions() if e.url == EXTENSION_URL]
+    for extension in ours:
+        await bc.delete_app_extension(extension.id)
+    return len(ours)
+
+
+async def extension_check(rt: Runtime, store: StoreRecord) -> Check:
+    """Register the panel where it belongs and say how it went (never fails the install: it is an extra)."""
+    try:
+        action = await register_app_extension(rt, store)
+    except BcpayError as exc:
+        log.warning("store %s: order-page panel not registered: %s", store.store_hash, exc.message[:200])
+        return Check("order page panel", False, f"not registered: {exc.message[:200]}",
+                     ["Give the app the App Extensions (manage) scope and install it again."])
+    return Check("order page panel", True, action)
+
+
 def control_panel_base(store: StoreRecord) -> str:
     """The store's control panel: ``control_panel_base_url`` is the bare host (store_information.v2.yml);
     a "/manage" suffix, as the sandbox reports it, is tolerated."""
@@ -242,11 +294,12 @@ def control_panel_base(store: StoreRecord) -> str:
     return base.rstrip("/").removesuffix("/manage")
 
 
-def payment_method_fix(store: StoreRecord, method_name: str) -> list[str]:
+def payment_method_fix(store: StoreRecord, method_name: str, channel: ChannelRecord | None = None) -> list[str]:
     """The control-panel steps to show the offline method under our name (no API can rename it)."""
     link = control_panel_base(store) + PAYMENT_SETTINGS_PATH
+    where = f" for the {channel.name or f'channel {channel.channel_id}'} storefront" if channel is not None else ""
     return [
-        f"Open {link} (Settings > Payments).",
+        f"Open {link} (Settings > Payments){where}.",
         "Under Offline payment methods, enable one method, e.g. Pay in Store.",
         f'Set its display name to exactly "{method_name}" and save.',
         "Run this check again.",
@@ -287,23 +340,150 @@ def _has_scope(scopes: tuple[str, ...], needed: str) -> bool:
     return any(s in (needed, base) or s.removesuffix("_read_only") == base for s in scopes)
 
 
-async def check_script(rt: Runtime, store: StoreRecord) -> Check:
-    """bcpay's snippet is installed and current."""
-    spec = desired_script(rt, store)
-    ours = [s for s in await rt.bigcommerce(store).list_scripts() if s.name == SCRIPT_NAME]
-    if not ours:
-        return Check("storefront snippet", False, "not installed", [f"bcpay install-script {store.store_hash}"])
-    if len(ours) > 1 or ours[0].html != spec.html or not ours[0].enabled:
-        return Check("storefront snippet", False, "installed but outdated or disabled",
-                     [f"bcpay install-script {store.store_hash}"])
-    if ours[0].consent_category != spec.consent_category:
+def _fix_snippet(store: StoreRecord, channel_id: int | None = None) -> list[str]:
+    tail = f" --channel {channel_id}" if channel_id is not None else ""
+    return [f"bcpay install-script {store.store_hash}{tail}"]
+
+
+def _snippet_problem(rt: Runtime, store: StoreRecord, channel: ChannelRecord, scripts: list[Script]) -> str | None:
+    """What is wrong with bcpay's snippet on this channel (None: present, enabled, current, essential)."""
+    if not scripts:
+        return "not installed"
+    if len(scripts) > 1:
+        return f"installed {len(scripts)} times"
+    [script] = scripts
+    spec = desired_script(rt, store, channel)
+    if not script.enabled:
+        return "installed but disabled"
+    if script.html != spec.html:
+        return "installed but outdated"
+    if script.consent_category != spec.consent_category:
         # Script Manager lets a merchant change it; behind a cookie-consent banner only essential scripts
         # load before the shopper consents, so the shopper would never be sent to the cashier.
-        return Check("storefront snippet", False,
-                     f'consent category is "{ours[0].consent_category}", not "{spec.consent_category}": with a '
-                     "cookie-consent banner, shoppers who have not consented never load it",
-                     [f"bcpay install-script {store.store_hash}"])
-    return Check("storefront snippet", True, "installed and current")
+        return (f'consent category is "{script.consent_category}", not "{spec.consent_category}": with a '
+                "cookie-consent banner, shoppers who have not consented never load it")
+    return None
+
+
+async def _scripts_by_channel(rt: Runtime, store: StoreRecord) -> dict[int, list[Script]]:
+    ours: dict[int, list[Script]] = {}
+    for script in await rt.bigcommerce(store).list_scripts():
+        if script.name == SCRIPT_NAME:
+            ours.setdefault(script.channel_id or channels.DEFAULT_CHANNEL, []).append(script)
+    return ours
+
+
+async def check_script(rt: Runtime, store: StoreRecord) -> Check:
+    """bcpay's snippet is installed and current on channel 1 (a store with one storefront)."""
+    channel = channels.find(await channels.known(rt, store), channels.DEFAULT_CHANNEL) or channels.fallback(store)
+    problem = _snippet_problem(rt, store, channel, (await _scripts_by_channel(rt, store)).get(channel.channel_id, []))
+    if problem is None:
+        return Check("storefront snippet", True, "installed and current")
+    return Check("storefront snippet", False, problem, _fix_snippet(store))
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """What ``GET /v3/payments/methods`` said for a channel's newest order (``methods`` None: not asked)."""
+
+    order_id: int | None
+    methods: list[AcceptedMethod] | None
+    why: str
+
+
+async def _accepted_on(rt: Runtime, store: StoreRecord, channel: ChannelRecord) -> _Accepted:
+    bc = rt.bigcommerce(store)
+    order_id = await bc.latest_order_id(channel_id=channel.channel_id)
+    if order_id is None:
+        return _Accepted(None, None, "the channel has no order to ask /v3 with")
+    try:
+        return _Accepted(order_id, await bc.accepted_methods(order_id), "")
+    except UpstreamRejected as exc:
+        return _Accepted(order_id, None, f"/v3 refused ({exc.status})")
+
+
+async def method_on_channel(rt: Runtime, store: StoreRecord, channel: ChannelRecord, answer: _Accepted, *,
+                            v3_lists_offline: bool) -> tuple[bool, str]:
+    """Is the channel's method name offered at that channel's checkout, and how bcpay knows.
+
+    ``GET /v3/payments/methods`` answers per order, so per channel: it is asked
+    with the channel's newest order. Whether it lists offline methods is
+    unconfirmed (reference section 7): an answer without any offline method
+    counts as "not offered here" only when v3 listed one for another channel of
+    the store (``v3_lists_offline``). Otherwise, or where the channel has no
+    order yet or v3 refuses, the deprecated store-wide ``GET /v2/payments/methods``
+    answers, and the detail says so.
+    """
+    wanted = channels.policy(rt, store, channel).method_name
+    why = answer.why
+    if answer.methods is not None:
+        where = f"v3, for order {answer.order_id}"
+        if wanted in [m.name for m in answer.methods]:
+            return True, f'"{wanted}" is offered ({where})'
+        if v3_lists_offline or any(m.offline for m in answer.methods):
+            return False, f'"{wanted}" is not offered at this channel\'s checkout ({where})'
+        why = "/v3 lists no offline method"
+    names = [m.name for m in await rt.bigcommerce(store).payment_methods()]
+    if wanted in names:
+        return True, f'"{wanted}" is enabled on the store (v2; {why})'
+    return False, f'no enabled payment method is named "{wanted}" (v2; {why})'
+
+
+async def _unless_error(name: str, run: Awaitable[Check]) -> Check:
+    """One check of several: an API error fails this line only."""
+    try:
+        return await run
+    except BcpayError as exc:
+        return Check(name, False, f"could not check: {exc.message[:200]}")
+
+
+async def check_channels(rt: Runtime, store: StoreRecord) -> list[Check]:
+    """One line per storefront channel: snippet present, enabled, current, ``essential``, method offered.
+
+    A store with channel 1 only gets the two checks it always had (offline
+    payment method, storefront snippet). A channel that takes no orders, or
+    where OKCloud Pay is switched off, must carry no snippet.
+    """
+    known = await channels.known(rt, store)
+    if [c.channel_id for c in known] == [channels.DEFAULT_CHANNEL]:
+        found = [await _unless_error("offline payment method", check_payment_method(rt, store)),
+                 await _unless_error("storefront snippet", check_script(rt, store))]
+        try:
+            await rt.bigcommerce(store).list_channels()
+        except BcpayError as exc:
+            if not isinstance(exc, UpstreamRejected) or exc.status != 403:
+                return found  # the token or BigCommerce is the problem: the lines above say so
+            # Works as before, on one channel; a second storefront would get no snippet until the scopes come.
+            found.append(Check("storefront channels", True,
+                               f"not read: the token lacks {', '.join(CHANNEL_SCOPES)}, so bcpay serves channel 1 "
+                               "only", ["For other storefront channels, give the API account these scopes and run "
+                                        f"`bcpay stores add {store.store_hash}` again (or re-install the app)."]))
+        return found
+    ours = await _scripts_by_channel(rt, store)
+    answers = {c.channel_id: await _accepted_on(rt, store, c) for c in known if channels.wants_snippet(c)}
+    v3_lists_offline = any(m.offline for a in answers.values() for m in a.methods or ())
+    found = []
+    for channel in known:
+        label = f"channel {channel.channel_id} ({channel.name or '?'})"
+        scripts = ours.get(channel.channel_id, [])
+        fix = _fix_snippet(store, channel.channel_id)
+        if not channels.wants_snippet(channel):
+            why = (f"{channel.status}: takes no orders" if not channels.takes_orders(channel)
+                   else "OKCloud Pay is switched off here")
+            found.append(Check(label, False, f"{why}, but bcpay's snippet is still on it", fix) if scripts
+                         else Check(label, True, f"{why}; no snippet, as it should be"))
+            continue
+        problem = _snippet_problem(rt, store, channel, scripts)
+        offered, method = await method_on_channel(rt, store, channel, answers[channel.channel_id],
+                                                  v3_lists_offline=v3_lists_offline)
+        if problem is None and offered:
+            found.append(Check(label, True, f"snippet installed and current; {method}"))
+            continue
+        steps = (fix if problem else []) + ([] if offered else payment_method_fix(
+            store, channels.policy(rt, store, channel).method_name, channel))
+        found.append(Check(label, False, "; ".join(filter(None, [
+            f"snippet {problem}" if problem else "snippet installed and current", method])), steps))
+    return found
 
 
 async def check_webhooks(rt: Runtime, store: StoreRecord) -> Check:
@@ -444,6 +624,8 @@ async def provision(rt: Runtime, store: StoreRecord) -> list[Check]:
     hooks = await register_webhooks(rt, store)
     checks.append(Check("webhooks", True, ", ".join(f"{k}: {v}" for k, v in hooks.items())))
     checks.append(await check_payment_method(rt, store))
+    if store.source == "app":
+        checks.append(await extension_check(rt, store))
     try:
         checks.append(await check_inventory(rt, store))
     except BcpayError as exc:

@@ -60,6 +60,28 @@ class RefundResult:
     status: str
 
 
+def ledger_id(row: dict[str, Any]) -> int | str | None:
+    """BigCommerce's refund id of a refund row as operators see it: the id, "refused" (BigCommerce would not
+    record it) or None (not in BigCommerce's refund ledger)."""
+    value = row.get("bc_refund_id")
+    if value is None:
+        return None
+    return int(value) if value else "refused"
+
+
+def describe(row: dict[str, Any]) -> str:
+    """One line of a refund with both ids: bcpay's number, CeleryPay's refund, BigCommerce's refund."""
+    bc_id = ledger_id(row)
+    if bc_id is None:
+        bc_text = "not in BigCommerce's refund ledger"
+    elif bc_id == "refused":
+        bc_text = "BigCommerce refused to record it"
+    else:
+        bc_text = f"BigCommerce refund {bc_id}"
+    return (f"{row['merchant_refund_no']}: {format_amount(int(row['amount']), str(row['currency']))} "
+            f"{row['status']}, CeleryPay refund {row['celerypay_id'] or '-'}, {bc_text}")
+
+
 async def refundable(conn: Conn, payment: PaymentRecord) -> int:
     """Paid minus refunded minus refunds still in flight, in minor units."""
     in_flight: int = (
@@ -92,6 +114,7 @@ async def request_refund(
     reason: str = "",
     key: str | None = None,
     again: bool = True,
+    bc_refund_id: int | None = None,
 ) -> RefundResult:
     """Refund ``amount`` (default: everything left) of a paid attempt.
 
@@ -109,6 +132,8 @@ async def request_refund(
     amount as one asked for this payment in the last :data:`REPEAT_WINDOW`: an
     operator running the command again after a dropped session would
     otherwise refund twice.
+
+    ``bc_refund_id``: the BigCommerce refund this one is made for (kept on the row; bcpay.refund_ledger).
     """
     if payment.status not in rules.PAID or not payment.celerypay_id:
         raise ConflictError("this payment was not captured; nothing to refund", code="not_refundable")
@@ -120,7 +145,7 @@ async def request_refund(
         if row is None:
             if not again:
                 await _refuse_repeat(conn, rt, payment, amount)
-            row = await _open(conn, rt, payment, amount, reason, key)
+            row = await _open(conn, rt, payment, amount, reason, key, bc_refund_id)
         elif amount is not None and amount != row["amount"]:
             raise InvalidInputError("this refund key was used for another amount", code="refund_key_reused")
     if row["status"] == "failed":
@@ -150,7 +175,8 @@ async def _refuse_repeat(conn: Conn, rt: Runtime, payment: PaymentRecord, amount
 
 
 async def _open(
-    conn: Conn, rt: Runtime, payment: PaymentRecord, amount: int | None, reason: str, key: str | None
+    conn: Conn, rt: Runtime, payment: PaymentRecord, amount: int | None, reason: str, key: str | None,
+    bc_refund_id: int | None = None,
 ) -> dict[str, Any]:
     """Check the amount and write the ``requested`` row, under the order's lock."""
     if amount is not None and amount <= 0:
@@ -172,7 +198,7 @@ async def _open(
         "payment_id": payment.id, "merchant_refund_no": f"{payment.merchant_order_no}-r{n}",
         "idempotency_key": (key or "refund-" + secrets.token_urlsafe(24))[:64], "celerypay_id": None,
         "amount": amount, "currency": payment.currency, "status": "requested", "reason": reason[:500],
-        "created_at": now, "updated_at": now,
+        "created_at": now, "updated_at": now, "bc_refund_id": bc_refund_id,
     }
     values["id"] = (await conn.execute(insert(refunds).values(**values).returning(refunds.c.id))).scalar_one()
     return values

@@ -54,6 +54,7 @@ class StorePolicy:
     return_to: str
     max_order_age: timedelta
     refund_on_status: bool
+    refund_from_bigcommerce: bool
     refund_duplicates: str
     unpaid_hold: int
     """Minutes after it was placed that an unpaid order for the method is cancelled; 0 keeps it (a new store
@@ -73,6 +74,7 @@ STORE_OVERRIDES: dict[str, type] = {
     "on_expired": str,
     "return_to": str,
     "refund_on_status": bool,
+    "refund_from_bigcommerce": bool,
     "refund_duplicates": str,
     "unpaid_hold": int,
     "extra_origins": list,
@@ -117,6 +119,7 @@ class Runtime:
             return_to=str(o.get("return_to", p.return_to)),
             max_order_age=timedelta(seconds=p.max_order_age),
             refund_on_status=bool(o.get("refund_on_status", p.refund_on_status)),
+            refund_from_bigcommerce=bool(o.get("refund_from_bigcommerce", p.refund_from_bigcommerce)),
             refund_duplicates=str(o.get("refund_duplicates", p.refund_duplicates)),
             unpaid_hold=int(o.get("unpaid_hold", p.unpaid_hold)),
             extra_origins=tuple(o.get("extra_origins", ())),

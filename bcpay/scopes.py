@@ -21,3 +21,6 @@ CHANNEL_SCOPES: tuple[str, ...] = (
     "store_channel_settings_read_only",
     "store_sites_read_only",
 )
+
+# The order page's panel (App Extensions, reference section 14), for app installs: asked for, not required.
+EXTENSION_SCOPES: tuple[str, ...] = ("store_app_extensions_manage",)

@@ -218,6 +218,7 @@ async def test_install_exchanges_the_code_with_the_exact_fields_and_provisions_t
         ("store/app/uninstalled", HOOK_URL, True),
         ("store/channel/created", HOOK_URL, True),
         ("store/channel/updated", HOOK_URL, True),
+        ("store/order/refund/created", HOOK_URL, True),
         ("store/order/statusUpdated", HOOK_URL, True),
     ]
     secret = world.rt.vault.open(row["webhook_secret_enc"])
@@ -238,7 +239,7 @@ async def test_installing_again_changes_nothing_at_bigcommerce(
     assert (await install(world, panel)).status_code == 303
     fake = world.bc.store(STORE_HASH)
     assert len([s for s in fake.scripts.values() if s["name"] == SCRIPT_NAME]) == 1
-    assert len(fake.hooks) == 4
+    assert len(fake.hooks) == 5  # one per provisioning.WEBHOOK_SCOPES
     assert (await store_row(world))["webhook_secret_enc"] == first["webhook_secret_enc"]
 
 
@@ -803,6 +804,29 @@ async def test_a_refund_needs_a_confirmation_then_refunds_at_celerypay(
     assert len(world.cp.refunds) == 1
 
 
+async def test_a_settings_page_refund_is_written_to_the_ledger_and_listed_with_both_ids(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """A refund from the settings page lands in BigCommerce's ledger; the payments list shows bcpay's
+    number, CeleryPay's refund id and BigCommerce's refund id."""
+    await world.add_store()
+    order = await paid_payment(world)
+    html = await open_settings(panel)
+    payment_id = (await rows(world, payments))[0]["id"]
+    ask = await panel.post("/bc/settings/refund",
+                           data={"csrf": csrf_of(html), "payment_id": str(payment_id), "amount": "5.00"})
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)"', ask.text))
+    assert (await panel.post("/bc/settings/refund", data=fields)).status_code == 303
+    await world.cp.deliver_due()  # refund.succeeded
+    await world.run_jobs()
+    [entry] = world.bc.store(STORE_HASH).refunds.values()
+    [made] = world.cp.refunds.values()
+    assert entry["order_id"] == order["id"] and entry["total_amount"] == 5.0
+    page = await panel.get("/bc/settings")
+    assert (f"Refund {STORE_HASH}-{order['id']}-1-r1: 5.00 USD succeeded, CeleryPay refund {made['id']}, "
+            f"BigCommerce refund {entry['id']}") in page.text
+
+
 async def test_a_refund_of_another_stores_payment_is_refused(
     world: World, panel: httpx.AsyncClient
 ) -> None:
@@ -909,6 +933,32 @@ async def test_health_checks_that_fail_show_in_the_panel(
     page = await panel.get("/bc/settings")
     assert page.status_code == 200
     assert page.text.count("could not check: BigCommerce GET") == 4  # snippet, webhooks, method, stock
+
+
+async def test_the_panel_shows_one_health_line_per_storefront_channel(
+    world: World, panel: httpx.AsyncClient
+) -> None:
+    """A second storefront: its line shows on the settings page, and its drift names that channel's repair."""
+    from bcpay.sandbox.bc_channels import add_channel
+    from bcpay.scopes import CHANNEL_SCOPES
+
+    add_channel(world.bc, STORE_HASH, name="Outlet", url="https://outlet.example.com")
+    await install(world, panel, scope=" ".join((SCOPES, *CHANNEL_SCOPES)))
+    html = html_lib.unescape(await open_settings(panel))
+    assert "Channel 1 (Test Shop)</strong>: snippet installed and current" in html
+    assert "Channel 2 (Outlet)</strong>: snippet installed and current" in html
+    [two] = [s for s in world.bc.store(STORE_HASH).scripts.values() if s["channel_id"] == 2]
+    two["enabled"] = False
+    html = html_lib.unescape((await panel.get("/bc/settings")).text)
+    assert "Channel 2 (Outlet)</strong>: snippet installed but disabled" in html and "Fix snippet and webhooks" in html
+    [offline] = [m for m in world.bc.store(STORE_HASH).payment_methods if m.offline]
+    offline.channels = {1}
+    world.bc.create_order(STORE_HASH, total="5.00", channel_id=1)
+    world.bc.create_order(STORE_HASH, total="5.00", channel_id=2)
+    html = html_lib.unescape((await panel.get("/bc/settings")).text)
+    assert "is not offered at this channel's checkout" in html and "for the Outlet storefront" in html
+    answer = await panel.post("/bc/settings/provision", data={"csrf": csrf_of(html)})
+    assert answer.status_code == 303 and two["enabled"] is True
 
 
 # --- sessions -------------------------------------------------------------------------------

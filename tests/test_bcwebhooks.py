@@ -91,7 +91,8 @@ async def test_refunded_status_refunds_only_when_enabled(db_url: str, secret_key
         assert await post(w, payload("store/order/statusUpdated", order["id"], hash_="a"), value) == 200
         await w.run_jobs()
         assert w.cp.payments[pid]["refunded_amount"] == 0  # default: refund_on_status = false
-        await stores.update_settings(w.rt, STORE_HASH, {"refund_on_status": True})
+        # Deprecated; it acts only where refunds do not come through BigCommerce's ledger.
+        await stores.update_settings(w.rt, STORE_HASH, {"refund_on_status": True, "refund_from_bigcommerce": False})
         assert await post(w, payload("store/order/statusUpdated", order["id"], hash_="b"), value) == 200
         await w.run_jobs()
         assert w.cp.payments[pid]["status"] == "refunded"

@@ -75,6 +75,32 @@ def test_the_toy_run_compares_cli_start_up_with_a_bare_interpreter(toy_run: dict
     assert row["ratio"] == pytest.approx(values["help_ms"] / values["python_ms"], rel=0.01)
 
 
+def test_the_toy_run_compares_cli_start_up_with_a_bare_typer_app_of_the_same_shape(
+        toy_run: dict[str, object]) -> None:
+    """The floor is a Typer app with bcpay's commands and parameters and nothing else; the ratio is theirs."""
+    row = _rows(toy_run)["4 CLI start-up: bcpay --help vs its floor (a bare Typer app of the same shape)"]
+    values = row["values"]
+    assert isinstance(values, dict)
+    assert values["commands"] >= 30 and values["parameters"] >= values["commands"]
+    assert values["help_ms"] > 0 and values["floor_ms"] > 0
+    assert row["ratio"] == pytest.approx(values["help_ms"] / values["floor_ms"], rel=0.01)
+
+
+def test_the_floor_app_lists_the_same_commands_as_bcpay() -> None:
+    """Generated from bcpay's own command tree: every command and group is there by name."""
+    import subprocess
+
+    from bench_startup import bare_typer_source
+
+    source, commands, _ = bare_typer_source()
+    done = subprocess.run([sys.executable, "-c", source, "--help"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    for name in ("serve", "install-script", "channels", "stores", "refund-resolve"):
+        assert f" {name} " in done.stdout
+    assert commands >= 30
+
+
 def test_the_toy_run_prints_the_summary_as_text_and_markdown(toy_run: dict[str, object]) -> None:
     """The summary ends the output, once as a table and once as Markdown."""
     stdout = str(toy_run["stdout"])

@@ -265,7 +265,7 @@ def test_stores_configure_reset_puts_a_store_back_on_the_global_config(env: Env)
     everything = env.ok("stores", "configure", STORE_HASH, "--reset", "all")
     assert settings_of(env)[0] == {}
     assert "(store)" not in everything.stdout and shown_settings(everything)["accepted_methods"] == "OKCloud Pay (global)"
-    assert len(shown_settings(everything)) == 11 and shown_settings(everything)["extra_origins"] == "- (global)"
+    assert len(shown_settings(everything)) == 12 and shown_settings(everything)["extra_origins"] == "- (global)"
     assert env.ok("stores", "configure", STORE_HASH, "--reset", "all").stdout == everything.stdout
 
 
@@ -358,7 +358,7 @@ def test_stores_remove_cleans_the_store_and_forgets_secrets(env: Env) -> None:
     env.add_store()
     env.ok("provision", STORE_HASH)
     removed = env.ok("stores", "remove", STORE_HASH, "--yes")
-    assert "snippet: removed" in removed.stdout and "webhooks: 4 removed" in removed.stdout
+    assert "snippet: removed" in removed.stdout and "webhooks: 5 removed" in removed.stdout
     assert env.bc.store(STORE_HASH).scripts == {} and env.bc.store(STORE_HASH).hooks == {}
     [row] = env.query(select(stores))
     assert not row["installed"] and row["access_token_enc"] is None and row["celerypay_secret_enc"] is None
@@ -380,7 +380,7 @@ def test_provision_prints_control_panel_steps_until_the_method_is_renamed(env: E
     second = env.ok("provision", STORE_HASH)
     assert "✓ storefront snippet: unchanged" in second.stdout
     assert "store/order/statusUpdated: unchanged" in second.stdout
-    assert len(env.bc.store(STORE_HASH).scripts) == 1 and len(env.bc.store(STORE_HASH).hooks) == 4
+    assert len(env.bc.store(STORE_HASH).scripts) == 1 and len(env.bc.store(STORE_HASH).hooks) == 5
 
 
 def test_install_script_print_remove_and_never_duplicates(env: Env) -> None:
@@ -394,6 +394,62 @@ def test_install_script_print_remove_and_never_duplicates(env: Env) -> None:
     assert "absent" in env.ok("install-script", STORE_HASH, "--remove").stdout
     assert env.bc.store(STORE_HASH).scripts == {}
     assert env.cli("install-script", STORE_HASH, "--print", "--remove").exit_code == 2
+
+
+def test_install_script_for_one_channel_and_doctor_lines_per_channel(env: Env) -> None:
+    """A second storefront: doctor gives each channel its line and the repair names that channel only;
+    `install-script --channel 2` reads the new channel first and asks nothing."""
+    from bcpay.sandbox.bc_channels import add_channel
+
+    env.add_store()
+    env.ok("install-script", STORE_HASH)  # channel 1 only: the channels are read now
+    add_channel(env.bc, STORE_HASH, name="Outlet", url="https://outlet.example.com")
+    done = env.ok("install-script", STORE_HASH, "--channel", "2")
+    assert done.stdout.strip() == f"storefront snippet on {STORE_HASH}: channel 2: created"
+    scripts = sorted(s["channel_id"] for s in env.bc.store(STORE_HASH).scripts.values())
+    assert scripts == [1, 2]
+    [two] = [s for s in env.bc.store(STORE_HASH).scripts.values() if s["channel_id"] == 2]
+    two["enabled"] = False
+    report = json.loads(env.cli("doctor", STORE_HASH, "--json").stdout)
+    lines = {c["name"]: c for c in report["checks"] if c["name"].startswith("channel ")}
+    assert sorted(lines) == ["channel 1 (Test Shop)", "channel 2 (Outlet)"]
+    assert lines["channel 1 (Test Shop)"]["ok"] and not lines["channel 2 (Outlet)"]["ok"]
+    assert lines["channel 2 (Outlet)"]["fix"] == [f"bcpay install-script {STORE_HASH} --channel 2"]
+    assert "updated" in env.ok("install-script", STORE_HASH, "--channel", "2").stdout
+    assert two["enabled"] is True
+    unknown = env.cli("install-script", STORE_HASH, "--channel", "9")
+    assert unknown.exit_code == 1 and f"store {STORE_HASH} has no channel 9" in unknown.output
+    for bad in ("0", "two", "２"):
+        assert env.cli("install-script", STORE_HASH, "--channel", bad).exit_code == 2
+    assert len(env.bc.store(STORE_HASH).scripts) == 2
+
+
+def test_channels_list_and_configure_change_one_channels_snippet(env: Env) -> None:
+    """`channels configure` keeps per-channel settings, rewrites that channel's snippet and records who did it;
+    --no-method takes the snippet off that channel only; bad values change nothing."""
+    from bcpay.sandbox.bc_channels import add_channel
+
+    env.add_store()
+    add_channel(env.bc, STORE_HASH, name="Outlet", url="https://outlet.example.com")
+    listed = json.loads(env.ok("channels", "list", STORE_HASH, "--refresh", "--json").stdout)
+    assert [(c["channel_id"], c["name"], c["status"]) for c in listed] == [
+        (1, "Test Shop", "active"), (2, "Outlet", "active")]
+    env.ok("install-script", STORE_HASH)
+    done = env.ok("channels", "configure", STORE_HASH, "2", "--method-name", "Pay with OKCloud", "--lang", "zh")
+    assert 'channel 2 (Outlet): {"lang": "zh", "method_name": "Pay with OKCloud"}' in done.stdout
+    assert "channel 2: updated" in done.stdout
+    scripts = {s["channel_id"]: s for s in env.bc.store(STORE_HASH).scripts.values()}
+    assert "Pay with OKCloud" in scripts[2]["html"] and "Pay with OKCloud" not in scripts[1]["html"]
+    for bad in (["--lang", "fr"], ["--clear", "colour"], []):
+        failed = env.cli("channels", "configure", STORE_HASH, "2", *bad)
+        assert failed.exit_code in (1, 2), failed.output
+    assert "channel 2: removed" in env.ok("channels", "configure", STORE_HASH, "2", "--no-method").stdout
+    assert sorted(s["channel_id"] for s in env.bc.store(STORE_HASH).scripts.values()) == [1]
+    again = env.ok("channels", "configure", STORE_HASH, "2", "--clear", "offers")
+    assert "channel 2: created" in again.stdout
+    assert env.cli("channels", "configure", STORE_HASH, "7", "--lang", "en").exit_code == 1
+    shown = json.loads(env.ok("channels", "list", STORE_HASH, "--json").stdout)
+    assert shown[1]["settings"] == {"lang": "zh", "method_name": "Pay with OKCloud"}
 
 
 def test_a_snippet_moved_out_of_the_essential_consent_category_is_reported_and_put_back(env: Env) -> None:
@@ -435,14 +491,15 @@ def test_doctor_says_celerypay_did_not_answer_rather_than_refused_the_credential
 
 def test_webhooks_register_is_idempotent_and_list_hides_the_secret(env: Env) -> None:
     env.add_store()
-    assert env.ok("webhooks", "register", STORE_HASH).stdout.count(": created") == 4
-    assert env.ok("webhooks", "register", STORE_HASH).stdout.count("unchanged") == 4
+    assert env.ok("webhooks", "register", STORE_HASH).stdout.count(": created") == 5
+    assert env.ok("webhooks", "register", STORE_HASH).stdout.count("unchanged") == 5
     listed = json.loads(env.ok("webhooks", "list", STORE_HASH, "--json").stdout)
     assert sorted(h["scope"] for h in listed) == [
-        "store/app/uninstalled", "store/channel/created", "store/channel/updated", "store/order/statusUpdated"]
+        "store/app/uninstalled", "store/channel/created", "store/channel/updated", "store/order/refund/created",
+        "store/order/statusUpdated"]
     assert all(h["destination"] == f"{env.public_url}/webhooks/bigcommerce/{STORE_HASH}" for h in listed)
     assert "X-Bcpay-Secret" not in env.ok("webhooks", "list", STORE_HASH).output
-    assert "removed 4 webhook(s)" in env.ok("webhooks", "remove", STORE_HASH).stdout
+    assert "removed 5 webhook(s)" in env.ok("webhooks", "remove", STORE_HASH).stdout
     assert env.bc.store(STORE_HASH).hooks == {}
 
 
@@ -843,8 +900,12 @@ def test_sandbox_hands_its_options_to_the_runner(tmp_path: Path, monkeypatch: py
                                       "--notify-delay", "1.5", "--chaos", "--open"], env={"BCPAY_CONFIG": None})
     assert result.exit_code == 0, result.output
     assert {k: v for k, v in seen.items() if k != "settings"} == {
-        "port_base": 8800, "db": str(tmp_path / "s.db"), "notify_delay": 1.5, "chaos": True, "open_browser": True}
+        "port_base": 8800, "db": str(tmp_path / "s.db"), "notify_delay": 1.5, "chaos": True, "open_browser": True,
+        "unpaid_hold": None}
     assert isinstance(seen["settings"], Settings)
+    result = CliRunner().invoke(app, ["sandbox", "--unpaid-hold", "1"], env={"BCPAY_CONFIG": None})
+    assert result.exit_code == 0, result.output
+    assert seen["unpaid_hold"] == 1
 
 
 def _bcpay_process(args: list[str], config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -192,7 +192,8 @@ async def test_two_instances_run_jobs_of_two_payments_at_the_same_time(
 async def test_two_refunds_status_jobs_on_two_instances_update_the_order_once(db_url: str, secret_key: str) -> None:
     """Each instance took one refund's status job of one payment: both read Paid and both wrote
     Refunded (two PUTs, two staff notes). The second now waits, then finds the order refunded."""
-    async with open_world(db_url, secret_key, cp_options=FakeOptions(refund_auto=False)) as world:
+    async with open_world(db_url, secret_key, cp_options=FakeOptions(refund_auto=False),
+                          payments={"refund_from_bigcommerce": False}) as world:  # the status path
         await world.add_store()
         order = world.place_order("20.00")
         payment_id = (await world.start(order)).json()["cashier_url"].rsplit("/", 1)[1]

@@ -623,3 +623,49 @@ async def test_api_status_change_fires_status_updated(state: FakeBigCommerce) ->
     [payload] = received
     assert payload["scope"] == "store/order/statusUpdated"
     assert payload["data"]["status"] == {"previous_status_id": 7, "new_status_id": 11}
+
+
+# --- accepted payment methods (payments_methods.v3.yml) ------------------------------------------
+
+
+def _paths_file(name: str) -> dict[str, Any] | None:
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "reference" / "openapi" / name
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+async def test_accepted_methods_follow_the_orders_channel_and_the_official_schema(
+        api: httpx.AsyncClient, state: FakeBigCommerce) -> None:
+    """GET /v3/payments/methods needs order_id or checkout_id and answers the methods of that order's channel,
+    in the paymentsMethods_Resp shape."""
+    from bcpay.sandbox.bc_channels import add_channel
+
+    add_channel(state, STORE, name="Outlet", url="https://outlet.example.com")
+    [offline] = [m for m in state.store(STORE).payment_methods if m.offline]
+    offline.channels = {1}
+    one = state.create_order(STORE, total="5.00")
+    two = state.create_order(STORE, total="5.00", channel_id=2)
+    base = f"/stores/{STORE}/v3/payments/methods"
+    assert (await api.get(base)).status_code == 400
+    assert (await api.get(base, params={"order_id": 999})).status_code == 404
+    on_one = (await api.get(base, params={"order_id": one["id"]})).json()
+    on_two = (await api.get(base, params={"order_id": two["id"]})).json()
+    assert sorted(m["name"] for m in on_one["data"]) == ["OKCloud Pay", "Test Payment Gateway"]
+    assert [m["name"] for m in on_two["data"]] == ["Test Payment Gateway"]
+    doc = _paths_file("payments_methods.v3.yml")
+    if doc is None:
+        pytest.skip("shared/reference/openapi/payments_methods.v3.yml is not beside this checkout")
+    import jsonschema
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT4
+
+    registry: Registry[Any] = Registry().with_resource("urn:pm", Resource.from_contents(doc, default_specification=DRAFT4))
+    validator = jsonschema.Draft4Validator(
+        {"$ref": "urn:pm#/components/responses/paymentsMethods_Resp/content/application~1json/schema"},
+        registry=registry)
+    for body in (on_one, on_two):
+        assert sorted(map(str, validator.iter_errors(body))) == []
+    assert list(validator.iter_errors({"data": [{"name": "no id"}]}))  # the check can fail

@@ -111,3 +111,29 @@ async def test_script_manager_changes_a_consent_category(shop: httpx.AsyncClient
     for bad in ({"uuid": "s1", "consent_category": "unknown"}, {"uuid": "nope", "consent_category": "essential"}):
         assert (await shop.post("/manage/storefront/script-manager", data=bad)).status_code == 400
     assert state.stores[STORE].scripts["s1"]["consent_category"] == "analytics"
+
+
+async def test_the_refund_button_records_a_refund_as_bigcommerce_does(
+        shop: httpx.AsyncClient, state: FakeBigCommerce) -> None:
+    """Refund on a paid order: offered through the offline provider, recorded in the ledger, the order
+    Partially Refunded; an unpaid order has no Refund form; more than is left is refused on the page."""
+    order_id = await _place_order(shop)
+    assert 'id="refund-form"' not in (await shop.get(f"/manage/orders/{order_id}")).text  # Awaiting Payment
+    state.set_order_status(STORE, order_id, AWAITING_FULFILLMENT)
+    total = state.order(STORE, order_id)["total_inc_tax"]
+    page = (await shop.get(f"/manage/orders/{order_id}")).text
+    assert "Refund through a third-party provider: Pay in Store" in page and 'value="bankdeposit"' in page
+    done = await shop.post(f"/manage/orders/{order_id}/refund",
+                           data={"amount": "1.00", "provider_id": "bankdeposit", "reason": "scratched"})
+    assert done.status_code == 303
+    [refund] = state.stores[STORE].refunds.values()
+    assert done.headers["location"] == f"/manage/orders/{order_id}?refunded={refund['id']}"
+    assert (refund["total_amount"], refund["reason"], refund["payments"][0]["offline"]) == (1.0, "scratched", True)
+    order = state.order(STORE, order_id)
+    assert order["status_id"] == 14 and order["refunded_amount"] == "1.0000"
+    shown = (await shop.get(f"/manage/orders/{order_id}")).text
+    assert f'data-refund-id="{refund["id"]}"' in shown and 'id="refunded-amount">1.0000' in shown
+    too_much = await shop.post(f"/manage/orders/{order_id}/refund",
+                               data={"amount": total.split(".")[0] + ".00", "provider_id": "bankdeposit"})
+    assert too_much.status_code == 400 and "is more than the" in too_much.text
+    assert len(state.stores[STORE].refunds) == 1

@@ -384,3 +384,38 @@ async def test_event_ids_and_webhook_hashes_become_unique_per_store_and_downgrad
         await migrate.upgrade(db)
     finally:
         await db.dispose()
+
+
+async def test_0013_keeps_existing_stores_off_the_refund_ledger_and_adds_bigcommerce_refund_ids(
+    empty_db_url: str,
+) -> None:
+    """Stores from before 0013 get refund_from_bigcommerce = false unless they set it; refunds gain
+    bc_refund_id; code from 0008 on runs on it, and it downgrades cleanly."""
+    import json
+
+    now = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
+    stores_t = table("stores", column("id"), column("store_hash"), column("source"), column("settings_json"),
+                     column("installed_at", UTCDateTime()), column("updated_at", UTCDateTime()))
+    before = {1: "{}", 2: json.dumps({"refund_from_bigcommerce": True, "expires_in": 600})}
+    db = Database(empty_db_url)
+    try:
+        await migrate.upgrade(db, "0012")
+        async with db.transaction() as conn:
+            for store_id, settings in before.items():
+                await conn.execute(insert(stores_t).values(id=store_id, store_hash=f"s{store_id}", source="app",
+                                                           settings_json=settings, installed_at=now, updated_at=now))
+        assert await migrate.upgrade(db, "0013") == ("0012", "0013")
+        async with db.read() as conn:
+            after = {i: json.loads(s) for i, s in (await conn.execute(
+                select(stores_t.c.id, stores_t.c.settings_json))).all()}
+            columns = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("refunds")})
+        assert after == {1: {"refund_from_bigcommerce": False},
+                         2: {"refund_from_bigcommerce": True, "expires_in": 600}}
+        assert "bc_refund_id" in columns
+        assert ("0013", "0008") in (await markers(db) or [])
+        await downgrade(db, "0012")
+        async with db.read() as conn:
+            columns = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns("refunds")})
+        assert "bc_refund_id" not in columns
+    finally:
+        await db.dispose()

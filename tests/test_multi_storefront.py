@@ -228,3 +228,97 @@ async def test_install_script_for_one_channel_leaves_the_others_alone(world: Wor
     scripts = our_scripts(world)
     assert len(scripts[2]) == 1 and [s["uuid"] for s in scripts[1]] == [one]
     assert "channel 2" in action
+
+
+async def drift(world: World) -> dict[str, provisioning.Check]:
+    return {c.name: c for c in await provisioning.check_channels(world.rt, await store_of(world))}
+
+
+async def test_drift_is_one_line_per_channel_and_each_kind_of_drift_is_named(world: World) -> None:
+    """After provision every channel's line passes; then each drift a merchant can cause in Script Manager or
+    the payment settings fails its own channel's line with the repair for that channel only."""
+    await provisioning.provision(world.rt, await store_of(world))
+    lines = await drift(world)
+    assert sorted(lines) == ["channel 1 (Test Shop)", "channel 2 (Outlet)", "channel 3 (Closed)"]
+    assert all(c.ok for c in lines.values()), lines
+    assert lines["channel 3 (Closed)"].detail == "inactive: takes no orders; no snippet, as it should be"
+    # No order on channel 2 yet: the store-wide v2 list answers, and says so.
+    assert lines["channel 2 (Outlet)"].detail.endswith("(v2; the channel has no order to ask /v3 with)")
+
+    world.place_order("5.00", channel_id=2)
+    assert (await drift(world))["channel 2 (Outlet)"].detail == (
+        'snippet installed and current; "OKCloud Pay" is offered (v3, for order 101)')
+    two = our_scripts(world)[2][0]
+    for change, expected in (
+        ({"enabled": False}, "snippet installed but disabled"),
+        ({"html": "<script>/* edited */</script>"}, "snippet installed but outdated"),
+        ({"consent_category": "analytics"}, 'snippet consent category is "analytics", not "essential"'),
+    ):
+        saved = {k: two[k] for k in change}
+        two.update(change)
+        lines = await drift(world)
+        line = lines["channel 2 (Outlet)"]
+        assert not line.ok and line.detail.startswith(expected), line
+        assert line.fix == [f"bcpay install-script {STORE_HASH} --channel 2"]
+        assert lines["channel 1 (Test Shop)"].ok
+        two.update(saved)
+
+    # The method switched off on channel 2 only (per-channel methods). v3 answers without any offline method
+    # there; that means "not offered" because v3 lists the offline method for channel 1's order.
+    [offline] = [m for m in world.bc.store(STORE_HASH).payment_methods if m.offline]
+    offline.channels = {1}
+    line = (await drift(world))["channel 2 (Outlet)"]
+    assert line.ok and line.detail.endswith("(v2; /v3 lists no offline method)")  # nothing to compare with yet
+    world.place_order("6.00", channel_id=1)
+    line = (await drift(world))["channel 2 (Outlet)"]
+    assert not line.ok and line.detail == ('snippet installed and current; "OKCloud Pay" is not offered at this '
+                                           "channel's checkout (v3, for order 101)")
+    assert "for the Outlet storefront" in line.fix[0] and "install-script" not in " ".join(line.fix)
+    assert (await drift(world))["channel 1 (Test Shop)"].ok
+
+
+async def test_a_snippet_left_on_a_channel_that_takes_no_orders_is_drift(world: World) -> None:
+    """Channel 3 was switched off in the control panel after its snippet went on: the line fails until
+    install-script for that channel removes it."""
+    store = await store_of(world)
+    update_channel(world.bc, STORE_HASH, 3, status="active")
+    await channels.refresh(world.rt, store)
+    await provisioning.install_script(world.rt, store)
+    assert 3 in our_scripts(world)
+    update_channel(world.bc, STORE_HASH, 3, status="inactive")
+    await channels.refresh(world.rt, store)
+    line = (await drift(world))["channel 3 (Closed)"]
+    assert not line.ok and line.detail == "inactive: takes no orders, but bcpay's snippet is still on it"
+    assert "channel 3: removed" in await provisioning.install_script(world.rt, store, channel_id=3)
+    assert (await drift(world))["channel 3 (Closed)"].ok and 3 not in our_scripts(world)
+
+
+async def test_a_single_channel_store_keeps_its_two_checks(db_url: str, secret_key: str) -> None:
+    """Channel 1 only: the same two lines as before multi-storefront, by the same names."""
+    async with open_world(db_url, secret_key) as w:
+        await w.add_store()
+        store = await store_of(w)
+        await provisioning.install_script(w.rt, store)
+        lines = await provisioning.check_channels(w.rt, store)
+        assert [(c.name, c.ok) for c in lines] == [("offline payment method", True), ("storefront snippet", True)]
+
+
+async def test_a_token_without_the_channel_scopes_works_on_channel_1_and_doctor_says_why(
+        db_url: str, secret_key: str) -> None:
+    """An API account made before channels: reading them answers 403, channel 1 on the store's URL gets the
+    snippet, and a line names the missing scopes."""
+    from bcpay import stores
+    from bcpay.sandbox.bc_state import TokenGrant
+    from tests.world import ACCESS_TOKEN
+
+    async with open_world(db_url, secret_key) as w:
+        w.bc.store(STORE_HASH).tokens[ACCESS_TOKEN] = TokenGrant("client", frozenset(stores.REQUIRED_SCOPES))
+        await w.add_store()
+        store = await store_of(w)
+        assert await provisioning.install_script(w.rt, store) == "created"
+        lines = {c.name: c for c in await provisioning.check_channels(w.rt, store)}
+        assert sorted(lines) == ["offline payment method", "storefront channels", "storefront snippet"]
+        assert lines["storefront channels"].detail == (
+            "not read: the token lacks store_channel_settings_read_only, store_sites_read_only, "
+            "so bcpay serves channel 1 only")
+        assert lines["storefront snippet"].ok and sorted(our_scripts(w)) == [1]

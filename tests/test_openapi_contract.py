@@ -57,9 +57,31 @@ def request_validator(file: str, path: str, method: str) -> jsonschema.protocols
     )
 
 
+# orders.v3.yml's ItemsRefund is a oneOf in which an ORDER item with an amount is valid under both
+# AmountBoundItem and TaxExemptItem, so no such item can pass it, while the refunds guide's own examples
+# send exactly that (``item_type: ORDER`` with ``amount``). For these paths an item valid under more than
+# one branch is accepted; one valid under none still fails.
+AMBIGUOUS_ONE_OF = frozenset({"/orders/{order_id}/payment_actions/refund_quotes",
+                              "/orders/{order_id}/payment_actions/refunds"})
+
+
+def _only_ambiguous(error: jsonschema.ValidationError) -> bool:
+    """True when ``error`` fails only because some value matched several oneOf branches."""
+    if error.validator == "oneOf":
+        return "is valid under each of" in error.message
+    if error.validator == "anyOf":  # some branch fails for that reason alone
+        branches: dict[Any, list[jsonschema.ValidationError]] = {}
+        for sub in error.context or []:
+            branches.setdefault(sub.schema_path[0], []).append(sub)
+        return any(all(_only_ambiguous(e) for e in errs) for errs in branches.values())
+    return False
+
+
 def assert_valid(file: str, path: str, method: str, body: Any) -> None:
     validator = request_validator(file, path, method)
     errors = sorted(validator.iter_errors(body), key=str)
+    if path in AMBIGUOUS_ONE_OF:
+        errors = [e for e in errors if not _only_ambiguous(e)]
     assert not errors, f"{method.upper()} {path} body breaks {file}: " + "; ".join(
         e.message for e in errors
     )
@@ -113,7 +135,35 @@ def wrap(data: Any) -> httpx.Response:
 
 Call = Callable[[BigCommerceClient], Awaitable[Any]]
 
+REFUND_ITEMS = [{"item_type": "ORDER", "item_id": 100, "amount": 5.0, "reason": "OKCloud Pay refund abc123-100-1-r1"}]
+QUOTE = {"order_id": 100, "total_refund_amount": 5.0, "refund_methods": [
+    [{"provider_id": "bankdeposit", "provider_description": "OKCloud Pay", "amount": 5.0, "offline": True,
+      "offline_provider": True, "offline_reason": "This is an offline payment provider."}]]}
+LEDGER_REFUND = {"id": 3, "order_id": 100, "user_id": 0, "created": "2026-12-07T23:00:00+00:00",
+                 "reason": "OKCloud Pay refund abc123-100-1-r1", "total_amount": 5.0, "total_tax": 0,
+                 "items": [], "payments": [{"id": 4, "provider_id": "bankdeposit", "amount": 5.0, "offline": True,
+                                            "is_declined": False, "declined_message": ""}]}
+
 CASES: list[tuple[str, str, str, str, str, Any, Call]] = [
+    (
+        "orders.v3.yml",
+        "/orders/{order_id}/payment_actions/refund_quotes",
+        "post",
+        "POST",
+        "/v3/orders/100/payment_actions/refund_quotes",
+        wrap(QUOTE),
+        lambda c: c.refund_quote(100, REFUND_ITEMS),
+    ),
+    (
+        "orders.v3.yml",
+        "/orders/{order_id}/payment_actions/refunds",
+        "post",
+        "POST",
+        "/v3/orders/100/payment_actions/refunds",
+        wrap(LEDGER_REFUND),
+        lambda c: c.create_refund(100, REFUND_ITEMS, [{"provider_id": "bankdeposit", "amount": 5.0,
+                                                       "offline": True}]),
+    ),
     (
         "orders.v2.oas2.yml",
         "/orders/{order_id}",

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from bcpay.sandbox.runner import STORE_HASH, Sandbox, SandboxOptions
+from bcpay.sandbox.runner import OUTLET_CHANNEL, STORE_HASH, Sandbox, SandboxOptions
 from bcpay.snippet import SCRIPT_NAME, asset
 
 
@@ -20,13 +20,14 @@ async def sandbox() -> AsyncIterator[Sandbox]:
 
 async def test_sandbox_provisions_the_store_like_an_operator(sandbox: Sandbox) -> None:
     store = sandbox.bc.store(STORE_HASH)
-    scripts = [s for s in store.scripts.values() if s["name"] == SCRIPT_NAME]
-    assert len(scripts) == 1
-    assert scripts[0]["visibility"] == "order_confirmation" and scripts[0]["consent_category"] == "essential"
-    assert asset().integrity in scripts[0]["html"] and sandbox.urls.bcpay in scripts[0]["html"]
+    scripts = sorted((s for s in store.scripts.values() if s["name"] == SCRIPT_NAME), key=lambda s: s["channel_id"])
+    assert [s["channel_id"] for s in scripts] == [1, OUTLET_CHANNEL]  # one per storefront channel
+    for script in scripts:
+        assert script["visibility"] == "order_confirmation" and script["consent_category"] == "essential"
+        assert asset().integrity in script["html"] and sandbox.urls.bcpay in script["html"]
     scopes = sorted(h["scope"] for h in store.hooks.values())
     assert scopes == ["store/app/uninstalled", "store/channel/created", "store/channel/updated",
-                      "store/order/statusUpdated"]
+                      "store/order/refund/created", "store/order/statusUpdated"]
     # A new store's hold (the expiry plus 30 minutes), with the usual sweep: --unpaid-hold shortens both.
     assert sandbox.settings is not None and sandbox.settings.outbox.sweep_interval == 60
     assert "60 minute(s) after" in sandbox.banner()
@@ -34,6 +35,24 @@ async def test_sandbox_provisions_the_store_like_an_operator(sandbox: Sandbox) -
         assert (await http.get(sandbox.urls.bcpay + "/readyz")).json() == {"status": "ok"}
         page = await http.get(sandbox.urls.storefront + "/")
         assert page.status_code == 200
+        assert (await http.get(sandbox.urls.outlet + "/")).status_code == 200
+    assert sandbox.urls.outlet in sandbox.banner() and sandbox.urls.storefront in sandbox.banner()
+
+
+async def test_an_order_on_the_second_channel_comes_back_to_that_channel(sandbox: Sandbox) -> None:
+    """Channel 2 has its own site and checkout URL: CORS allows it for this store, the return goes there."""
+    order = sandbox.bc.create_order(STORE_HASH, total="10.00", channel_id=OUTLET_CHANNEL)
+    async with httpx.AsyncClient(timeout=10) as http:
+        start = await http.post(
+            sandbox.urls.bcpay + "/api/v1/payments",
+            json={"store_hash": STORE_HASH, "order_id": order["id"], "cart_id": order["cart_id"]},
+            headers={"Origin": sandbox.urls.outlet},
+        )
+        assert start.status_code == 200, start.text
+        assert start.headers["access-control-allow-origin"] == sandbox.urls.outlet
+        paid = await http.post(start.json()["cashier_url"] + "/pay")
+        back = await http.get(paid.headers["location"])
+        assert back.headers["location"].startswith(sandbox.urls.outlet + "/checkout/order-confirmation#bcpay_token=")
 
 
 async def test_whole_flow_over_real_http(sandbox: Sandbox) -> None:

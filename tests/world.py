@@ -154,6 +154,27 @@ class World:
         found: dict[str, Any] = self.bc.order(STORE_HASH, order_id)
         return found
 
+    async def register_webhooks(self) -> None:
+        """Register bcpay's webhooks with the fake BigCommerce (as provisioning does)."""
+        from bcpay import provisioning
+        from bcpay.storage import queries as q
+
+        async with self.rt.db.read() as conn:
+            store = await q.require_store(conn, STORE_HASH)
+        await provisioning.register_webhooks(self.rt, store)
+
+    async def refund_in_bigcommerce(self, order_id: int, amount: str, *, provider_id: str = "bankdeposit",
+                                    reason: str = "customer asked") -> dict[str, Any]:
+        """A merchant's Refund in the control panel: an offline refund in the ledger and its webhooks sent."""
+        from bcpay.sandbox import bc_refunds
+
+        body = {"items": [{"item_type": "ORDER", "item_id": order_id, "amount": amount, "reason": reason}],
+                "payments": [{"provider_id": provider_id, "amount": amount, "offline": True}]}
+        previous, refund = bc_refunds.create_refund(self.bc, STORE_HASH, order_id, body)
+        for scope, data in bc_refunds.webhook_events(self.order(order_id), previous, refund):
+            await self.bc.fire_webhook(self.client, STORE_HASH, scope, data)
+        return refund
+
     def status_puts(self, order_id: int) -> list[dict[str, Any]]:
         """Every PUT to this order that set a status (the exactly-once count)."""
         return [body for (h, oid, body) in self.bc.put_log if h == STORE_HASH and oid == order_id and "status_id" in body]
@@ -171,9 +192,14 @@ class Deferred:
 
 @contextlib.asynccontextmanager
 async def open_world(
-    db_url: str, secret_key: str, *, cp_options: FakeOptions | None = None, **sections: dict[str, Any]
+    db_url: str, secret_key: str, *, cp_options: FakeOptions | None = None, bc_webhooks: bool = False,
+    **sections: dict[str, Any]
 ) -> AsyncIterator[World]:
-    """Start bcpay (lifespan included) wired to fresh fakes."""
+    """Start bcpay (lifespan included) wired to fresh fakes.
+
+    ``bc_webhooks``: the fake BigCommerce API delivers the webhooks its calls fire (a status PUT, a refund)
+    to the hooks registered with it, bcpay's among them once ``register_webhooks`` ran.
+    """
     settings = world_settings(db_url, secret_key, **sections)
     bc = FakeBigCommerce()
     bc.add_store(STORE_HASH, secure_url=STORE_URL, name="Test Shop", access_token=ACCESS_TOKEN)
@@ -183,7 +209,8 @@ async def open_world(
     cp = FakeCeleryPay(cp_options or FakeOptions(), clock=travel.wall, http=to_bcpay)
     cp.add_merchant(MERCHANT_ID, MERCHANT_SECRET)
     upstream = httpx.AsyncClient(mounts={
-        "all://bc.test": httpx.ASGITransport(app=create_bigcommerce_api(bc)),
+        "all://bc.test": httpx.ASGITransport(app=create_bigcommerce_api(
+            bc, webhook_client=to_bcpay if bc_webhooks else None)),
         "all://celerypay.test": httpx.ASGITransport(app=cp.app),
     })
     app = create_app(settings, http=upstream, run_worker=False)

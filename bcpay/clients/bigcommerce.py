@@ -1,4 +1,4 @@
-"""The BigCommerce REST client (v2 orders and store, v3 metafields, scripts, hooks).
+"""The BigCommerce REST client (v2 orders and store, v3 metafields, refunds, scripts, hooks).
 
 ``{api_url}/stores/{store_hash}/v2|v3/...`` with ``X-Auth-Token`` (reference
 section 2). Retry policy (section 9 and :mod:`bcpay.clients.http`): a 429 waits
@@ -25,15 +25,19 @@ from typing import Any, TypeVar
 import httpx
 
 from bcpay.clients.bigcommerce_models import (
+    AcceptedMethod,
+    AppExtension,
     Channel,
     Hook,
     InventorySettings,
+    LedgerRefund,
     Malformed,
     Metafield,
     OAuthToken,
     Order,
     OrderStatus,
     PaymentMethod,
+    RefundQuote,
     Script,
     ScriptSpec,
     Site,
@@ -59,15 +63,19 @@ from bcpay.errors import (
 )
 
 __all__ = [
+    "AcceptedMethod",
+    "AppExtension",
     "BigCommerceClient",
     "Channel",
     "Hook",
     "InventorySettings",
+    "LedgerRefund",
     "Metafield",
     "OAuthToken",
     "Order",
     "OrderStatus",
     "PaymentMethod",
+    "RefundQuote",
     "Script",
     "ScriptSpec",
     "Site",
@@ -81,6 +89,16 @@ STORE_HASH = re.compile(r"[a-z0-9]{1,32}")
 RETRY_STATUSES = frozenset({502, 503, 504})
 HOOK_FIELDS = frozenset({"scope", "destination", "is_active", "headers"})
 T = TypeVar("T")
+
+
+_EXTENSION_FIELDS = "id model context url label { defaultValue locales { value localeCode } }"
+_APP_EXTENSIONS_QUERY = "query { store { appExtensions { edges { node { " + _EXTENSION_FIELDS + " } } } } }"
+_CREATE_APP_EXTENSION = (
+    "mutation AddExtension($input: CreateAppExtensionInput!) "
+    "{ appExtension { createAppExtension(input: $input) { appExtension { " + _EXTENSION_FIELDS + " } } } }")
+_DELETE_APP_EXTENSION = (
+    "mutation RemoveExtension($input: DeleteAppExtensionInput!) "
+    "{ appExtension { deleteAppExtension(input: $input) { deletedAppExtensionId } } }")
 
 
 def decipher(response: httpx.Response) -> None:
@@ -343,6 +361,68 @@ class BigCommerceClient:
             raise bad_response(SERVICE, "payment methods are not a list", response)
         return [_parse(PaymentMethod.from_json, m, response) for m in data]
 
+    async def latest_order_id(self, *, channel_id: int) -> int | None:
+        """The newest order placed on a channel (``GET /v2/orders?channel_id=&sort=id:desc&limit=1``)."""
+        _check_id(channel_id, "channel_id")
+        data, response = await self._json("GET", "/v2/orders", params={
+            "channel_id": channel_id, "sort": "id:desc", "limit": 1, "page": 1})
+        if data is None:
+            return None
+        if not isinstance(data, list):
+            raise bad_response(SERVICE, "order list is not a list", response)
+        if not data:
+            return None
+        return _parse(Order.from_json, data[0], response).id
+
+    async def accepted_methods(self, order_id: int) -> list[AcceptedMethod]:
+        """``GET /v3/payments/methods?order_id=``: what the order's checkout (its channel) accepts."""
+        _check_id(order_id, "order_id")
+        data, response = await self._v3("GET", "/payments/methods", params={"order_id": order_id})
+        if not isinstance(data, list):
+            raise bad_response(SERVICE, "accepted payment methods are not a list", response)
+        return [_parse(AcceptedMethod.from_json, m, response) for m in data]
+
+    # --- App Extensions (GraphQL Admin API, reference section 14) -----------------------
+
+    async def _graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /graphql``; GraphQL's ``errors`` (answered with 200) become :class:`UpstreamRejected`."""
+        body, response = await self._json("POST", "/graphql", json_body={"query": query, "variables": variables or {}})
+        if not isinstance(body, dict):
+            raise bad_response(SERVICE, "GraphQL answer is not an object", response)
+        errors = body.get("errors")
+        if errors:
+            first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+            raise UpstreamRejected(f"BigCommerce GraphQL: {str(first.get('message') or errors)[:300]}",
+                                   service=SERVICE, status=response.status_code, request_id=request_id(response))
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise bad_response(SERVICE, "GraphQL answer has no data", response)
+        return data
+
+    async def list_app_extensions(self) -> list[AppExtension]:
+        """The store's App Extensions of this app (``store.appExtensions``)."""
+        data = await self._graphql(_APP_EXTENSIONS_QUERY)
+        try:
+            edges = data["store"]["appExtensions"]["edges"]
+            return [_parse(AppExtension.from_json, e["node"]) for e in edges]
+        except (KeyError, TypeError):
+            raise bad_response(SERVICE, "appExtensions is not a list of edges") from None
+
+    async def create_app_extension(self, *, model: str, context: str, url: str, label: str,
+                                   locales: dict[str, str]) -> AppExtension:
+        """``createAppExtension``: a menu item on the ``model`` page that opens ``url`` in ``context``."""
+        variables = {"input": {"model": model, "context": context, "url": url, "label": {
+            "defaultValue": label, "locales": [{"value": v, "localeCode": k} for k, v in sorted(locales.items())]}}}
+        data = await self._graphql(_CREATE_APP_EXTENSION, variables)
+        try:
+            return _parse(AppExtension.from_json, data["appExtension"]["createAppExtension"]["appExtension"])
+        except (KeyError, TypeError):
+            raise bad_response(SERVICE, "createAppExtension answered no appExtension") from None
+
+    async def delete_app_extension(self, extension_id: str) -> None:
+        """``deleteAppExtension``."""
+        await self._graphql(_DELETE_APP_EXTENSION, {"input": {"id": extension_id}})
+
     async def store_info(self) -> StoreInfo:
         """``GET /v2/store``."""
         data, response = await self._json("GET", "/v2/store")
@@ -433,6 +513,36 @@ class BigCommerceClient:
         if data is None or data == {}:
             return None
         return _parse(Site.from_json, data, response)
+
+    # --- refunds (v3, reference section 12) ------------------------------------------------
+
+    async def refund_quote(self, order_id: int, items: list[dict[str, Any]]) -> RefundQuote:
+        """``POST /v3/orders/{id}/payment_actions/refund_quotes``: the amount and the methods open for it."""
+        _check_id(order_id, "order_id")
+        data, response = await self._v3("POST", f"/orders/{order_id}/payment_actions/refund_quotes",
+                                        json_body={"items": items})
+        return _parse(RefundQuote.from_json, data, response)
+
+    async def create_refund(
+        self, order_id: int, items: list[dict[str, Any]], payments: list[dict[str, Any]]
+    ) -> LedgerRefund:
+        """``POST /v3/orders/{id}/payment_actions/refunds`` (never retried: it could refund twice)."""
+        _check_id(order_id, "order_id")
+        data, response = await self._v3("POST", f"/orders/{order_id}/payment_actions/refunds",
+                                        json_body={"items": items, "payments": payments})
+        return _parse(LedgerRefund.from_json, data, response)
+
+    async def get_refund(self, refund_id: int) -> LedgerRefund:
+        """``GET /v3/orders/payment_actions/refunds/{id}``; UpstreamNotFound when there is none."""
+        _check_id(refund_id, "refund_id")
+        data, response = await self._v3("GET", f"/orders/payment_actions/refunds/{refund_id}")
+        return _parse(LedgerRefund.from_json, data, response)
+
+    async def order_refunds(self, order_id: int) -> list[LedgerRefund]:
+        """``GET /v3/orders/{id}/payment_actions/refunds`` (every page), oldest first."""
+        _check_id(order_id, "order_id")
+        return [_parse(LedgerRefund.from_json, r) for r in
+                await self._v3_list(f"/orders/{order_id}/payment_actions/refunds")]
 
     # --- settings (v3, reference section 13) ----------------------------------------------------
 

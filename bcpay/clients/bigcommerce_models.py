@@ -184,6 +184,49 @@ class PaymentMethod:
 
 
 @dataclass(frozen=True)
+class AppExtension:
+    """One App Extension of this app on the store (GraphQL Admin API ``AppExtension``)."""
+
+    id: str
+    model: str
+    context: str
+    url: str
+    label: str
+
+    @classmethod
+    def from_json(cls, obj: Any) -> AppExtension:
+        """Parse one ``AppExtension`` node."""
+        o = _obj(obj, "app extension")
+        label = o.get("label")
+        return cls(id=_str(o, "id"), model=_str(o, "model", default=""), context=_str(o, "context", default=""),
+                   url=_str(o, "url", default=""),
+                   label=_str(label, "defaultValue", default="") if isinstance(label, dict) else "")
+
+
+@dataclass(frozen=True)
+class AcceptedMethod:
+    """One method ``GET /v3/payments/methods?order_id=`` says the order's checkout accepts
+    (``paymentMethod_Full`` in payments_methods.v3.yml: ``id``, ``name``, ``type``, ``test_mode``)."""
+
+    id: str
+    name: str
+    type: str
+    test_mode: bool
+
+    @property
+    def offline(self) -> bool:
+        """An offline method (checkout calls its type ``PAYMENT_TYPE_OFFLINE``)."""
+        return "offline" in self.type.lower()
+
+    @classmethod
+    def from_json(cls, obj: Any) -> AcceptedMethod:
+        """Parse one accepted method."""
+        o = _obj(obj, "accepted payment method")
+        return cls(id=_str(o, "id"), name=_str(o, "name"), type=_str(o, "type", default=""),
+                   test_mode=_bool(o, "test_mode", default=False))
+
+
+@dataclass(frozen=True)
 class Metafield:
     """An order metafield (reference section 4)."""
 
@@ -487,6 +530,106 @@ def _http_url(value: str) -> str:
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", value) or len(value) > 512:
         raise Malformed("site url is not an http(s) URL")
     return value
+
+
+def _number(obj: dict[str, Any], key: str) -> Decimal:
+    """A v3 amount (a JSON number, sometimes a string) as an exact Decimal, never negative."""
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise Malformed(f"{key} is not a number")
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise Malformed(f"{key} is not a number") from None
+    if not amount.is_finite() or amount < 0:
+        raise Malformed(f"{key} is not a finite, non-negative amount")
+    return amount
+
+
+@dataclass(frozen=True)
+class RefundOption:
+    """One payment option of a refund quote's refund method (``PaymentOption``, orders.v3.yml)."""
+
+    provider_id: str
+    amount: Decimal
+    offline: bool
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RefundOption:
+        """Parse one payment option."""
+        o = _obj(obj, "refund option")
+        return cls(provider_id=_str(o, "provider_id"), amount=_number(o, "amount"),
+                   offline=_bool(o, "offline", default=False))
+
+
+@dataclass(frozen=True)
+class RefundQuote:
+    """``POST /v3/orders/{id}/payment_actions/refund_quotes`` (``RefundQuote_Full``, reference section 12).
+
+    ``refund_methods`` is a list of methods, each a list of payment options that together refund the amount.
+    """
+
+    total: Decimal
+    refund_methods: tuple[tuple[RefundOption, ...], ...]
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RefundQuote:
+        """Parse a quote."""
+        o = _obj(obj, "refund quote")
+        methods = o.get("refund_methods") or []
+        if not isinstance(methods, list) or not all(isinstance(m, list) for m in methods):
+            raise Malformed("refund_methods is not a list of lists")
+        return cls(total=_number(o, "total_refund_amount"),
+                   refund_methods=tuple(tuple(RefundOption.from_json(p) for p in m) for m in methods))
+
+    def offline_option(self) -> RefundOption | None:
+        """The first method made of one offline option for the whole amount (how an offline payment is recorded)."""
+        for method in self.refund_methods:
+            if len(method) == 1 and method[0].offline and method[0].amount == self.total:
+                return method[0]
+        return None
+
+
+@dataclass(frozen=True)
+class RefundPayment:
+    """One payment of a recorded refund: the provider, its amount, whether it was offline."""
+
+    provider_id: str
+    amount: Decimal
+    offline: bool
+    declined: bool = False
+
+
+@dataclass(frozen=True)
+class LedgerRefund:
+    """A refund in BigCommerce's own ledger (``Refund``, orders.v3.yml; reference section 12)."""
+
+    id: int
+    order_id: int
+    reason: str
+    total_amount: Decimal
+    payments: tuple[RefundPayment, ...]
+
+    @classmethod
+    def from_json(cls, obj: Any) -> LedgerRefund:
+        """Parse a refund."""
+        o = _obj(obj, "refund")
+        raw = o.get("payments") or []
+        if not isinstance(raw, list):
+            raise Malformed("payments is not a list")
+        payments = []
+        for item in raw:
+            p = _obj(item, "refund payment")
+            payments.append(RefundPayment(provider_id=_str(p, "provider_id"), amount=_number(p, "amount"),
+                                          offline=_bool(p, "offline", default=False),
+                                          declined=_bool(p, "is_declined", default=False)))
+        return cls(id=_int(o, "id"), order_id=_int(o, "order_id"), reason=_str(o, "reason", default=""),
+                   total_amount=_number(o, "total_amount"), payments=tuple(payments))
+
+    @property
+    def offline_amount(self) -> Decimal:
+        """What the refund's offline payments (not declined) add up to: money BigCommerce did not move."""
+        return sum((p.amount for p in self.payments if p.offline and not p.declined), Decimal(0))
 
 
 STOCK_BEHAVIORS = ("order_placed", "order_completed_or_shipped")

@@ -46,7 +46,7 @@ async def uninstall_app(state: FakeBigCommerce, http: httpx.AsyncClient, store_h
     """The merchant uninstalls an app; returns the ``store/app/uninstalled`` deliveries.
 
     In BigCommerce's order: the tokens first (a 401 from then on), then the
-    webhook to the app's hooks, then the hooks and scripts go, then the
+    webhook to the app's hooks, then the hooks, scripts and App Extensions go, then the
     callback (server to server, so through ``http``).
     """
     store = state.store(store_hash)
@@ -57,6 +57,8 @@ async def uninstall_app(state: FakeBigCommerce, http: httpx.AsyncClient, store_h
         del store.hooks[hook_id]
     for script_uuid in [u for u, s in store.scripts.items() if s["api_client_id"] == client_id]:
         del store.scripts[script_uuid]
+    for extension_id in [i for i, e in store.app_extensions.items() if e["client_id"] == client_id]:
+        del store.app_extensions[extension_id]
     if uninstall_url is not None:
         await http.get(uninstall_url, params={"signed_payload_jwt": signed_payload_jwt(state, store_hash, client_id)})
     return deliveries

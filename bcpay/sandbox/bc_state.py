@@ -59,6 +59,7 @@ DEFAULT_SCOPES = frozenset({
     "store_v2_orders", "store_v2_content", "store_content_checkout",
     "store_v2_information_read_only", "store_payments_methods_read",
     "store_v2_transactions_read_only", "store_channel_settings_read_only", "store_sites_read_only",
+    "store_app_extensions_manage",
 })
 
 # PUT /v2/orders/{id}: the scalar fields of `order_Put` the fake stores.
@@ -131,6 +132,12 @@ class PaymentMethod:
     test_mode: bool = False
     enabled: bool = True
     instructions: str = ""
+    # The storefront channels it is enabled on (None: every channel; per-channel methods since 2025).
+    channels: set[int] | None = None
+
+    def on_channel(self, channel_id: int) -> bool:
+        """Enabled, and offered at checkout on this channel."""
+        return self.enabled and (self.channels is None or channel_id in self.channels)
 
 
 @dataclass
@@ -168,6 +175,13 @@ class Store:
         "show_pre_order_stock_levels": False, "show_out_of_stock_message": False,
     })
     channel_inventory: dict[int, JSON] = field(default_factory=dict)
+    # App Extensions (GraphQL Admin API), id -> extension with the client_id of the app that made it.
+    app_extensions: dict[str, JSON] = field(default_factory=dict)
+    # The refund ledger (orders.v3.yml `Refund`) by refund id; orders with a refund being made now.
+    refunds: dict[int, JSON] = field(default_factory=dict)
+    refunding: set[int] = field(default_factory=set)
+    # False: refund quotes offer no offline option (a store where BigCommerce cannot record one).
+    offline_refunds: bool = True
 
     def method_named(self, name: str) -> PaymentMethod | None:
         """The enabled method whose display name or code is ``name``."""
@@ -273,6 +287,13 @@ class Chaos:
         return None
 
 
+def _scope_matches(subscribed: str, scope: str) -> bool:
+    """A hook's scope covers the event: the same, or a ``/*`` wildcard over it (``store/order/*``)."""
+    if subscribed == scope:
+        return True
+    return subscribed.endswith("/*") and scope.startswith(subscribed[:-1])
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -294,17 +315,26 @@ class FakeBigCommerce:
         # Apps by client id -> client secret. Hooks an app made are signed as Standard Webhooks with
         # its secret (reference section 8); API-account hooks are not signed.
         self.apps: dict[str, str] = {}
+        self.app_load_urls: dict[str, str] = {}
         # When set, every delivery is signed with this key instead (a test of a wrong app secret).
         self.webhook_signing_key: bytes | None = None
         self.rate_limited = 0
         self.oauth_codes: dict[str, OAuthCode] = {}
         self._next_order_id = 100
         self._next_id = 1
+        self._next_refund_id = 0
+        # Seconds a refund takes to be made (refunds of one order are made one at a time, bc_refunds).
+        self.refund_delay = 0.0
 
     def next_id(self) -> int:
         """A fresh integer id for metafields and hooks."""
         self._next_id += 1
         return self._next_id
+
+    def next_refund_id(self) -> int:
+        """A fresh refund id (refund ids are global, as ``GET /v3/orders/payment_actions/refunds/{id}`` needs)."""
+        self._next_refund_id += 1
+        return self._next_refund_id
 
     def add_store(self, store_hash: str, *, secure_url: str, name: str = "Sandbox Store",
                   currency: str = "USD", access_token: str = "sandbox-access-token",
@@ -341,9 +371,12 @@ class FakeBigCommerce:
 
     # --- OAuth (login.bigcommerce.com) ----------------------------------------
 
-    def register_app(self, client_id: str, client_secret: str) -> None:
-        """Know an app (Developer Portal): its hooks' deliveries and its callbacks are signed with its secret."""
+    def register_app(self, client_id: str, client_secret: str, *, load_url: str | None = None) -> None:
+        """Know an app (Developer Portal): its hooks' deliveries and its callbacks are signed with its secret;
+        ``load_url`` is its load callback (the control panel opens the app and its App Extensions there)."""
         self.apps[client_id] = client_secret
+        if load_url is not None:
+            self.app_load_urls[client_id] = load_url
 
     def issue_oauth_code(self, store_hash: str, *, client_id: str, client_secret: str,
                          redirect_uri: str, scope: str) -> str:
@@ -560,12 +593,11 @@ class FakeBigCommerce:
 
     async def fire_webhook(self, http: httpx.AsyncClient, store_hash: str, scope: str,
                            data: JSON, *, client_id: str | None = None) -> list[WebhookDelivery]:
-        """POST the event to every active hook of ``scope`` (or its ``/*`` wildcard), of ``client_id`` if given."""
+        """POST the event to every active hook of ``scope`` (or a ``/*`` wildcard over it), of ``client_id`` if given."""
         payload = self.webhook_payload(store_hash, scope, data)
-        wildcard = scope.rsplit("/", 1)[0] + "/*"
         deliveries = []
         for hook in list(self.store(store_hash).hooks.values()):
-            if not hook["is_active"] or hook["scope"] not in (scope, wildcard):
+            if not hook["is_active"] or not _scope_matches(str(hook["scope"]), scope):
                 continue
             if client_id is not None and hook["client_id"] != client_id:
                 continue

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bcpay.sandbox import bc_channels, bc_settings
+from bcpay.sandbox import bc_channels, bc_graphql, bc_refunds, bc_settings
 from bcpay.sandbox.bc_rules import (
     hook_matches,
     int_param,
@@ -40,6 +40,7 @@ from bcpay.sandbox.bc_rules import (
     validate_script,
 )
 from bcpay.sandbox.bc_state import (
+    JSON,
     Chaos,
     FakeApiError,
     FakeBigCommerce,
@@ -198,6 +199,31 @@ class _Api:
             ({"code": m.code, "name": m.name, "test_mode": m.test_mode}
              for m in ctx.store.payment_methods if m.enabled),
             key=lambda m: str(m["name"]).lower()))
+
+    async def accepted_methods(self, request: Request, ctx: _Ctx) -> Response:
+        """GET /v3/payments/methods: ``order_id`` or ``checkout_id`` required; the methods of that
+        order's (or cart's) channel, as paymentMethod_Full."""
+        order_id, checkout_id = int_param(request, "order_id"), request.query_params.get("checkout_id")
+        if order_id is None and not checkout_id:
+            raise FakeApiError(400, "Request has been rejected: order_id or checkout_id is required.")
+        if order_id is not None:
+            order = ctx.store.orders.get(order_id)
+            if order is None:
+                raise FakeApiError(404, "The order was not found.")
+            channel_id = int(order.get("channel_id") or 1)
+        else:
+            cart = ctx.store.carts.get(str(checkout_id))
+            if cart is None:
+                raise FakeApiError(404, "The checkout was not found.")
+            channel_id = int(cart.get("channel_id") or 1)
+        data: list[JSON] = [{"id": f"{'offline' if m.offline else 'testgateway'}.{m.code}", "name": m.name,
+                 "test_mode": m.test_mode, "type": "PAYMENT_TYPE_OFFLINE" if m.offline else "card",
+                 "supported_instruments": [], "stored_instruments": []}
+                for m in ctx.store.payment_methods if m.on_channel(channel_id)]
+        return JSONResponse({"data": data, "meta": {}})
+
+    async def graphql(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_graphql.endpoint(request, ctx.store, ctx.grant.client_id)
 
     async def store_info(self, request: Request, ctx: _Ctx) -> Response:
         store = ctx.store
@@ -368,6 +394,23 @@ class _Api:
     async def get_inventory_settings(self, request: Request, ctx: _Ctx) -> Response:
         return await bc_settings.get_inventory(request, ctx.store)
 
+    # --- v3 refunds (bc_refunds) ---------------------------------------------------
+
+    async def refund_quote(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_refunds.post_quote(request, self.state, ctx.store)
+
+    async def create_refund(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_refunds.post_refund(request, self.state, ctx.store, self.webhook_client)
+
+    async def order_refunds(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_refunds.order_refunds(request, self.state, ctx.store)
+
+    async def all_refunds(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_refunds.all_refunds(request, self.state, ctx.store)
+
+    async def one_refund(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_refunds.one_refund(request, self.state, ctx.store)
+
     # --- v3 hooks -----------------------------------------------------------------
 
     def _own_hooks(self, ctx: _Ctx) -> list[dict[str, Any]]:
@@ -452,7 +495,8 @@ def create_bigcommerce_api(state: FakeBigCommerce, *, quota: Quota | None = None
     ``quota`` and ``chaos`` replace the state's knobs (which stay mutable at
     runtime through ``state.quota`` / ``state.chaos``). With ``webhook_client``,
     a status change made by ``PUT /v2/orders/{id}`` fires
-    ``store/order/statusUpdated`` after the response.
+    ``store/order/statusUpdated`` after the response, and a refund
+    ``store/order/refund/created`` (:mod:`bcpay.sandbox.bc_refunds`).
     """
     if quota is not None:
         state.quota = quota
@@ -469,6 +513,9 @@ def create_bigcommerce_api(state: FakeBigCommerce, *, quota: Quota | None = None
         gate.route(base + "/v2/order_statuses", {"GET": (api.order_statuses, orders_r)}, v2=True),
         gate.route(base + "/v2/payments/methods", {
             "GET": (api.payment_methods, "store_payments_methods_read")}, v2=True),
+        gate.route(base + "/v3/payments/methods", {
+            "GET": (api.accepted_methods, "store_payments_methods_read")}, v2=False),
+        gate.route(base + "/graphql", {"POST": (api.graphql, bc_graphql.SCOPE)}, v2=False),
         gate.route(base + "/v2/store", {
             "GET": (api.store_info, "store_v2_information_read_only")}, v2=True),
         gate.route(base + "/v3/orders/{order_id:int}/metafields", {
@@ -477,6 +524,13 @@ def create_bigcommerce_api(state: FakeBigCommerce, *, quota: Quota | None = None
         gate.route(base + "/v3/orders/{order_id:int}/metafields/{metafield_id:int}", {
             "GET": (api.get_metafield, orders_r), "PUT": (api.put_metafield, orders_w),
             "DELETE": (api.delete_metafield, orders_w)}, v2=False),
+        gate.route(base + "/v3/orders/{order_id:int}/payment_actions/refund_quotes", {
+            "POST": (api.refund_quote, orders_w)}, v2=False),
+        gate.route(base + "/v3/orders/{order_id:int}/payment_actions/refunds", {
+            "GET": (api.order_refunds, orders_r), "POST": (api.create_refund, orders_w)}, v2=False),
+        gate.route(base + "/v3/orders/payment_actions/refunds", {"GET": (api.all_refunds, orders_r)}, v2=False),
+        gate.route(base + "/v3/orders/payment_actions/refunds/{refund_id:int}", {
+            "GET": (api.one_refund, orders_r)}, v2=False),
         gate.route(base + "/v3/content/scripts", {
             "GET": (api.list_scripts, content_r), "POST": (api.create_script, content_w)},
             v2=False),

@@ -1,6 +1,6 @@
 """``bcpay sandbox``: the whole flow on one machine, on loopback, in one process.
 
-Four servers share one event loop:
+Five servers share one event loop:
 
 ======================  ===============  =====================================
 port                    what             code
@@ -9,12 +9,17 @@ port                    what             code
 ``port_base + 1``       BigCommerce API  ``bcpay.sandbox.bigcommerce`` (+ OAuth token)
 ``port_base + 2``       storefront       ``bcpay.sandbox.storefront`` (+ control panel view)
 ``port_base + 3``       CeleryPay        ``bcpay.sandbox.celerypay`` (+ cashier page)
+``port_base + 4``       second channel   the storefront of channel 2, "bcpay Sandbox Outlet"
 ======================  ===============  =====================================
 
-The store is provisioned with the library calls behind the operator's
-commands (``stores add``, ``stores configure``, ``install-script``,
-``webhooks register``), so the Script Manager snippet the storefront renders is
-the one ``install-script`` produced. ``port_base = 0`` picks free ports (tests).
+The store has two storefront channels (multi-storefront, reference section
+11): channel 1 on ``port_base + 2`` and channel 2 on ``port_base + 4``, whose
+site has its own checkout URL, so a shopper who pays there comes back there.
+
+The store installs bcpay as a BigCommerce app (the OAuth callback's library
+call: snippets, webhooks, the order page's panel), then gets its CeleryPay
+merchant as ``stores configure`` gives it, so the Script Manager snippet the
+storefront renders is the one the install produced. ``port_base = 0`` picks free ports (tests).
 """
 
 from __future__ import annotations
@@ -34,14 +39,15 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
-from bcpay import provisioning, stores
+from bcpay import install, stores
 from bcpay.config import Settings, load_settings, replace
 from bcpay.runtime import Runtime
+from bcpay.sandbox.bc_channels import add_channel
 from bcpay.sandbox.bc_state import FakeBigCommerce
 from bcpay.sandbox.bigcommerce import Chaos, Quota, create_bigcommerce_api
 from bcpay.sandbox.celerypay import FakeCeleryPay, FakeOptions
 from bcpay.sandbox.storefront import create_storefront
-from bcpay.scopes import CHANNEL_SCOPES
+from bcpay.scopes import CHANNEL_SCOPES, EXTENSION_SCOPES
 from bcpay.server.app import create_app
 from bcpay.storage.records import StoreRecord
 
@@ -49,8 +55,14 @@ T = TypeVar("T")
 
 STORE_HASH = "sandbox1"
 ACCESS_TOKEN = "sandbox-access-token"  # accepted only by the fake BigCommerce
+# The sandbox store installs bcpay as an app (OAuth, /bc/load, the order page's panel). Public on purpose:
+# the fake BigCommerce is the only one that knows this app.
+APP_CLIENT_ID = "sandbox-app-client-id"
+APP_CLIENT_SECRET = "sandbox-app-client-secret-not-for-production-01"
 MERCHANT_ID = "mch_SandboxMerchant0001"
 MERCHANT_SECRET = "sandbox-merchant-secret-not-for-production-0001"
+OUTLET_CHANNEL = 2
+OUTLET_NAME = "bcpay Sandbox Outlet"
 SHORT_SWEEP = 10  # seconds between the worker's sweeps when a hold is chosen on the command line
 
 
@@ -87,6 +99,7 @@ class Urls:
     api: str = ""
     storefront: str = ""
     celerypay: str = ""
+    outlet: str = ""  # the storefront of channel 2
 
     @property
     def control_panel(self) -> str:
@@ -161,18 +174,24 @@ class Sandbox:
         if store_port == 0:
             store_port = _free_port(opts.host)
         self.urls.storefront = f"http://{opts.host}:{store_port}"
+        outlet_port = self._port(4) or _free_port(opts.host)
+        self.urls.outlet = f"http://{opts.host}:{outlet_port}"
         self.bc.add_store(STORE_HASH, secure_url=self.urls.storefront, name="bcpay Sandbox Store",
                           access_token=ACCESS_TOKEN)
-        await self._serve(create_storefront(
-            self.bc, STORE_HASH, confirmation_variant=opts.confirmation_variant,  # type: ignore[arg-type]
-            storefront_delay_ms=opts.storefront_delay_ms, http=self.http,
-        ), store_port)
+        add_channel(self.bc, STORE_HASH, name=OUTLET_NAME, url=self.urls.outlet, channel_id=OUTLET_CHANNEL,
+                    checkout_url=self.urls.outlet)
+        for channel_id, port in ((1, store_port), (OUTLET_CHANNEL, outlet_port)):
+            await self._serve(create_storefront(
+                self.bc, STORE_HASH, confirmation_variant=opts.confirmation_variant,  # type: ignore[arg-type]
+                storefront_delay_ms=opts.storefront_delay_ms, http=self.http, channel_id=channel_id,
+            ), port)
         self.celerypay.add_merchant(MERCHANT_ID, MERCHANT_SECRET)
 
         bcpay_port = self._port(0) or _free_port(opts.host)
         self.urls.bcpay = f"http://{opts.host}:{bcpay_port}"
         overrides: dict[str, dict[str, Any]] = {
-            "app": {"public_url": self.urls.bcpay, "sandbox": True},
+            "app": {"public_url": self.urls.bcpay, "sandbox": True, "client_id": APP_CLIENT_ID,
+                    "client_secret": APP_CLIENT_SECRET, "control_panel_origins": [self.urls.storefront]},
             "database": {"url": self._db_url()},
             "bigcommerce": {"api_url": self.urls.api, "login_url": self.urls.api},
             "celerypay": {"sandbox_api_url": self.urls.celerypay},
@@ -190,16 +209,18 @@ class Sandbox:
         await self.provision()
 
     async def provision(self) -> None:
-        """What an operator runs: stores add, stores configure, install-script, webhooks register."""
+        """What a merchant and an operator do: install the app (OAuth: the snippet per channel, the webhooks,
+        the order page's panel), then enter the CeleryPay merchant (``stores configure``)."""
         rt = self.runtime
-        await stores.register(rt, STORE_HASH, access_token=ACCESS_TOKEN, source="api_account",
-                              scopes=" ".join((*stores.REQUIRED_SCOPES, *CHANNEL_SCOPES)))
-        store = await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID,
-                                                api_secret=MERCHANT_SECRET, environment="sandbox")
+        self.bc.register_app(APP_CLIENT_ID, APP_CLIENT_SECRET, load_url=rt.public_url("/bc/load"))
+        scope = " ".join((*stores.REQUIRED_SCOPES, *CHANNEL_SCOPES, *EXTENSION_SCOPES))
+        code = self.bc.issue_oauth_code(STORE_HASH, client_id=APP_CLIENT_ID, client_secret=APP_CLIENT_SECRET,
+                                        redirect_uri=rt.public_url(install.AUTH_PATH), scope=scope)
+        await install.install_from_oauth(rt, code=code, scope=scope, context=f"stores/{STORE_HASH}")
+        store = await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=MERCHANT_SECRET,
+                                                environment="sandbox")
         if self.options.unpaid_hold is not None:
             store = await stores.update_settings(rt, STORE_HASH, {"unpaid_hold": self.options.unpaid_hold})
-        await provisioning.install_script(rt, store)
-        await provisioning.register_webhooks(rt, store)
         self.store = store
 
     async def stop(self) -> None:
@@ -234,7 +255,8 @@ class Sandbox:
         return "\n".join([
             "bcpay sandbox is running (Ctrl+C to stop).",
             "",
-            f"  Storefront       {u.storefront}/",
+            f"  Storefront       {u.storefront}/  (channel 1)",
+            f"  Second channel   {u.outlet}/  (channel {OUTLET_CHANNEL}, {OUTLET_NAME})",
             f"  Control panel    {u.control_panel}",
             f"  bcpay server     {u.bcpay}  (health: {u.bcpay}/healthz, metrics: {u.bcpay}/metrics)",
             f"  BigCommerce API  {u.api}",
@@ -247,6 +269,7 @@ class Sandbox:
             "     in Awaiting Fulfillment with a staff note.",
             "  4. Try Decline (then retry), Abandon (the payment expires), or pay with",
             "     \"Test Payment Gateway\" (bcpay stays out of the way).",
+            "  5. Do the same on the second channel: you come back to that channel's own domain.",
             *self._hold_lines(),
             "",
             "The CLI works against the sandbox too, from another shell:",
@@ -256,8 +279,8 @@ class Sandbox:
     def _hold_lines(self) -> list[str]:
         hold = self.runtime.policy(self.store).unpaid_hold if self.store is not None else 0
         if not hold:
-            return ["  5. Unpaid orders are kept (start with --unpaid-hold 1 to watch them cancelled)."]
-        return [f"  5. Leave an order unpaid (close the cashier, or block the snippet): {hold} minute(s) after",
+            return ["  6. Unpaid orders are kept (start with --unpaid-hold 1 to watch them cancelled)."]
+        return [f"  6. Leave an order unpaid (close the cashier, or block the snippet): {hold} minute(s) after",
                 "     it was placed the worker cancels it with a staff note, and its pay page says so."]
 
     def cli_env(self) -> str:

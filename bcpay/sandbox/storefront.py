@@ -7,7 +7,8 @@ Payment for the offline method, 11 Awaiting Fulfillment for the test
 gateway), the order-confirmation page with the store's Script Manager scripts
 rendered as Stencil would, the Storefront Orders API
 (``/api/storefront/orders/{id}``, orders.sf.yml), ``/manage/orders`` where
-a status change fires ``store/order/statusUpdated``, and the control panel's
+a status change fires ``store/order/statusUpdated`` and the Refund action records a refund in the
+ledger (``bcpay.sandbox.bc_refunds``) and fires ``store/order/refund/created``, and the control panel's
 settings pages (``bcpay.sandbox.control_panel``).
 
 The storefront order API answers **404** for an order the caller's session did
@@ -26,6 +27,7 @@ from decimal import Decimal
 from html import escape
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import httpx
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -38,6 +40,8 @@ from starlette.routing import Route
 
 from bcpay.errors import InvalidInputError
 from bcpay.money import exponent
+from bcpay.sandbox import bc_refunds
+from bcpay.sandbox.bc_apps import signed_payload_jwt
 from bcpay.sandbox.bc_state import JSON, ORDER_STATUSES, FakeApiError, FakeBigCommerce, Store
 from bcpay.sandbox.control_panel import SettingsPages
 
@@ -103,12 +107,12 @@ def render_stencil_values(html: str, values: dict[str, str]) -> str:
     return _HANDLEBARS.sub(lambda m: values.get(m.group(1), ""), html)
 
 
-def script_tags(store: Store, page: str, values: dict[str, str]) -> dict[str, list[Markup]]:
-    """The enabled Script Manager scripts for ``page``, by location (head/footer), as HTML."""
+def script_tags(store: Store, page: str, values: dict[str, str], channel_id: int = 1) -> dict[str, list[Markup]]:
+    """The enabled Script Manager scripts of the channel for ``page``, by location (head/footer), as HTML."""
     visible = _PAGE_VISIBILITY[page]
     placed: dict[str, list[Markup]] = {"head": [], "footer": []}
     for script in store.scripts.values():
-        if not script["enabled"] or script["visibility"] not in visible or script["channel_id"] != 1:
+        if not script["enabled"] or script["visibility"] not in visible or script["channel_id"] != channel_id:
             continue
         # With the consent banner on, only `essential` scripts load before consent.
         if store.cookie_consent_banner and script["consent_category"] != "essential":
@@ -184,9 +188,14 @@ class _Shop:
     """Handlers of one store's storefront and control panel."""
 
     def __init__(self, state: FakeBigCommerce, store_hash: str, variant: Variant, delay_ms: int,
-                 http: httpx.AsyncClient | None) -> None:
+                 http: httpx.AsyncClient | None, channel_id: int = 1) -> None:
         self.state = state
         self.store_hash = store_hash
+        self.channel_id = channel_id
+        # Each channel has its own domain on BigCommerce; on loopback the ports share cookies, so the
+        # names carry the channel instead.
+        suffix = "" if channel_id == 1 else f"_{channel_id}"
+        self.session_cookie, self.cart_cookie = SESSION_COOKIE + suffix, CART_COOKIE + suffix
         self.variant = variant
         self.delay_ms = delay_ms
         self.http = http
@@ -205,10 +214,10 @@ class _Shop:
         return HTMLResponse(html, status_code=status)
 
     def _session(self, request: Request) -> Session | None:
-        return self.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+        return self.sessions.get(request.cookies.get(self.session_cookie, ""))
 
     def _cart(self, request: Request) -> JSON | None:
-        return self.store.carts.get(request.cookies.get(CART_COOKIE, ""))
+        return self.store.carts.get(request.cookies.get(self.cart_cookie, ""))
 
     def _cart_lines(self, cart: JSON | None) -> tuple[list[JSON], Decimal]:
         products = {p.id: p for p in catalogue(self.store.currency)}
@@ -229,7 +238,7 @@ class _Shop:
 
     async def home(self, request: Request) -> Response:
         return self._page("home.html", products=catalogue(self.store.currency),
-                          scripts=script_tags(self.store, "storefront", {}))
+                          scripts=script_tags(self.store, "storefront", {}, self.channel_id))
 
     async def cart(self, request: Request) -> Response:
         if request.method == "POST" or request.query_params.get("action") == "add":
@@ -238,7 +247,7 @@ class _Shop:
                                      str(source.get("qty", "1")))
         lines, total = self._cart_lines(self._cart(request))
         return self._page("cart.html", lines=lines, total=total,
-                          scripts=script_tags(self.store, "storefront", {}))
+                          scripts=script_tags(self.store, "storefront", {}, self.channel_id))
 
     def _add_to_cart(self, request: Request, product_id: str, qty: str) -> Response:
         if not product_id.isdigit() or int(product_id) not in {
@@ -248,11 +257,11 @@ class _Shop:
         quantity = max(1, min(int(qty) if qty.isdigit() else 1, 99))
         cart = self._cart(request)
         if cart is None:
-            cart = {"id": str(uuid.uuid4()), "items": {}}
+            cart = {"id": str(uuid.uuid4()), "items": {}, "channel_id": self.channel_id}
             self.store.carts[cart["id"]] = cart
         cart["items"][int(product_id)] = cart["items"].get(int(product_id), 0) + quantity
         response = RedirectResponse("/cart.php", status_code=302)
-        response.set_cookie(CART_COOKIE, cart["id"], httponly=True, samesite="lax")
+        response.set_cookie(self.cart_cookie, cart["id"], httponly=True, samesite="lax")
         return response
 
     async def checkout(self, request: Request) -> Response:
@@ -260,7 +269,7 @@ class _Shop:
         lines, total = self._cart_lines(cart)
         if cart is None or not lines:
             return RedirectResponse("/cart.php", status_code=302)
-        methods = [m for m in self.store.payment_methods if m.enabled]
+        methods = [m for m in self.store.payment_methods if m.on_channel(self.channel_id)]
         if request.method == "GET":
             return self._checkout_page(lines, total, methods, {}, None)
         form = {k: str(v).strip() for k, v in (await request.form()).items()}
@@ -271,14 +280,14 @@ class _Shop:
         order = self.state.create_order(
             self.store_hash, total=total, currency=self.store.currency,
             payment_method=method.name, status_id=7 if method.offline else 11,
-            email=form["email"], cart_id=cart["id"],
+            email=form["email"], cart_id=cart["id"], channel_id=self.channel_id,
             first_name=form.get("first_name") or "Jane", last_name=form.get("last_name") or "Doe",
             customer_message=form.get("customer_message", ""),
             line_items=[{"product_id": line["product"].id, "sku": line["product"].sku,
                          "name": line["product"].name, "quantity": line["quantity"],
                          "price": f"{line['product'].price:.4f}"} for line in lines])
         del self.store.carts[cart["id"]]
-        token = request.cookies.get(SESSION_COOKIE, "")
+        token = request.cookies.get(self.session_cookie, "")
         session = self.sessions.get(token)
         if session is None:
             token = secrets.token_urlsafe(24)
@@ -290,15 +299,15 @@ class _Shop:
                                         ("store/order/created", {"type": "order", "id": order["id"]}),
                                         ("store/cart/converted", {"type": "cart", "id": cart["id"],
                                                                   "orderId": order["id"]})]))
-        response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="lax")
-        response.delete_cookie(CART_COOKIE)
+        response.set_cookie(self.session_cookie, token, httponly=True, samesite="lax")
+        response.delete_cookie(self.cart_cookie)
         return response
 
     def _checkout_page(self, lines: list[JSON], total: Decimal, methods: list[Any],
                        form: dict[str, str], error: str | None) -> Response:
         return self._page("checkout.html", status=400 if error else 200, lines=lines, total=total,
                           methods=methods, form=form, error=error,
-                          scripts=script_tags(self.store, "checkout", {}))
+                          scripts=script_tags(self.store, "checkout", {}, self.channel_id))
 
     async def confirmation(self, request: Request) -> Response:
         session = self._session(request)
@@ -316,7 +325,7 @@ class _Shop:
                              "checkoutId": order["cart_id"]},
             sandbox={"variant": "xhr" if variant == "xhr" else "fetch",
                      "delayMs": self.delay_ms},
-            scripts=script_tags(self.store, "order_confirmation", values))
+            scripts=script_tags(self.store, "order_confirmation", values, self.channel_id))
 
     async def confirmation_js(self, request: Request) -> Response:
         return Response((_TEMPLATES / "order-confirmation.js").read_text(encoding="utf-8"),
@@ -358,24 +367,74 @@ class _Shop:
             return RedirectResponse(f"/manage/orders/{order_id}", status_code=303, background=tasks)
         return self._manage_page(order, None)
 
+    async def manage_refund(self, request: Request) -> Response:
+        """The order's Refund action: an order-level amount through a refund method the quote offers.
+
+        As BigCommerce's, it goes through the refund ledger (quote, then refund; one at a time) and fires
+        ``store/order/refund/created`` (and the status change).
+        """
+        order_id = request.path_params["order_id"]
+        try:
+            order = self.state.order(self.store_hash, order_id)
+        except FakeApiError:
+            return self._page("not_found.html", status=404)
+        form = await request.form()
+        amount, provider = str(form.get("amount", "")).strip(), str(form.get("provider_id", ""))
+        items = [{"item_type": "ORDER", "item_id": order_id, "amount": amount,
+                  "reason": str(form.get("reason", "")).strip()[:1000]}]
+        try:
+            quote = bc_refunds.quote(self.state, self.store_hash, order_id, {"items": items})
+            option = next((o for m in quote["refund_methods"] for o in m if o["provider_id"] == provider), None)
+            if option is None:
+                return self._manage_page(order, "Choose a refund method.")
+            payment = {"provider_id": provider, "amount": amount, "offline": option["offline"]}
+            async with bc_refunds.one_at_a_time(self.state, self.store_hash, order_id):
+                previous, refund = bc_refunds.create_refund(self.state, self.store_hash, order_id,
+                                                            {"items": items, "payments": [payment]}, user_id=1)
+        except FakeApiError as exc:
+            return self._manage_page(order, exc.title)
+        return RedirectResponse(f"/manage/orders/{order_id}?refunded={refund['id']}", status_code=303,
+                                background=self._webhooks(bc_refunds.webhook_events(order, previous, refund)))
+
     def _manage_page(self, order: JSON, error: str | None) -> Response:
         metafields = [m for m in self.store.metafields.values() if m["resource_id"] == order["id"]]
+        refunds = bc_refunds.list_refunds(self.store, order_ids={order["id"]})
+        left = bc_refunds.refundable(order)
+        methods = bc_refunds.refund_methods(self.store, order, left) if left > 0 else []
         return self._page("manage_order.html", status=400 if error else 200, order=order,
-                          statuses=ORDER_STATUSES, metafields=metafields, error=error)
+                          statuses=ORDER_STATUSES, metafields=metafields, error=error, refunds=refunds,
+                          refundable=f"{left:.2f}" if left > 0 else "", methods=[o for m in methods for o in m],
+                          paid=int(order["status_id"]) in bc_refunds.PAID_STATUSES, panels=self._panels(order["id"]))
+
+    def _panels(self, order_id: int) -> list[JSON]:
+        """The Orders page's App Extension panels, as BigCommerce opens one: an iframe on the app's load
+        callback with a fresh ``signed_payload_jwt`` whose ``url`` is the extension's, order id filled in."""
+        found = []
+        for ext in self.store.app_extensions.values():
+            load = self.state.app_load_urls.get(ext["client_id"])
+            if ext["model"] != "ORDERS" or ext["context"] != "PANEL" or load is None:
+                continue
+            url = ext["url"].replace("${id}", str(order_id))
+            token = signed_payload_jwt(self.state, self.store_hash, ext["client_id"], url=url)
+            found.append({"id": ext["id"], "label": ext["label"]["defaultValue"],
+                          "src": f"{load}?{urlencode({'signed_payload_jwt': token})}"})
+        return found
 
 
 def create_storefront(state: FakeBigCommerce, store_hash: str, *,
                       confirmation_variant: Variant = "fetch", storefront_delay_ms: int = 300,
-                      http: httpx.AsyncClient | None = None) -> Starlette:
-    """Build the storefront (+ control-panel view) of ``store_hash``.
+                      http: httpx.AsyncClient | None = None, channel_id: int = 1) -> Starlette:
+    """Build the storefront (+ control-panel view) of ``store_hash`` on storefront channel ``channel_id``.
 
     ``confirmation_variant`` picks how the confirmation page's own script reads
     the order (XMLHttpRequest or fetch; ``?variant=`` overrides per request)
     and ``storefront_delay_ms`` how long it waits first. With ``http``, placed
-    orders and control-panel status changes fire the store's webhooks.
+    orders and control-panel status changes fire the store's webhooks. Each
+    channel's storefront renders only its own channel's scripts, offers the
+    methods enabled on it and places orders with its ``channel_id``.
     """
     state.store(store_hash)  # fail fast on an unknown store
-    shop = _Shop(state, store_hash, confirmation_variant, storefront_delay_ms, http)
+    shop = _Shop(state, store_hash, confirmation_variant, storefront_delay_ms, http, channel_id)
     return Starlette(routes=[
         Route("/", shop.home),
         Route("/cart.php", shop.cart, methods=["GET", "POST"]),
@@ -387,6 +446,7 @@ def create_storefront(state: FakeBigCommerce, store_hash: str, *,
         Route("/api/storefront/order/{order_id:int}", shop.api_order),
         Route("/manage/orders", shop.manage_orders),
         Route("/manage/orders/{order_id:int}", shop.manage_order, methods=["GET", "POST"]),
+        Route("/manage/orders/{order_id:int}/refund", shop.manage_refund, methods=["POST"]),
         *SettingsPages(state, store_hash, shop._page).routes(),
     ])
 

@@ -25,14 +25,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from bcpay import channels, snippet
+from bcpay import channels, refund_ledger, snippet
 from bcpay.config import Settings
 from bcpay.effects import Worker
 from bcpay.errors import BcpayError, SignatureError
 from bcpay.limits import LookupGuard
 from bcpay.metrics import Metrics
 from bcpay.runtime import Runtime, open_runtime, settle_heap
-from bcpay.server import api, bcapp, pages, settings_page
+from bcpay.server import api, bcapp, order_panel, pages, settings_page
 from bcpay.server.middleware import BodyLimit, RateLimit, RequestContext, StoreCors, TokenBucket, route_name
 from bcpay.storage import channel_queries, migrate
 from bcpay.storage import queries as q
@@ -138,6 +138,10 @@ def routes() -> list[Route]:
         Route("/bc/settings/provision", settings_page.reprovision, methods=["POST"]),
         Route("/bc/settings/revoke-old-secret", settings_page.revoke_old_secret, methods=["POST"]),
         Route("/bc/settings/users/{user_id:int}/access", settings_page.user_access, methods=["POST"]),
+        Route("/bc/orders/{order_id:int}", order_panel.panel, methods=["GET"]),
+        Route("/bc/orders/{order_id:int}/refund", order_panel.refund, methods=["POST"]),
+        Route("/bc/orders/{order_id:int}/lookup", order_panel.lookup, methods=["POST"]),
+        Route("/bc/orders/{order_id:int}/pay-link", order_panel.pay_link, methods=["POST"]),
     ]
 
 
@@ -163,6 +167,7 @@ def create_app(
         async with (open_runtime(settings, http=http, clock=clock, metrics=metrics) as rt,
                     rt.db.background_checkpoints()):
             await migrate.ready_schema(rt.db)
+            await refund_ledger.warn_deprecated(rt)
             await snippet.keep_current(rt)  # so that every host serves this version too
             app.state.runtime = rt
             origins.runtime = rt

@@ -111,11 +111,12 @@ def _signer(rt: Runtime) -> SessionSigner:
     return SessionSigner(rt.settings.app.secret_key.get() or SANDBOX_KEY, clock=rt.wall)
 
 
-def _signed_in(rt: Runtime, store_hash: str, user_id: int) -> Response:
-    """Start a session for this user and show the settings page (303, so a reload never replays the callback)."""
+def _signed_in(rt: Runtime, store_hash: str, user_id: int, to: str = "/bc/settings") -> Response:
+    """Start a session for this user and show the settings page, or ``to`` (303, so a reload never replays
+    the callback)."""
     value, _ = _signer(rt).issue(store_hash, user_id)
     response = RedirectResponse(
-        "/bc/settings",
+        to,
         status_code=303,
         headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
     )
@@ -203,6 +204,12 @@ async def load(request: Request) -> Response:
         store, user = await install.open_app(rt, claims)
     except (SignatureError, NotFoundError) as exc:
         return _refused(request, exc)
+    # The Orders page's App Extension loads the app with its URL in the `url` claim: open that order's panel.
+    from bcpay.server.order_panel import lang_of, order_of_url
+
+    order_id = order_of_url(claims.url)
+    if order_id is not None:
+        return _signed_in(rt, store.store_hash, user.user_id, f"/bc/orders/{order_id}?lang={lang_of(claims.locale)}")
     return _signed_in(rt, store.store_hash, user.user_id)
 
 

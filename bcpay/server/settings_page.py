@@ -37,6 +37,7 @@ from bcpay.server.bcapp import Handler, Viewer, bc_page, field, page, posted, ru
 from bcpay.storage import queries as q
 from bcpay.storage.records import PaymentRecord, StoreRecord
 from bcpay.storage.schema import payments
+from bcpay.storage.schema import refunds as refund_rows
 
 log = logging.getLogger("bcpay.settings_page")
 
@@ -77,6 +78,7 @@ class PaymentRow:
     created: str
     order_url: str
     refundable: str  # decimal text, '' when nothing can be refunded
+    refunds: tuple[str, ...] = ()  # each with bcpay's number, CeleryPay's id and BigCommerce's (refunds.describe)
 
 
 def order_url(store: StoreRecord, order_id: int) -> str:
@@ -91,17 +93,22 @@ async def _checked(name: str, run: Awaitable[Check]) -> Check:
         return Check(name, False, f"could not check: {exc.message[:200]}")
 
 
+async def _checked_all(name: str, run: Awaitable[list[Check]]) -> list[Check]:
+    try:
+        return await run
+    except BcpayError as exc:
+        return [Check(name, False, f"could not check: {exc.message[:200]}")]
+
+
 async def health(rt: Runtime, store: StoreRecord) -> list[Check]:
     """The health panel: BigCommerce and CeleryPay checks, run together, failures shown."""
-    return list(
-        await asyncio.gather(
-            _checked("storefront snippet", provisioning.check_script(rt, store)),
-            _checked("webhooks", provisioning.check_webhooks(rt, store)),
-            _checked("offline payment method", provisioning.check_payment_method(rt, store)),
-            _checked("CeleryPay credentials", provisioning.check_celerypay(rt, store)),
-            _checked("stock of cancelled orders", provisioning.check_inventory(rt, store)),
-        )
+    per_channel, *others = await asyncio.gather(
+        _checked_all("storefront channels", provisioning.check_channels(rt, store)),
+        _checked("webhooks", provisioning.check_webhooks(rt, store)),
+        _checked("CeleryPay credentials", provisioning.check_celerypay(rt, store)),
+        _checked("stock of cancelled orders", provisioning.check_inventory(rt, store)),
     )
+    return [*per_channel, *others]
 
 
 async def _payment_rows(rt: Runtime, store: StoreRecord) -> list[PaymentRow]:
@@ -118,6 +125,9 @@ async def _payment_rows(rt: Runtime, store: StoreRecord) -> list[PaymentRow]:
                     f"{p.created_at:%Y-%m-%d %H:%M} UTC",
                     order_url(store, p.order_id),
                     str(from_minor(left, p.currency)) if left > 0 else "",
+                    tuple(refunds.describe(dict(r)) for r in (await conn.execute(
+                        select(refund_rows).where(refund_rows.c.payment_id == p.id).order_by(refund_rows.c.id)
+                    )).mappings()),
                 )
             )
     return rows
@@ -152,7 +162,9 @@ async def render_settings(
         "unpaid_hold": policy.unpaid_hold,
     }
     values.update(entered or {})
-    fixable = any(not c.ok and c.name in ("storefront snippet", "webhooks") for c in checks)
+    # What the button repairs: a snippet (on any channel: its fix is an install-script) or the webhooks.
+    fixable = any(not c.ok and (c.name in ("storefront snippet", "webhooks")
+                                or any(step.startswith("bcpay install-script") for step in c.fix)) for c in checks)
     return bc_page(
         request,
         "settings.html",

@@ -466,6 +466,13 @@ async def resolve_anomaly_of(conn: Conn, payment_id: int, kind: str, now: dateti
     return bool(result.rowcount)
 
 
+async def refund_by_celerypay_id(conn: Conn, payment_id: int, celerypay_id: str) -> dict[str, Any] | None:
+    """The payment's refund row with CeleryPay's refund id, or None."""
+    row = (await conn.execute(select(refunds).where(
+        refunds.c.payment_id == payment_id, refunds.c.celerypay_id == celerypay_id))).mappings().first()
+    return dict(row) if row else None
+
+
 async def clear_refund_doubt(conn: Conn, payment_id: int, now: datetime, note: str) -> None:
     """Resolve the payment's ``refund_in_doubt`` anomaly once none of its refunds is in doubt any more."""
     left = await count(conn, refunds, refunds.c.payment_id == payment_id, refunds.c.status == REFUND_IN_DOUBT)

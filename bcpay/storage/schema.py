@@ -191,6 +191,10 @@ refunds = Table(
     Column("reason", Text, nullable=False, server_default=""),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # BigCommerce's refund id (refund ledger, reference section 12): the refund this one was made for
+    # (idempotency key "bc-refund-<id>"), or the one bcpay wrote for it. NULL: not in the ledger (yet);
+    # 0: BigCommerce refused to record it (bcpay.refund_ledger.REFUSED).
+    Column("bc_refund_id", BigInteger),
     UniqueConstraint("payment_id", "merchant_refund_no"),
 )
 

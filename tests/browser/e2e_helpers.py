@@ -90,6 +90,12 @@ class Shop:
     sandbox: Sandbox
     page: Page
     requests: list[Request] = field(default_factory=list)
+    channel_url: str = ""  # the storefront the shopper uses (channel 1's when empty)
+
+    @property
+    def storefront(self) -> str:
+        """The shopper's storefront: channel 1's, or the one set in ``channel_url``."""
+        return self.channel_url or self.sandbox.urls.storefront
 
     # --- reading the sandbox ---------------------------------------------------------------
 
@@ -142,18 +148,18 @@ class Shop:
 
         With ``shot``, the checkout page is photographed with the method chosen, before the order is placed.
         """
-        urls = self.sandbox.urls
-        self.page.goto(urls.storefront + "/")
+        home = self.storefront
+        self.page.goto(home + "/")
         self.page.locator(f"#add-{product_id}").click()
-        self.page.wait_for_url(urls.storefront + "/cart.php")
+        self.page.wait_for_url(home + "/cart.php")
         self.page.locator("#checkout-link").click()
-        self.page.wait_for_url(urls.storefront + "/checkout")
+        self.page.wait_for_url(home + "/checkout")
         self.page.get_by_label("Email address").fill(SHOPPER_EMAIL)
         self.page.get_by_role("radio", name=method).check()
         if shot is not None:
             screenshot(self.page, shot, docs=docs)
         self.page.get_by_role("button", name="Place order").click()
-        self.page.wait_for_url(re.compile(re.escape(urls.storefront) + r"/checkout/order-confirmation/\d+$"))
+        self.page.wait_for_url(re.compile(re.escape(home) + r"/checkout/order-confirmation/\d+$"))
         return int(self.page.url.rsplit("/", 1)[1])
 
     def expect_title(self, text: str, timeout: float = 15) -> None:
@@ -197,7 +203,7 @@ class Shop:
     def press(self, button: str) -> None:
         """Press Pay, Decline or Abandon on the cashier and land back on the confirmation page."""
         self.page.get_by_role("button", name=button, exact=True).click()
-        self.page.wait_for_url(self.sandbox.urls.storefront + "/checkout/order-confirmation**",
+        self.page.wait_for_url(self.storefront + "/checkout/order-confirmation**",
                                timeout=10000)
 
     # --- the merchant ----------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_rename_instructions_paid_email_and_consent_then_a_paid_order_emails_the
         expect(page.get_by_role("status")).to_have_text("Order notification settings saved.")
 
         page.goto(manage + "/storefront/script-manager")
-        [script] = [s for s in store.scripts.values() if s["name"].startswith("bcpay")]
+        [script] = [s for s in store.scripts.values() if s["name"].startswith("bcpay") and s["channel_id"] == 1]
         row = page.locator(f'tr[data-uuid="{script["uuid"]}"]')
         expect(row.get_by_role("combobox")).to_have_value("essential")
         screenshot(page, "cp-script-manager", docs=True)

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from bcpay import operations, reconcile
 from bcpay.cli import app
 from bcpay.sandbox.celerypay import FakeOptions
-from bcpay.sandbox.runner import STORE_HASH
+from bcpay.sandbox.runner import OUTLET_CHANNEL, STORE_HASH
 from tests.browser.e2e_helpers import PANEL, Shop, open_shop, options, screenshot, wait_until
 
 pytestmark = pytest.mark.browser
@@ -115,6 +115,28 @@ def test_paying_at_the_cashier_marks_the_order_paid_and_reconcile_finds_nothing(
         assert cli_reconcile(shop, tmp_path) == {"store_hash": STORE_HASH, "checked": 1, "fixed": 0,
                                                  "counts": {}, "cancelled_unpaid": 0, "findings": []}
         assert len(shop.status_puts(order_id)) == 1
+
+
+@pytest.mark.slow
+def test_a_shopper_on_each_storefront_channel_pays_and_lands_back_on_that_channel(page: Page) -> None:
+    """Two storefront channels, one snippet each: the order carries its channel, the shopper who started on
+    the outlet's domain comes back to the outlet's confirmation page, and each order is paid once."""
+    with open_shop(page, options()) as shop:
+        for channel_id, home in ((1, shop.sandbox.urls.storefront), (OUTLET_CHANNEL, shop.sandbox.urls.outlet)):
+            shop.channel_url = home
+            order_id = shop.place_order()
+            assert shop.order(order_id)["channel_id"] == channel_id
+            shop.expect_title(PAY_TITLE)
+            payment_id = shop.reach_cashier()
+            shop.press("Pay")
+            assert page.url.startswith(home + "/checkout/order-confirmation")
+            shop.expect_title("Payment received")
+            shop.expect_order_loaded(order_id)
+            [put] = shop.wait_for_status_puts(order_id)
+            assert put["status_id"] == AWAITING_FULFILLMENT and put["payment_provider_id"] == payment_id
+        starts = [r for r in shop.bcpay_requests() if r.method == "POST" and r.url.endswith("/api/v1/payments")]
+        assert [r.all_headers().get("origin") for r in starts] == [shop.sandbox.urls.storefront,
+                                                                    shop.sandbox.urls.outlet]
 
 
 @pytest.mark.slow
