@@ -350,6 +350,8 @@ async def bc_refund_failed(rt: Runtime, job: JobRecord) -> str:
     from bcpay import refund_ledger
 
     return await refund_ledger.refund_failed(rt, int(job.payload["payment_id"]), int(job.payload["refund_row_id"]))
+
+
 async def cancel_unpaid(rt: Runtime, job: JobRecord) -> str:
     """An order past its store's unpaid hold: cancel it if CeleryPay confirms it unpaid (``bcpay.unpaid``)."""
     from bcpay import unpaid

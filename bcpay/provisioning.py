@@ -624,11 +624,11 @@ async def provision(rt: Runtime, store: StoreRecord) -> list[Check]:
     hooks = await register_webhooks(rt, store)
     checks.append(Check("webhooks", True, ", ".join(f"{k}: {v}" for k, v in hooks.items())))
     checks.append(await check_payment_method(rt, store))
+    if store.source == "app":
+        checks.append(await extension_check(rt, store))
     try:
         checks.append(await check_inventory(rt, store))
     except BcpayError as exc:
         checks.append(Check("stock of cancelled orders", True, f"could not check: {exc.message[:200]}"))
     checks.append(email_steps(rt, store))
-    if store.source == "app":
-        checks.append(await extension_check(rt, store))
     return checks

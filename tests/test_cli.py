@@ -265,7 +265,7 @@ def test_stores_configure_reset_puts_a_store_back_on_the_global_config(env: Env)
     everything = env.ok("stores", "configure", STORE_HASH, "--reset", "all")
     assert settings_of(env)[0] == {}
     assert "(store)" not in everything.stdout and shown_settings(everything)["accepted_methods"] == "OKCloud Pay (global)"
-    assert len(shown_settings(everything)) == 11 and shown_settings(everything)["extra_origins"] == "- (global)"
+    assert len(shown_settings(everything)) == 12 and shown_settings(everything)["extra_origins"] == "- (global)"
     assert env.ok("stores", "configure", STORE_HASH, "--reset", "all").stdout == everything.stdout
 
 
@@ -900,8 +900,12 @@ def test_sandbox_hands_its_options_to_the_runner(tmp_path: Path, monkeypatch: py
                                       "--notify-delay", "1.5", "--chaos", "--open"], env={"BCPAY_CONFIG": None})
     assert result.exit_code == 0, result.output
     assert {k: v for k, v in seen.items() if k != "settings"} == {
-        "port_base": 8800, "db": str(tmp_path / "s.db"), "notify_delay": 1.5, "chaos": True, "open_browser": True}
+        "port_base": 8800, "db": str(tmp_path / "s.db"), "notify_delay": 1.5, "chaos": True, "open_browser": True,
+        "unpaid_hold": None}
     assert isinstance(seen["settings"], Settings)
+    result = CliRunner().invoke(app, ["sandbox", "--unpaid-hold", "1"], env={"BCPAY_CONFIG": None})
+    assert result.exit_code == 0, result.output
+    assert seen["unpaid_hold"] == 1
 
 
 def _bcpay_process(args: list[str], config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

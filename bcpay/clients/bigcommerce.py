@@ -543,6 +543,7 @@ class BigCommerceClient:
         _check_id(order_id, "order_id")
         return [_parse(LedgerRefund.from_json, r) for r in
                 await self._v3_list(f"/orders/{order_id}/payment_actions/refunds")]
+
     # --- settings (v3, reference section 13) ----------------------------------------------------
 
     async def inventory_settings(self, channel_id: int | None = None) -> InventorySettings:

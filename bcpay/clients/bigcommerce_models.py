@@ -630,6 +630,8 @@ class LedgerRefund:
     def offline_amount(self) -> Decimal:
         """What the refund's offline payments (not declined) add up to: money BigCommerce did not move."""
         return sum((p.amount for p in self.payments if p.offline and not p.declined), Decimal(0))
+
+
 STOCK_BEHAVIORS = ("order_placed", "order_completed_or_shipped")
 
 

@@ -165,13 +165,6 @@ class Store:
     # Multi-storefront (channels.v3.yml): channel id -> ChannelWithoutCurrencies, and -> its Site.
     channels: dict[int, JSON] = field(default_factory=dict)
     sites: dict[int, JSON] = field(default_factory=dict)
-    # App Extensions (GraphQL Admin API), id -> extension with the client_id of the app that made it.
-    app_extensions: dict[str, JSON] = field(default_factory=dict)
-    # The refund ledger (orders.v3.yml `Refund`) by refund id; orders with a refund being made now.
-    refunds: dict[int, JSON] = field(default_factory=dict)
-    refunding: set[int] = field(default_factory=set)
-    # False: refund quotes offer no offline option (a store where BigCommerce cannot record one).
-    offline_refunds: bool = True
     # Settings > Inventory (settings.v3.yml InventorySettings): the global values, and per channel the fields
     # a storefront overrides (the others are null: inherited). Stock returns on cancel unless changed.
     inventory: JSON = field(default_factory=lambda: {
@@ -182,6 +175,13 @@ class Store:
         "show_pre_order_stock_levels": False, "show_out_of_stock_message": False,
     })
     channel_inventory: dict[int, JSON] = field(default_factory=dict)
+    # App Extensions (GraphQL Admin API), id -> extension with the client_id of the app that made it.
+    app_extensions: dict[str, JSON] = field(default_factory=dict)
+    # The refund ledger (orders.v3.yml `Refund`) by refund id; orders with a refund being made now.
+    refunds: dict[int, JSON] = field(default_factory=dict)
+    refunding: set[int] = field(default_factory=set)
+    # False: refund quotes offer no offline option (a store where BigCommerce cannot record one).
+    offline_refunds: bool = True
 
     def method_named(self, name: str) -> PaymentMethod | None:
         """The enabled method whose display name or code is ``name``."""

@@ -391,6 +391,9 @@ class _Api:
     async def get_channel_site(self, request: Request, ctx: _Ctx) -> Response:
         return await bc_channels.get_channel_site(request, ctx.store)
 
+    async def get_inventory_settings(self, request: Request, ctx: _Ctx) -> Response:
+        return await bc_settings.get_inventory(request, ctx.store)
+
     # --- v3 refunds (bc_refunds) ---------------------------------------------------
 
     async def refund_quote(self, request: Request, ctx: _Ctx) -> Response:
@@ -407,9 +410,6 @@ class _Api:
 
     async def one_refund(self, request: Request, ctx: _Ctx) -> Response:
         return await bc_refunds.one_refund(request, self.state, ctx.store)
-
-    async def get_inventory_settings(self, request: Request, ctx: _Ctx) -> Response:
-        return await bc_settings.get_inventory(request, ctx.store)
 
     # --- v3 hooks -----------------------------------------------------------------
 

@@ -217,8 +217,8 @@ class Sandbox:
         code = self.bc.issue_oauth_code(STORE_HASH, client_id=APP_CLIENT_ID, client_secret=APP_CLIENT_SECRET,
                                         redirect_uri=rt.public_url(install.AUTH_PATH), scope=scope)
         await install.install_from_oauth(rt, code=code, scope=scope, context=f"stores/{STORE_HASH}")
-        store = await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID,
-                                                api_secret=MERCHANT_SECRET, environment="sandbox")
+        store = await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=MERCHANT_SECRET,
+                                                environment="sandbox")
         if self.options.unpaid_hold is not None:
             store = await stores.update_settings(rt, STORE_HASH, {"unpaid_hold": self.options.unpaid_hold})
         self.store = store
@@ -269,8 +269,8 @@ class Sandbox:
             "     in Awaiting Fulfillment with a staff note.",
             "  4. Try Decline (then retry), Abandon (the payment expires), or pay with",
             "     \"Test Payment Gateway\" (bcpay stays out of the way).",
+            "  5. Do the same on the second channel: you come back to that channel's own domain.",
             *self._hold_lines(),
-            "  6. Do the same on the second channel: you come back to that channel's own domain.",
             "",
             "The CLI works against the sandbox too, from another shell:",
             f"  {self.cli_env()} bcpay doctor {STORE_HASH}",
@@ -279,8 +279,8 @@ class Sandbox:
     def _hold_lines(self) -> list[str]:
         hold = self.runtime.policy(self.store).unpaid_hold if self.store is not None else 0
         if not hold:
-            return ["  5. Unpaid orders are kept (start with --unpaid-hold 1 to watch them cancelled)."]
-        return [f"  5. Leave an order unpaid (close the cashier, or block the snippet): {hold} minute(s) after",
+            return ["  6. Unpaid orders are kept (start with --unpaid-hold 1 to watch them cancelled)."]
+        return [f"  6. Leave an order unpaid (close the cashier, or block the snippet): {hold} minute(s) after",
                 "     it was placed the worker cancels it with a staff note, and its pay page says so."]
 
     def cli_env(self) -> str:

@@ -261,7 +261,7 @@ def test_settings_page_in_a_cross_site_iframe_saves_credentials_and_refuses_csrf
         expect(app.get_by_text("signed in as clerk@example.com")).to_be_visible()
         expect(app.locator("#secret-state")).to_have_text("not set")
         expect(app.get_by_text("Storefront snippet: installed and current")).to_be_visible()
-        expect(app.get_by_text("Webhooks: 4 active")).to_be_visible()
+        expect(app.get_by_text("Webhooks: 5 active")).to_be_visible()
         shot(page, "settings-installed.png")  # what the merchant sees first, right after the install
 
         cookies = [c for c in context.cookies(stack.bcpay) if c["name"] == COOKIE_NAME]
