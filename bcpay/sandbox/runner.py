@@ -212,9 +212,11 @@ class Sandbox:
         """What a merchant and an operator do: install the app (OAuth: the snippet per channel, the webhooks,
         the order page's panel), then enter the CeleryPay merchant (``stores configure``)."""
         rt = self.runtime
-        self.bc.register_app(APP_CLIENT_ID, APP_CLIENT_SECRET, load_url=rt.public_url("/bc/load"))
+        app = rt.settings.app  # the sandbox app's, unless a caller's settings name another
+        client_id, client_secret = app.client_id, app.client_secret.get()
+        self.bc.register_app(client_id, client_secret, load_url=rt.public_url("/bc/load"))
         scope = " ".join((*stores.REQUIRED_SCOPES, *CHANNEL_SCOPES, *EXTENSION_SCOPES))
-        code = self.bc.issue_oauth_code(STORE_HASH, client_id=APP_CLIENT_ID, client_secret=APP_CLIENT_SECRET,
+        code = self.bc.issue_oauth_code(STORE_HASH, client_id=client_id, client_secret=client_secret,
                                         redirect_uri=rt.public_url(install.AUTH_PATH), scope=scope)
         await install.install_from_oauth(rt, code=code, scope=scope, context=f"stores/{STORE_HASH}")
         store = await stores.configure_merchant(rt, STORE_HASH, merchant_id=MERCHANT_ID, api_secret=MERCHANT_SECRET,
