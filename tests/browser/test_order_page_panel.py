@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from bcpay.sandbox.runner import STORE_HASH
-from tests.browser.e2e_helpers import open_shop, options, screenshot
+from tests.browser.e2e_helpers import open_shop, options, screenshot, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -38,12 +38,16 @@ def test_a_merchant_refunds_part_of_an_order_from_the_order_pages_panel(page: Pa
         expect(confirm).to_contain_text(f"Refund 10.00 USD of order #{order_id}?")
         confirm.get_by_role("button", name="Refund 10.00 USD").click()
         expect(frame.get_by_role("status")).to_have_text("Refund sent to CeleryPay.")
+        wait_until(lambda: shop.sandbox.celerypay.payment_record(payment_id).refunded_amount == 1000, timeout=15,
+                   what="CeleryPay to refund 10.00")
+        # CeleryPay's refund.succeeded notification comes on its own schedule; then the worker writes the
+        # refund to BigCommerce's ledger (refund_from_bigcommerce).
+        [ledger] = wait_until(lambda: list(shop.sandbox.bc.store(STORE_HASH).refunds.values()), timeout=20,
+                              what="the refund in BigCommerce's ledger")
         shop.wait_for_idle_outbox()
-        assert shop.sandbox.celerypay.payment_record(payment_id).refunded_amount == 1000
         page.reload()
-        expect(frame.locator('[data-field="refunded"]')).to_have_text("10.00 USD")
-        # The refund is in BigCommerce's ledger too (refund_from_bigcommerce): the panel names both ids.
-        [ledger] = shop.sandbox.bc.store(STORE_HASH).refunds.values()
+        expect(frame.locator('[data-field="refunded"]')).to_have_text("10.00 USD", timeout=15000)
+        # The panel names both ids.
         row = frame.locator("tr[data-refund]")
         expect(row.locator("td").nth(4)).to_have_text(str(ledger["id"]))
         expect(row.locator("td").nth(3)).to_have_text(next(iter(shop.sandbox.celerypay.refunds)))
