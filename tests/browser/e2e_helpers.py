@@ -162,6 +162,15 @@ class Shop:
         self.page.wait_for_url(re.compile(re.escape(home) + r"/checkout/order-confirmation/\d+$"))
         return int(self.page.url.rsplit("/", 1)[1])
 
+    def pay_an_order(self) -> tuple[int, str]:
+        """Place an order, pay it at the cashier and wait for bcpay's status PUT; (order id, payment id)."""
+        order_id = self.place_order()
+        payment_id = self.reach_cashier()
+        self.press("Pay")
+        self.expect_title("Payment received")
+        self.wait_for_status_puts(order_id)
+        return order_id, payment_id
+
     def expect_title(self, text: str, timeout: float = 15) -> None:
         """The snippet's panel shows ``text`` as its heading."""
         expect(self.page.locator(TITLE)).to_have_text(text, timeout=timeout * 1000)

@@ -15,11 +15,7 @@ def test_a_merchant_refunds_part_of_an_order_from_the_order_pages_panel(page: Pa
     """Pay an order, open it in the control panel: the app's panel (an iframe on /bc/load with the
     extension's URL) shows the payment; refund 10.00 of it there and CeleryPay's refunded amount moves."""
     with open_shop(page, options()) as shop:
-        order_id = shop.place_order()
-        payment_id = shop.reach_cashier()
-        shop.press("Pay")
-        shop.expect_title("Payment received")
-        shop.wait_for_status_puts(order_id)
+        order_id, payment_id = shop.pay_an_order()
 
         page.goto(f"{shop.sandbox.urls.storefront}/manage/orders/{order_id}")
         expect(page.locator("details.app-panel summary")).to_have_text("OKCloud Pay payment")

@@ -22,11 +22,7 @@ PARTIALLY_REFUNDED = 14
 def test_a_partial_refund_in_the_control_panel_is_refunded_at_celerypay(page: Page) -> None:
     """Refund 9.00 of a paid 109.00 order through the third-party provider: CeleryPay refunds 9.00 once."""
     with open_shop(page, options()) as shop:
-        order_id = shop.place_order()
-        payment_id = shop.reach_cashier()
-        shop.press("Pay")
-        shop.expect_title("Payment received")
-        shop.wait_for_status_puts(order_id)
+        order_id, payment_id = shop.pay_an_order()
 
         tab = page.context.new_page()
         tab.goto(f"{shop.sandbox.urls.storefront}/manage/orders/{order_id}")
