@@ -26,12 +26,7 @@ async def world(db_url: str, secret_key: str) -> AsyncIterator[World]:
 
 
 async def paid(world: World, total: str = "20.00") -> tuple[dict[str, Any], str]:
-    order = world.place_order(total)
-    body = (await world.start(order)).json()
-    pid = body["cashier_url"].rsplit("/", 1)[1]
-    await world.cp.pay(pid)
-    await world.cp.deliver_due()
-    await world.run_jobs()
+    order, pid = await world.paid_order(total)
     assert world.order(order["id"])["status_id"] == 11
     return order, pid
 

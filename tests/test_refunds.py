@@ -23,14 +23,8 @@ async def world(db_url: str, secret_key: str) -> AsyncIterator[World]:
         yield w
 
 
-async def paid(world: World, total: str = "20.00") -> tuple[dict[str, object], str]:
-    order = world.place_order(total)
-    body = (await world.start(order)).json()
-    pid = body["cashier_url"].rsplit("/", 1)[1]
-    await world.cp.pay(pid)
-    await world.cp.deliver_due()
-    await world.run_jobs()
-    return order, pid
+async def paid(world: World, total: str = "20.00") -> tuple[dict[str, Any], str]:
+    return await world.paid_order(total)
 
 
 async def refund(world: World, order_id: int, amount: int | None) -> refunds.RefundResult:

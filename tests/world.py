@@ -110,6 +110,15 @@ class World:
         body = {"store_hash": STORE_HASH, "order_id": order["id"], "cart_id": cart_id or order["cart_id"], **extra}
         return await self.client.post("/api/v1/payments", json=body, headers={"Origin": STORE_URL})
 
+    async def paid_order(self, total: str = "20.00") -> tuple[dict[str, Any], str]:
+        """An order started, paid at the cashier and applied by bcpay; (order, CeleryPay payment id)."""
+        order = self.place_order(total)
+        pid = (await self.start(order)).json()["cashier_url"].rsplit("/", 1)[1]
+        await self.cp.pay(pid)
+        await self.cp.deliver_due()
+        await self.run_jobs()
+        return order, pid
+
     async def status(self, token: str) -> httpx.Response:
         return await self.client.get(f"/api/v1/payments/{token}", headers={"Origin": STORE_URL})
 
